@@ -1,0 +1,663 @@
+"""The DSL's builder functions and immutable builder classes.
+
+Rules of this file:
+
+- Builders are frozen, slotted attrs classes. Every method returns a new
+  builder made with `attrs.evolve`; the receiver never changes, so fragments
+  can be shared and extended by recipes and users alike.
+- Builders never raise for user mistakes. They store the raw values they were
+  given, each with the `Location` of the user's call (`caller_location()`),
+  and `_compile` validates everything at once.
+- Locations are excluded from equality: two builders written on different
+  lines with the same arguments are equal, like the config nodes they make.
+- Builder state lives in private attributes so that an IDE completing a mesh
+  file offers only the DSL methods. `_compile` (same package) reads them.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+import attrs
+
+from trioproxy.config import HttpFilterConfig, Location, Mesh
+from trioproxy.config.graph import CodecType, LbPolicy
+
+from ._errors import caller_location
+from ._values import Duration
+
+__all__ = [
+    "AdminBuilder",
+    "ClusterBuilder",
+    "DemoServiceBuilder",
+    "DirectResponseBuilder",
+    "EndpointBuilder",
+    "HttpBuilder",
+    "ListenerBuilder",
+    "MatchBuilder",
+    "MeshBuilder",
+    "MeshItem",
+    "RedirectBuilder",
+    "Target",
+    "VhostBuilder",
+    "WeightedBuilder",
+    "admin",
+    "cluster",
+    "demo_service",
+    "direct_response",
+    "endpoint",
+    "http",
+    "listener",
+    "mesh",
+    "path",
+    "prefix",
+    "redirect",
+    "regex",
+    "vhost",
+    "weighted",
+]
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Given(Generic[T]):
+    """A raw value set by a builder method, with the location of that call."""
+
+    value: T
+    location: Location | None = attrs.field(eq=False, repr=False)
+
+
+# --------------------------------------------------------------------------- matches
+
+
+@attrs.frozen(kw_only=True)
+class HeaderSpec:
+    """A `.header(...)` call: the raw name and every matcher kind given to it."""
+
+    name: object
+    given: tuple[tuple[str, object], ...]
+    invert: object = False
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class QuerySpec:
+    """A `.query(...)` call: the raw name and every matcher kind given to it."""
+
+    name: object
+    given: tuple[tuple[str, object], ...]
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def _kinds(**kinds: object) -> tuple[tuple[str, object], ...]:
+    return tuple((kind, value) for kind, value in kinds.items() if value is not None)
+
+
+@attrs.frozen(kw_only=True)
+class MatchBuilder:
+    """What a route matches: a path rule plus optional header and query rules.
+
+    Made by `prefix()`, `path()` or `regex()`.
+    """
+
+    _kind: str
+    _value: object
+    _headers: tuple[HeaderSpec, ...] = ()
+    _queries: tuple[QuerySpec, ...] = ()
+    _case_sensitive: bool = True
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+    def header(
+        self,
+        name: str,
+        *,
+        exact: str | None = None,
+        prefix: str | None = None,
+        suffix: str | None = None,
+        contains: str | None = None,
+        regex: str | None = None,
+        present: bool | None = None,
+        invert: bool = False,
+    ) -> MatchBuilder:
+        """Also require a request header. Give at most one matcher kind;
+        none means the header must be present. `present=False` means absent.
+        Names are case-insensitive (stored lower-case); pseudo-headers such
+        as ":method" are allowed."""
+        spec = HeaderSpec(
+            name=name,
+            given=_kinds(
+                exact=exact,
+                prefix=prefix,
+                suffix=suffix,
+                contains=contains,
+                regex=regex,
+                present=present,
+            ),
+            invert=invert,
+            location=caller_location(),
+        )
+        return attrs.evolve(self, headers=(*self._headers, spec))
+
+    def query(
+        self,
+        name: str,
+        *,
+        exact: str | None = None,
+        prefix: str | None = None,
+        suffix: str | None = None,
+        contains: str | None = None,
+        regex: str | None = None,
+        present: bool | None = None,
+    ) -> MatchBuilder:
+        """Also require a query parameter. At most one matcher kind; none means present."""
+        spec = QuerySpec(
+            name=name,
+            given=_kinds(
+                exact=exact,
+                prefix=prefix,
+                suffix=suffix,
+                contains=contains,
+                regex=regex,
+                present=present,
+            ),
+            location=caller_location(),
+        )
+        return attrs.evolve(self, queries=(*self._queries, spec))
+
+    def case_insensitive(self) -> MatchBuilder:
+        """Match the path without regard to case (Envoy: case_sensitive false)."""
+        return attrs.evolve(self, case_sensitive=False)
+
+
+def prefix(p: str) -> MatchBuilder:
+    """Match paths starting with `p` (which must start with "/")."""
+    return MatchBuilder(kind="prefix", value=p, location=caller_location())
+
+
+def path(p: str) -> MatchBuilder:
+    """Match exactly the path `p` (which must start with "/"); the query is ignored."""
+    return MatchBuilder(kind="path", value=p, location=caller_location())
+
+
+def regex(r: str) -> MatchBuilder:
+    """Match paths that the Python regular expression `r` matches as a whole."""
+    return MatchBuilder(kind="regex", value=r, location=caller_location())
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+@attrs.frozen(kw_only=True)
+class EndpointBuilder:
+    """One upstream host of a cluster. Made by `endpoint()`."""
+
+    _address: object
+    _weight: object = 1
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def endpoint(address: str, weight: int = 1) -> EndpointBuilder:
+    """An upstream host "host:port" (explicit host) with a load-balancing weight."""
+    return EndpointBuilder(address=address, weight=weight, location=caller_location())
+
+
+@attrs.frozen(kw_only=True)
+class ClusterBuilder:
+    """A named group of upstream endpoints. Made by `cluster()`.
+
+    A route may name a cluster by string, or use the builder itself, in
+    which case `mesh()` includes the cluster automatically.
+    """
+
+    _name: object
+    _endpoints: tuple[object, ...] = ()
+    _lb: Given[object] = Given("round_robin", None)
+    _connect_timeout: Given[object] = Given(5.0, None)
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The cluster's name, as routes refer to it."""
+        return str(self._name)
+
+    def endpoint(self, address: str, weight: int = 1) -> ClusterBuilder:
+        """Add an upstream host "host:port" with a load-balancing weight."""
+        ep = EndpointBuilder(address=address, weight=weight, location=caller_location())
+        return attrs.evolve(self, endpoints=(*self._endpoints, ep))
+
+    def lb(self, policy: LbPolicy) -> ClusterBuilder:
+        """Set the load-balancing policy: "round_robin", "least_request" or "random"."""
+        return attrs.evolve(self, lb=Given(policy, caller_location()))
+
+    def connect_timeout(self, d: Duration) -> ClusterBuilder:
+        """Set the upstream connect timeout (seconds or a string like "250ms")."""
+        return attrs.evolve(self, connect_timeout=Given(d, caller_location()))
+
+
+def cluster(
+    name: str,
+    *endpoints: str | EndpointBuilder,
+    lb: LbPolicy = "round_robin",
+    connect_timeout: Duration = 5.0,
+) -> ClusterBuilder:
+    """A cluster of upstream endpoints ("host:port" strings or `endpoint()`s).
+
+    `lb` is "round_robin", "least_request" or "random"; `connect_timeout`
+    defaults to Envoy's 5 s.
+    """
+    here = caller_location()
+    eps = tuple(
+        EndpointBuilder(address=ep, location=here) if isinstance(ep, str) else ep
+        for ep in endpoints
+    )
+    return ClusterBuilder(
+        name=name,
+        endpoints=eps,
+        lb=Given(lb, here),
+        connect_timeout=Given(connect_timeout, here),
+        location=here,
+    )
+
+
+# --------------------------------------------------------------------------- route targets
+
+
+@attrs.frozen(kw_only=True)
+class WeightedBuilder:
+    """Split traffic over clusters by weight. Made by `weighted()`."""
+
+    _entries: tuple[object, ...]
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def weighted(*entries: tuple[str | ClusterBuilder, int]) -> WeightedBuilder:
+    """A route target sending each request to one of several clusters by weight,
+    e.g. `weighted(("v1", 80), ("v2", 20))`. Weights are positive integers."""
+    return WeightedBuilder(entries=entries, location=caller_location())
+
+
+@attrs.frozen(kw_only=True)
+class RedirectBuilder:
+    """Answer with an HTTP redirect. Made by `redirect()`."""
+
+    _scheme: object = None
+    _host: object = None
+    _port: object = None
+    _path: object = None
+    _prefix_rewrite: object = None
+    _code: object = 301
+    _strip_query: object = False
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def redirect(
+    *,
+    scheme: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    path: str | None = None,
+    prefix_rewrite: str | None = None,
+    code: int = 301,
+    strip_query: bool = False,
+) -> RedirectBuilder:
+    """A route target answering with a redirect; unset parts keep the request's.
+
+    `code` is one of 301, 302, 303, 307, 308. `path` and `prefix_rewrite`
+    are mutually exclusive.
+    """
+    return RedirectBuilder(
+        scheme=scheme,
+        host=host,
+        port=port,
+        path=path,
+        prefix_rewrite=prefix_rewrite,
+        code=code,
+        strip_query=strip_query,
+        location=caller_location(),
+    )
+
+
+@attrs.frozen(kw_only=True)
+class DirectResponseBuilder:
+    """Answer locally with a fixed response. Made by `direct_response()`."""
+
+    _status: object
+    _body: object = ""
+    _content_type: object = "text/plain"
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def direct_response(
+    status: int, body: str | bytes = "", content_type: str = "text/plain"
+) -> DirectResponseBuilder:
+    """A route target answering locally with `status` (100..599) and `body`
+    (a str is sent as UTF-8)."""
+    return DirectResponseBuilder(
+        status=status, body=body, content_type=content_type, location=caller_location()
+    )
+
+
+Target = ClusterBuilder | str | WeightedBuilder | RedirectBuilder | DirectResponseBuilder
+"""What a route does: forward to a cluster (builder or name), split by weight,
+redirect, or answer directly."""
+
+
+# --------------------------------------------------------------------------- vhosts, http
+
+
+@attrs.frozen(kw_only=True)
+class RouteSpec:
+    """A `.route(...)` call, raw."""
+
+    match: object
+    target: object
+    name: object = None
+    timeout: object = None
+    prefix_rewrite: object = None
+    host_rewrite: object = None
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def _route_spec(
+    match: object,
+    target: object,
+    name: object,
+    timeout: object,
+    prefix_rewrite: object,
+    host_rewrite: object,
+) -> RouteSpec:
+    return RouteSpec(
+        match=match,
+        target=target,
+        name=name,
+        timeout=timeout,
+        prefix_rewrite=prefix_rewrite,
+        host_rewrite=host_rewrite,
+        location=caller_location(),
+    )
+
+
+@attrs.frozen(kw_only=True)
+class VhostBuilder:
+    """A virtual host: a set of domains and the routes tried in order for them."""
+
+    _name: object
+    _domains: tuple[object, ...] = ("*",)
+    _routes: tuple[RouteSpec, ...] = ()
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+    def route(
+        self,
+        match: MatchBuilder,
+        target: Target,
+        *,
+        name: str | None = None,
+        timeout: Duration | None = None,
+        prefix_rewrite: str | None = None,
+        host_rewrite: str | None = None,
+    ) -> VhostBuilder:
+        """Add a route; routes are tried in order and the first match wins.
+
+        `timeout` (default 15 s, 0 = none), `prefix_rewrite` and `host_rewrite`
+        apply only to routes forwarding to a cluster or `weighted()` clusters.
+        `name` defaults to "<vhost>/<index>".
+        """
+        spec = _route_spec(match, target, name, timeout, prefix_rewrite, host_rewrite)
+        return attrs.evolve(self, routes=(*self._routes, spec))
+
+
+def vhost(name: str, *domains: str) -> VhostBuilder:
+    """A virtual host serving `domains` (default: every domain, "*").
+
+    A domain may hold one wildcard "*" as its first or last character,
+    e.g. "*.example.com" or "example.*".
+    """
+    return VhostBuilder(name=name, domains=domains or ("*",), location=caller_location())
+
+
+DEFAULT_VHOST = "default"
+
+
+@attrs.frozen(kw_only=True)
+class AccessLogSpec:
+    """An `.access_log(...)` call, raw."""
+
+    path: object
+    format: object
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class HttpBuilder:
+    """An HTTP connection manager: a listener's filter chain. Made by `http()`."""
+
+    _stat_prefix: object = None
+    _codec: object = "auto"
+    _server_name: object = "trioproxy"
+    _request_headers_timeout: object = 10.0
+    _idle_timeout: object = 3600.0
+    _stream_idle_timeout: object = 300.0
+    _request_timeout: object = 0
+    _max_request_headers_kb: object = 60
+    _max_headers_count: object = 100
+    _generate_request_id: object = True
+    _use_remote_address: object = True
+    _access_logs: tuple[AccessLogSpec, ...] = ()
+    _filters: tuple[Given[object], ...] = ()
+    _vhosts: tuple[Given[object], ...] = ()
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+    def access_log(self, path: str = "-", format: str | None = None) -> HttpBuilder:
+        """Log each request to `path` ("-" is stdout, or "/dev/stderr", or a file)
+        with an Envoy format string (default: Envoy's default format)."""
+        spec = AccessLogSpec(path=path, format=format, location=caller_location())
+        return attrs.evolve(self, access_logs=(*self._access_logs, spec))
+
+    def filter(self, cfg: HttpFilterConfig) -> HttpBuilder:
+        """Append an HTTP filter (its config object); filters run in order."""
+        return attrs.evolve(self, filters=(*self._filters, Given(cfg, caller_location())))
+
+    def vhost(self, vh: VhostBuilder) -> HttpBuilder:
+        """Add a virtual host."""
+        return attrs.evolve(self, vhosts=(*self._vhosts, Given(vh, caller_location())))
+
+    def route(
+        self,
+        match: MatchBuilder,
+        target: Target,
+        *,
+        name: str | None = None,
+        timeout: Duration | None = None,
+        prefix_rewrite: str | None = None,
+        host_rewrite: str | None = None,
+    ) -> HttpBuilder:
+        """Add a route to the virtual host "default" (domains "*"), creating it
+        if needed. See `VhostBuilder.route` for the options."""
+        spec = _route_spec(match, target, name, timeout, prefix_rewrite, host_rewrite)
+        vhosts = list(self._vhosts)
+        for i, given in enumerate(vhosts):
+            vh = given.value
+            if isinstance(vh, VhostBuilder) and vh._name == DEFAULT_VHOST:
+                vhosts[i] = Given(attrs.evolve(vh, routes=(*vh._routes, spec)), given.location)
+                break
+        else:
+            default = VhostBuilder(name=DEFAULT_VHOST, routes=(spec,), location=spec.location)
+            vhosts.append(Given(default, spec.location))
+        return attrs.evolve(self, vhosts=tuple(vhosts))
+
+
+def http(
+    stat_prefix: str | None = None,
+    *,
+    codec: CodecType = "auto",
+    server_name: str = "trioproxy",
+    request_headers_timeout: Duration = 10.0,
+    idle_timeout: Duration = 3600.0,
+    stream_idle_timeout: Duration = 300.0,
+    request_timeout: Duration = 0,
+    max_request_headers_kb: int = 60,
+    max_headers_count: int = 100,
+    generate_request_id: bool = True,
+    use_remote_address: bool = True,
+) -> HttpBuilder:
+    """An HTTP connection manager filter chain.
+
+    `stat_prefix` defaults to the listener's name; `codec` is "auto", "http1"
+    or "http2". Durations are seconds or strings like "250ms"; 0 disables.
+    Defaults follow Envoy except `request_headers_timeout` (10 s) and
+    `server_name` ("trioproxy").
+    """
+    return HttpBuilder(
+        stat_prefix=stat_prefix,
+        codec=codec,
+        server_name=server_name,
+        request_headers_timeout=request_headers_timeout,
+        idle_timeout=idle_timeout,
+        stream_idle_timeout=stream_idle_timeout,
+        request_timeout=request_timeout,
+        max_request_headers_kb=max_request_headers_kb,
+        max_headers_count=max_headers_count,
+        generate_request_id=generate_request_id,
+        use_remote_address=use_remote_address,
+        location=caller_location(),
+    )
+
+
+# --------------------------------------------------------------------------- listeners
+
+
+@attrs.frozen(kw_only=True)
+class ListenerBuilder:
+    """A listening socket and its filter chains. Made by `listener()`."""
+
+    _name: object
+    _address: object
+    _chains: tuple[Given[object], ...] = ()
+    _stat_prefix: Given[object] | None = None
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The listener's name."""
+        return str(self._name)
+
+    def chain(self, chain: HttpBuilder) -> ListenerBuilder:
+        """Add a filter chain, e.g. `http(...)`."""
+        return attrs.evolve(self, chains=(*self._chains, Given(chain, caller_location())))
+
+    def _with_last_chain(self, update: HttpBuilder) -> ListenerBuilder:
+        return attrs.evolve(
+            self, chains=(*self._chains[:-1], Given(update, self._chains[-1].location))
+        )
+
+    def _last_http(self) -> tuple[ListenerBuilder, HttpBuilder]:
+        """The last chain, first adding `http()` if there is none usable."""
+        if self._chains and isinstance(self._chains[-1].value, HttpBuilder):
+            return self, self._chains[-1].value
+        here = caller_location()
+        implicit = HttpBuilder(location=here)
+        return attrs.evolve(self, chains=(*self._chains, Given(implicit, here))), implicit
+
+    def route(
+        self,
+        match: MatchBuilder,
+        target: Target,
+        *,
+        name: str | None = None,
+        timeout: Duration | None = None,
+        prefix_rewrite: str | None = None,
+        host_rewrite: str | None = None,
+    ) -> ListenerBuilder:
+        """Add a route to the "default" virtual host of the last chain (adding
+        `http()` first if the listener has no chain). See `VhostBuilder.route`."""
+        this, last = self._last_http()
+        updated = last.route(
+            match,
+            target,
+            name=name,
+            timeout=timeout,
+            prefix_rewrite=prefix_rewrite,
+            host_rewrite=host_rewrite,
+        )
+        return this._with_last_chain(updated)
+
+    def vhost(self, vh: VhostBuilder) -> ListenerBuilder:
+        """Add a virtual host to the last chain (adding `http()` first if needed)."""
+        this, last = self._last_http()
+        return this._with_last_chain(last.vhost(vh))
+
+    def stat_prefix(self, s: str) -> ListenerBuilder:
+        """Name the listener's stats `listener.<s>.*` instead of by address."""
+        return attrs.evolve(self, stat_prefix=Given(s, caller_location()))
+
+
+def listener(name: str, address: str) -> ListenerBuilder:
+    """A listener on `address`: ":8000" (all IPv4 interfaces), "127.0.0.1:8000",
+    "[::1]:8000" or "localhost:8000". Port 0 picks a free port."""
+    return ListenerBuilder(name=name, address=address, location=caller_location())
+
+
+# --------------------------------------------------------------------------- top level
+
+
+@attrs.frozen(kw_only=True)
+class AdminBuilder:
+    """The admin server's address. Made by `admin()`."""
+
+    _address: object
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def admin(address: str = "127.0.0.1:8001") -> AdminBuilder:
+    """The admin server (/stats, /clusters, /config_dump, ...) on `address`."""
+    return AdminBuilder(address=address, location=caller_location())
+
+
+@attrs.frozen(kw_only=True)
+class DemoServiceBuilder:
+    """A built-in demo upstream. Made by `demo_service()`."""
+
+    _name: object
+    _address: object
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def demo_service(name: str, address: str) -> DemoServiceBuilder:
+    """A small built-in HTTP upstream that the runtime starts on `address`;
+    it answers every request with a greeting naming itself."""
+    return DemoServiceBuilder(name=name, address=address, location=caller_location())
+
+
+MeshItem = ListenerBuilder | ClusterBuilder | AdminBuilder | DemoServiceBuilder
+"""What `mesh()` accepts, in any order."""
+
+
+@attrs.frozen(kw_only=True)
+class MeshBuilder:
+    """A whole mesh, ready to compile. Made by `mesh()`."""
+
+    _items: tuple[object, ...]
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+    def add(self, *items: MeshItem) -> MeshBuilder:
+        """A new mesh with `items` appended."""
+        return attrs.evolve(self, items=(*self._items, *items))
+
+    def compile(self, source: str = "") -> Mesh:
+        """Validate and build the config graph.
+
+        Raises:
+            MeshError: listing every problem found, each with its `file:line`.
+        """
+        from ._compile import compile_mesh
+
+        return compile_mesh(self, source)
+
+
+def mesh(*items: MeshItem) -> MeshBuilder:
+    """A mesh of listeners, clusters, an admin server and demo services.
+
+    Clusters used as builder objects in routes are included automatically.
+    """
+    return MeshBuilder(items=items, location=caller_location())

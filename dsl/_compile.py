@@ -1,0 +1,726 @@
+"""The DSL compiler: raw builders in, a validated `trioproxy.config.Mesh` out.
+
+Rules of this file:
+
+- Every check records a `MeshIssue` and carries on with a placeholder value,
+  so one run reports every problem; `compile_mesh` raises a single
+  `MeshError` at the end if anything was recorded.
+- An issue points at the builder call that caused it (the call's
+  `Location`), not at the enclosing `mesh(...)`.
+- Allowed enum values (lb policies, codecs, ...) come from the `Literal`
+  types of `trioproxy.config.graph`, so the graph stays the one source of truth.
+
+Checks, in the order they run: mesh items; cluster definitions (including
+clusters used as builder objects in routes) and duplicate names; listeners
+(names, addresses, chains, vhosts, domains, routes, matches, targets,
+cluster references); admin and demo services; address clashes between
+everything that binds a port.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Iterator
+from typing import Final, TypeVar, cast, get_args
+
+from trioproxy.config import (
+    DEFAULT_ACCESS_LOG_FORMAT,
+    AccessLog,
+    Admin,
+    Cluster,
+    DemoService,
+    DirectResponseAction,
+    Endpoint,
+    FilterChain,
+    HeaderMatcher,
+    HttpConnectionManager,
+    HttpFilterConfig,
+    Listener,
+    Location,
+    Mesh,
+    QueryParameterMatcher,
+    RedirectAction,
+    Route,
+    RouteAction,
+    RouteConfig,
+    RouteMatch,
+    SocketAddress,
+    VirtualHost,
+    WeightedCluster,
+)
+from trioproxy.config.graph import Action, CodecType, LbPolicy, PathKind, StringMatchKind
+
+from ._builders import (
+    AdminBuilder,
+    ClusterBuilder,
+    DemoServiceBuilder,
+    DirectResponseBuilder,
+    EndpointBuilder,
+    Given,
+    HeaderSpec,
+    HttpBuilder,
+    ListenerBuilder,
+    MatchBuilder,
+    MeshBuilder,
+    QuerySpec,
+    RedirectBuilder,
+    RouteSpec,
+    VhostBuilder,
+    WeightedBuilder,
+)
+from ._errors import MeshError, MeshIssue
+from ._values import BadValue, parse_bind_address, parse_duration, parse_endpoint_address
+
+__all__ = ["compile_mesh"]
+
+_S = TypeVar("_S", bound=str)
+
+# Envoy: route timeout 15 s when unset.
+DEFAULT_ROUTE_TIMEOUT: Final = 15.0
+REDIRECT_CODES: Final = (301, 302, 303, 307, 308)
+# Envoy caps max_request_headers_kb at 8192 (8 MiB).
+MAX_REQUEST_HEADERS_KB: Final = 8192
+_MATCH_KINDS: Final = "exact=, prefix=, suffix=, contains=, regex=, present="
+_WILDCARD_ADDRESSES: Final = frozenset({"0.0.0.0", "::"})
+
+
+def compile_mesh(m: MeshBuilder, source: str = "") -> Mesh:
+    """Validate `m` and build its config graph; `source` names the mesh file.
+
+    Raises:
+        MeshError: listing every problem found, each with its `file:line`.
+    """
+    if not isinstance(m, MeshBuilder):
+        raise MeshError([MeshIssue(location=None, message=f"expected mesh(...), got {_kind(m)}")])
+    return _Compiler().mesh(m, source)
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    quoted = [repr(c) for c in choices]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else quoted[0]
+
+
+def _at(location: Location | None) -> str:
+    return f" at {location}" if location is not None else ""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _walk_clusters(items: Iterable[object]) -> Iterator[ClusterBuilder]:
+    """Cluster builders in order of first appearance: mesh items and route targets."""
+    for item in items:
+        if isinstance(item, ClusterBuilder):
+            yield item
+        elif isinstance(item, ListenerBuilder):
+            for chain in item._chains:
+                if not isinstance(chain.value, HttpBuilder):
+                    continue
+                for vh in chain.value._vhosts:
+                    if not isinstance(vh.value, VhostBuilder):
+                        continue
+                    for route in vh.value._routes:
+                        target = route.target
+                        if isinstance(target, ClusterBuilder):
+                            yield target
+                        elif isinstance(target, WeightedBuilder):
+                            for entry in target._entries:
+                                if isinstance(entry, tuple | list) and entry:
+                                    first = entry[0]
+                                    if isinstance(first, ClusterBuilder):
+                                        yield first
+
+
+class _Compiler:
+    """One compilation: the issues found so far and the cluster names known."""
+
+    def __init__(self) -> None:
+        self.issues: list[MeshIssue] = []
+        self.cluster_names: set[str] = set()
+
+    def error(self, location: Location | None, message: str) -> None:
+        self.issues.append(MeshIssue(location=location, message=message))
+
+    # ------------------------------------------------------------------ scalars
+
+    def name(self, value: object, what: str, location: Location | None) -> str:
+        if isinstance(value, str) and value:
+            return value
+        self.error(location, f"{what} name must be a non-empty string, got {value!r}")
+        return str(value)
+
+    def text(self, value: object, what: str, location: Location | None) -> str:
+        if isinstance(value, str):
+            return value
+        self.error(location, f"{what} must be a string, got {_kind(value)}")
+        return ""
+
+    def optional_text(self, value: object, what: str, location: Location | None) -> str | None:
+        return None if value is None else self.text(value, what, location)
+
+    def flag(self, value: object, what: str, location: Location | None) -> bool:
+        if isinstance(value, bool):
+            return value
+        self.error(location, f"{what} must be True or False, got {value!r}")
+        return False
+
+    def count(
+        self, value: object, what: str, location: Location | None, *, low: int, high: int
+    ) -> int:
+        if _is_int(value) and low <= cast(int, value) <= high:
+            return cast(int, value)
+        self.error(location, f"bad {what} {value!r} (expected an integer {low}..{high})")
+        return low
+
+    def duration(
+        self, value: object, what: str, location: Location | None, *, positive: bool = False
+    ) -> float:
+        try:
+            seconds = parse_duration(value, what)
+        except BadValue as exc:
+            self.error(location, str(exc))
+            return 1.0
+        if positive and seconds == 0:
+            self.error(location, f"{what} must be greater than 0")
+        return seconds
+
+    def choice(
+        self, value: object, choices: tuple[_S, ...], what: str, location: Location | None
+    ) -> _S:
+        for choice in choices:
+            if value == choice:
+                return choice
+        hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
+        self.error(location, f"unknown {what} {value!r}{hint or f' (expected {_one_of(choices)})'}")
+        return choices[0]
+
+    def bind_address(self, value: object, what: str, location: Location | None) -> SocketAddress:
+        try:
+            return parse_bind_address(value, what)
+        except BadValue as exc:
+            self.error(location, str(exc))
+            return SocketAddress(host="0.0.0.0", port=0)
+
+    def regex(self, pattern: str, what: str, location: Location | None) -> None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            self.error(location, f"bad regex {pattern!r}{what}: {exc}")
+
+    # ------------------------------------------------------------------ mesh
+
+    def mesh(self, m: MeshBuilder, source: str) -> Mesh:
+        listeners: list[ListenerBuilder] = []
+        admins: list[AdminBuilder] = []
+        demos: list[DemoServiceBuilder] = []
+        for i, item in enumerate(m._items, 1):
+            if isinstance(item, ListenerBuilder):
+                listeners.append(item)
+            elif isinstance(item, AdminBuilder):
+                admins.append(item)
+            elif isinstance(item, DemoServiceBuilder):
+                demos.append(item)
+            elif not isinstance(item, ClusterBuilder):
+                self.error(
+                    m._location,
+                    f"mesh() item {i} must be listener(...), cluster(...), admin(...) "
+                    f"or demo_service(...), got {_kind(item)}",
+                )
+        if not listeners:
+            self.error(m._location, "mesh has no listeners")
+
+        clusters = self.clusters(_walk_clusters(m._items))
+        built_listeners = self.listeners(listeners)
+        built_admin = self.admin(admins)
+        built_demos = self.demo_services(demos)
+        self.address_clashes(built_listeners, built_admin, built_demos)
+        if self.issues:
+            raise MeshError(self.issues)
+        return Mesh(
+            listeners=built_listeners,
+            clusters=clusters,
+            admin=built_admin,
+            demo_services=built_demos,
+            source=source,
+        )
+
+    # ------------------------------------------------------------------ clusters
+
+    def clusters(self, builders: Iterable[ClusterBuilder]) -> tuple[Cluster, ...]:
+        seen: dict[str, tuple[ClusterBuilder, Cluster, bool]] = {}
+        out: list[Cluster] = []
+        for cb in builders:
+            key = str(cb._name)
+            first = seen.get(key)
+            if first is not None and cb == first[0]:
+                continue  # the same cluster used again
+            before = len(self.issues)
+            built = self.cluster(cb)
+            ok = len(self.issues) == before
+            if first is None:
+                seen[key] = (cb, built, ok)
+                self.cluster_names.add(built.name)
+                out.append(built)
+            elif not (ok and first[2] and built == first[1]):
+                self.error(
+                    cb._location,
+                    f"duplicate cluster {key!r} with a different definition"
+                    f" (first defined{_at(first[1].location)})",
+                )
+        return tuple(out)
+
+    def cluster(self, cb: ClusterBuilder) -> Cluster:
+        loc = cb._location
+        name = self.name(cb._name, "cluster", loc)
+        endpoints: list[Endpoint] = []
+        for raw in cb._endpoints:
+            if not isinstance(raw, EndpointBuilder):
+                self.error(
+                    loc,
+                    f"cluster {name!r}: an endpoint must be a 'host:port' string or "
+                    f"endpoint(...), got {_kind(raw)}",
+                )
+                continue
+            eloc = raw._location
+            try:
+                address = parse_endpoint_address(raw._address, f"an endpoint of cluster {name!r}")
+            except BadValue as exc:
+                self.error(eloc, str(exc))
+                continue
+            weight = raw._weight
+            if not _is_int(weight) or cast(int, weight) < 1:
+                self.error(
+                    eloc,
+                    f"bad weight {weight!r} for endpoint {address} of cluster {name!r}"
+                    " (expected a positive integer)",
+                )
+                continue
+            endpoints.append(Endpoint(address=address, weight=cast(int, weight)))
+        lb = self.choice(cb._lb.value, get_args(LbPolicy), "lb policy", cb._lb.location)
+        ct = cb._connect_timeout
+        what = f"connect_timeout of cluster {name!r}"
+        connect_timeout = self.duration(ct.value, what, ct.location, positive=True)
+        return Cluster(
+            name=name,
+            endpoints=tuple(endpoints),
+            lb_policy=lb,
+            connect_timeout=connect_timeout,
+            location=loc,
+        )
+
+    def cluster_ref(self, target: object, location: Location | None) -> str:
+        """The name of a route's cluster (builder or name), checking that it exists."""
+        if isinstance(target, ClusterBuilder):
+            return str(target._name)  # defined, so known (or already reported)
+        if not isinstance(target, str):
+            self.error(location, f"a cluster must be cluster(...) or its name, got {_kind(target)}")
+            return ""
+        if target not in self.cluster_names:
+            hint = _did_you_mean(target, sorted(self.cluster_names))
+            self.error(location, f"unknown cluster {target!r}{hint}")
+        return target
+
+    # ------------------------------------------------------------------ listeners
+
+    def listeners(self, builders: list[ListenerBuilder]) -> tuple[Listener, ...]:
+        seen: dict[str, Location | None] = {}
+        out: list[Listener] = []
+        for lb in builders:
+            built = self.listener(lb)
+            if built.name in seen:
+                self.error(
+                    lb._location,
+                    f"duplicate listener {built.name!r} (first defined{_at(seen[built.name])})",
+                )
+            else:
+                seen[built.name] = lb._location
+            out.append(built)
+        return tuple(out)
+
+    def listener(self, lb: ListenerBuilder) -> Listener:
+        loc = lb._location
+        name = self.name(lb._name, "listener", loc)
+        address = self.bind_address(lb._address, f"listener {name!r}", loc)
+        chains: list[FilterChain] = []
+        for given in lb._chains:
+            if isinstance(given.value, HttpBuilder):
+                chains.append(self.chain(given.value, name, given.location))
+            else:
+                self.error(
+                    given.location,
+                    f"listener {name!r}: a chain must be http(...), got {_kind(given.value)}",
+                )
+        stat_prefix = None
+        if lb._stat_prefix is not None:
+            stat_prefix = self.name(lb._stat_prefix.value, "stat_prefix", lb._stat_prefix.location)
+        return Listener(
+            name=name,
+            address=address,
+            filter_chains=tuple(chains),
+            stat_prefix=stat_prefix,
+            location=loc,
+        )
+
+    def chain(self, hb: HttpBuilder, listener: str, location: Location | None) -> FilterChain:
+        loc = hb._location
+        stat_prefix = listener
+        if hb._stat_prefix is not None:
+            stat_prefix = self.name(hb._stat_prefix, "http() stat_prefix", loc)
+        codec: CodecType = self.choice(hb._codec, get_args(CodecType), "codec", loc)
+        access_logs = tuple(
+            AccessLog(
+                path=self.name(spec.path, "access_log path", spec.location),
+                format=(
+                    DEFAULT_ACCESS_LOG_FORMAT
+                    if spec.format is None
+                    else self.text(spec.format, "access_log format", spec.location)
+                ),
+                location=spec.location,
+            )
+            for spec in hb._access_logs
+        )
+        filters: list[HttpFilterConfig] = []
+        for given in hb._filters:
+            if isinstance(given.value, HttpFilterConfig):
+                filters.append(given.value)
+            else:
+                self.error(
+                    given.location,
+                    f"an HTTP filter must be an HttpFilterConfig, got {_kind(given.value)}",
+                )
+        hcm = HttpConnectionManager(
+            stat_prefix=stat_prefix,
+            route_config=RouteConfig(virtual_hosts=self.vhosts(hb._vhosts)),
+            codec=codec,
+            http_filters=tuple(filters),
+            access_logs=access_logs,
+            max_request_headers_kb=self.count(
+                hb._max_request_headers_kb,
+                "max_request_headers_kb",
+                loc,
+                low=1,
+                high=MAX_REQUEST_HEADERS_KB,
+            ),
+            max_headers_count=self.count(
+                hb._max_headers_count, "max_headers_count", loc, low=1, high=2**31 - 1
+            ),
+            server_name=self.text(hb._server_name, "server_name", loc),
+            generate_request_id=self.flag(hb._generate_request_id, "generate_request_id", loc),
+            use_remote_address=self.flag(hb._use_remote_address, "use_remote_address", loc),
+            request_headers_timeout=self.duration(
+                hb._request_headers_timeout, "request_headers_timeout", loc
+            ),
+            idle_timeout=self.duration(hb._idle_timeout, "idle_timeout", loc),
+            stream_idle_timeout=self.duration(hb._stream_idle_timeout, "stream_idle_timeout", loc),
+            request_timeout=self.duration(hb._request_timeout, "request_timeout", loc),
+            location=loc,
+        )
+        return FilterChain(filters=(hcm,), location=location)
+
+    # ------------------------------------------------------------------ vhosts
+
+    def vhosts(self, given: tuple[Given[object], ...]) -> tuple[VirtualHost, ...]:
+        out: list[VirtualHost] = []
+        names: dict[str, Location | None] = {}
+        # domain -> (index, name, location) of the first vhost serving it
+        domains: dict[str, tuple[int, str, Location | None]] = {}
+        for index, g in enumerate(given):
+            if not isinstance(g.value, VhostBuilder):
+                self.error(g.location, f"a vhost must be vhost(...), got {_kind(g.value)}")
+                continue
+            vh = self.vhost(g.value)
+            loc = vh.location
+            if vh.name in names:
+                self.error(loc, f"duplicate vhost {vh.name!r} (first defined{_at(names[vh.name])})")
+            else:
+                names[vh.name] = loc
+            for domain in dict.fromkeys(vh.domains):  # repeats within a vhost: see vhost()
+                first = domains.setdefault(domain, (index, vh.name, loc))
+                if first[0] == index:
+                    continue
+                if domain == "*":
+                    self.error(
+                        loc,
+                        f"more than one vhost with domain '*': {vh.name!r}"
+                        f" and {first[1]!r}{_at(first[2])}",
+                    )
+                else:
+                    self.error(
+                        loc,
+                        f"domain {domain!r} of vhost {vh.name!r} is also in vhost"
+                        f" {first[1]!r}{_at(first[2])}",
+                    )
+            out.append(vh)
+        return tuple(out)
+
+    def vhost(self, vb: VhostBuilder) -> VirtualHost:
+        loc = vb._location
+        name = self.name(vb._name, "vhost", loc)
+        domains: list[str] = []
+        for raw in vb._domains:
+            if not isinstance(raw, str) or not raw:
+                self.error(loc, f"bad domain {raw!r} in vhost {name!r} (expected a host name)")
+                continue
+            domain = raw.lower()
+            stars = domain.count("*")
+            if domain != "*" and (stars > 1 or (stars == 1 and "*" not in (domain[0], domain[-1]))):
+                self.error(
+                    loc,
+                    f"bad domain {raw!r} in vhost {name!r}"
+                    " (a wildcard '*' may appear once, as the first or last character)",
+                )
+            if domain in domains:
+                self.error(loc, f"domain {raw!r} repeated in vhost {name!r}")
+            domains.append(domain)
+        routes = tuple(self.route(spec, name, i) for i, spec in enumerate(vb._routes))
+        return VirtualHost(name=name, domains=tuple(domains), routes=routes, location=loc)
+
+    # ------------------------------------------------------------------ routes
+
+    def route(self, spec: RouteSpec, vhost: str, index: int) -> Route:
+        loc = spec.location
+        name = f"{vhost}/{index}" if spec.name is None else self.name(spec.name, "route", loc)
+        if isinstance(spec.match, MatchBuilder):
+            match = self.match(spec.match)
+        else:
+            self.error(
+                loc,
+                "a route match must be prefix(...), path(...) or regex(...),"
+                f" got {_kind(spec.match)}",
+            )
+            match = RouteMatch()
+        action = self.action(spec)
+        return Route(name=name, match=match, action=action, location=loc)
+
+    def action(self, spec: RouteSpec) -> Action:
+        loc = spec.location
+        target = spec.target
+        if isinstance(target, RedirectBuilder | DirectResponseBuilder):
+            what = "redirect()" if isinstance(target, RedirectBuilder) else "direct_response()"
+            for option in ("timeout", "prefix_rewrite", "host_rewrite"):
+                if getattr(spec, option) is not None:
+                    self.error(
+                        loc,
+                        f"route option {option}= needs a cluster or weighted() target, not {what}",
+                    )
+            if isinstance(target, RedirectBuilder):
+                return self.redirect(target)
+            return self.direct_response(target)
+
+        timeout = DEFAULT_ROUTE_TIMEOUT
+        if spec.timeout is not None:
+            timeout = self.duration(spec.timeout, "route timeout", loc)
+        prefix_rewrite = self.optional_text(spec.prefix_rewrite, "prefix_rewrite", loc)
+        host_rewrite = None
+        if spec.host_rewrite is not None:
+            host_rewrite = self.name(spec.host_rewrite, "host_rewrite", loc)
+        if isinstance(target, WeightedBuilder):
+            return RouteAction(
+                weighted_clusters=self.weighted(target),
+                timeout=timeout,
+                prefix_rewrite=prefix_rewrite,
+                host_rewrite=host_rewrite,
+            )
+        if not isinstance(target, ClusterBuilder | str):
+            self.error(
+                loc,
+                "a route target must be a cluster, a cluster name, weighted(...),"
+                f" redirect(...) or direct_response(...), got {_kind(target)}",
+            )
+        forwards = isinstance(target, ClusterBuilder | str)
+        return RouteAction(
+            cluster=self.cluster_ref(target, loc) if forwards else "",
+            timeout=timeout,
+            prefix_rewrite=prefix_rewrite,
+            host_rewrite=host_rewrite,
+        )
+
+    def weighted(self, wb: WeightedBuilder) -> tuple[WeightedCluster, ...]:
+        loc = wb._location
+        if not wb._entries:
+            self.error(loc, "weighted() needs at least one (cluster, weight) entry")
+        out: list[WeightedCluster] = []
+        seen: set[str] = set()
+        for i, entry in enumerate(wb._entries, 1):
+            if not isinstance(entry, tuple | list) or len(entry) != 2:
+                self.error(
+                    loc, f"weighted() entry {i} must be a (cluster, weight) pair, got {entry!r}"
+                )
+                continue
+            name = self.cluster_ref(entry[0], loc)
+            weight = 1
+            if _is_int(entry[1]) and cast(int, entry[1]) >= 1:
+                weight = cast(int, entry[1])
+            else:
+                self.error(
+                    loc,
+                    f"weighted() weight for cluster {name!r} must be a positive integer,"
+                    f" got {entry[1]!r}",
+                )
+            if name in seen:
+                self.error(loc, f"weighted() names cluster {name!r} more than once")
+            seen.add(name)
+            out.append(WeightedCluster(name=name, weight=weight))
+        return tuple(out)
+
+    def redirect(self, rb: RedirectBuilder) -> RedirectAction:
+        loc = rb._location
+        code = 301
+        if _is_int(rb._code) and rb._code in REDIRECT_CODES:
+            code = rb._code
+        else:
+            expected = ", ".join(map(str, REDIRECT_CODES))
+            self.error(loc, f"bad redirect code {rb._code!r} (expected {expected})")
+        port = None
+        if rb._port is not None:
+            port = self.count(rb._port, "redirect port", loc, low=1, high=65535)
+        path = self.optional_text(rb._path, "redirect path", loc)
+        prefix_rewrite = self.optional_text(rb._prefix_rewrite, "redirect prefix_rewrite", loc)
+        if path is not None and prefix_rewrite is not None:
+            self.error(loc, "redirect() takes path= or prefix_rewrite=, not both")
+        if path is not None and not path.startswith("/"):
+            self.error(loc, f"redirect path {path!r} must start with '/'")
+        scheme = self.optional_text(rb._scheme, "redirect scheme", loc)
+        return RedirectAction(
+            scheme=scheme.lower() if scheme else scheme,
+            host=self.optional_text(rb._host, "redirect host", loc),
+            port=port,
+            path=path,
+            prefix_rewrite=prefix_rewrite,
+            code=code,
+            strip_query=self.flag(rb._strip_query, "redirect strip_query", loc),
+        )
+
+    def direct_response(self, db: DirectResponseBuilder) -> DirectResponseAction:
+        loc = db._location
+        status = self.count(db._status, "direct_response status", loc, low=100, high=599)
+        body = db._body
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        elif not isinstance(body, bytes):
+            self.error(loc, f"direct_response body must be str or bytes, got {_kind(body)}")
+            body = b""
+        return DirectResponseAction(
+            status=status,
+            body=body,
+            content_type=self.text(db._content_type, "direct_response content_type", loc),
+        )
+
+    # ------------------------------------------------------------------ matches
+
+    def match(self, mb: MatchBuilder) -> RouteMatch:
+        loc = mb._location
+        kind = cast(PathKind, mb._kind)
+        value = self.text(mb._value, f"{kind}()", loc)
+        if kind == "regex":
+            self.regex(value, "", loc)
+        elif isinstance(mb._value, str) and not value.startswith("/"):
+            self.error(loc, f"{kind} {value!r} must start with '/'")
+        return RouteMatch(
+            path_kind=kind,
+            value=value,
+            case_sensitive=mb._case_sensitive,
+            headers=tuple(self.header(spec) for spec in mb._headers),
+            query_parameters=tuple(self.query(spec) for spec in mb._queries),
+        )
+
+    def _string_match(
+        self,
+        what: str,
+        given: tuple[tuple[str, object], ...],
+        location: Location | None,
+    ) -> tuple[StringMatchKind, str, bool]:
+        """(kind, value, present) from the matcher kinds given to .header()/.query()."""
+        if len(given) > 1:
+            got = ", ".join(f"{k}=" for k, _ in given)
+            self.error(location, f"{what}: give only one of {_MATCH_KINDS} (got {got})")
+        if not given:
+            return "present", "", True
+        kind, value = given[0]
+        if kind == "present":
+            return "present", "", self.flag(value, f"{what}: present", location)
+        text = self.text(value, f"{what}: {kind}=", location)
+        if kind == "regex":
+            self.regex(text, f" for {what}", location)
+        return cast(StringMatchKind, kind), text, True
+
+    def header(self, spec: HeaderSpec) -> HeaderMatcher:
+        loc = spec.location
+        name = self.name(spec.name, "header", loc).lower()
+        kind, value, present = self._string_match(f"header {name!r}", spec.given, loc)
+        invert = self.flag(spec.invert, f"header {name!r}: invert", loc)
+        # present=False means "absent": Envoy's present_match false.
+        return HeaderMatcher(name=name, kind=kind, value=value, invert=invert != (not present))
+
+    def query(self, spec: QuerySpec) -> QueryParameterMatcher:
+        loc = spec.location
+        name = self.name(spec.name, "query parameter", loc)
+        kind, value, present = self._string_match(f"query parameter {name!r}", spec.given, loc)
+        if not present:
+            self.error(loc, f"query parameter {name!r}: present=False is not supported")
+        return QueryParameterMatcher(name=name, kind=kind, value=value)
+
+    # ------------------------------------------------------------------ top level
+
+    def admin(self, builders: list[AdminBuilder]) -> Admin | None:
+        if not builders:
+            return None
+        first = builders[0]
+        for extra in builders[1:]:
+            self.error(
+                extra._location, f"more than one admin (first defined{_at(first._location)})"
+            )
+        address = self.bind_address(first._address, "admin", first._location)
+        return Admin(address=address, location=first._location)
+
+    def demo_services(self, builders: list[DemoServiceBuilder]) -> tuple[DemoService, ...]:
+        out: list[DemoService] = []
+        seen: dict[str, Location | None] = {}
+        for db in builders:
+            loc = db._location
+            name = self.name(db._name, "demo_service", loc)
+            if name in seen:
+                self.error(loc, f"duplicate demo_service {name!r} (first defined{_at(seen[name])})")
+            seen.setdefault(name, loc)
+            address = self.bind_address(db._address, f"demo_service {name!r}", loc)
+            out.append(DemoService(name=name, address=address, location=loc))
+        return tuple(out)
+
+    def address_clashes(
+        self,
+        listeners: tuple[Listener, ...],
+        admin: Admin | None,
+        demos: tuple[DemoService, ...],
+    ) -> None:
+        """Two sockets on one port with overlapping hosts (port 0 never clashes)."""
+        binds: list[tuple[str, SocketAddress, Location | None]] = [
+            (f"listener {lis.name!r}", lis.address, lis.location) for lis in listeners
+        ]
+        if admin is not None:
+            binds.append(("admin", admin.address, admin.location))
+        binds.extend((f"demo_service {d.name!r}", d.address, d.location) for d in demos)
+        for j, (what, addr, loc) in enumerate(binds):
+            if addr.port == 0:
+                continue
+            for other, other_addr, other_loc in binds[:j]:
+                if other_addr.port == addr.port and (
+                    other_addr.host == addr.host
+                    or {other_addr.host, addr.host} & _WILDCARD_ADDRESSES
+                ):
+                    self.error(
+                        loc,
+                        f"{what} address {addr} clashes with {other}"
+                        f" ({other_addr}{_at(other_loc)})",
+                    )
+                    break

@@ -1,0 +1,120 @@
+"""Shared fixtures: real upstreams and a running proxy, all on 127.0.0.1.
+
+`start_proxy(nursery, mesh)` runs a `Server` inside the test's own trio
+loop (so `MockClock` tests drive the proxy's timeouts too) and returns it
+once every listener is bound. Listeners are declared on port 0 and tests ask
+the server for the real port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from tests.upstream import Upstream
+from trioproxy.config import (
+    AccessLog,
+    Admin,
+    Cluster,
+    Endpoint,
+    FilterChain,
+    HttpConnectionManager,
+    Listener,
+    Mesh,
+    Route,
+    RouteAction,
+    RouteConfig,
+    RouteMatch,
+    SocketAddress,
+    VirtualHost,
+)
+from trioproxy.runtime.server import Server
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require_tool(name: str) -> str:
+    """The path of an external tool; in CI a missing tool fails, elsewhere it skips."""
+    path = shutil.which(name)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is required in CI (.ci/run installs it)")
+        pytest.skip(f"{name} not installed (CI installs it; apt-get install {name})")
+    return path
+
+
+@pytest.fixture
+def autojump_clock() -> MockClock:
+    return MockClock(autojump_threshold=0)
+
+
+def addr(text: str) -> SocketAddress:
+    host, _, port = text.rpartition(":")
+    return SocketAddress(host=host, port=int(port))
+
+
+def cluster(name: str, *upstreams: Upstream | str, **kw: object) -> Cluster:
+    eps = tuple(
+        Endpoint(address=addr(u if isinstance(u, str) else u.address)) for u in upstreams
+    )
+    return Cluster(name=name, endpoints=eps, **kw)  # type: ignore[arg-type]
+
+
+def simple_mesh(
+    routes: Sequence[Route],
+    clusters: Sequence[Cluster],
+    *,
+    vhosts: Sequence[VirtualHost] | None = None,
+    access_logs: Sequence[AccessLog] = (),
+    admin: bool = False,
+    **hcm: object,
+) -> Mesh:
+    if vhosts is None:
+        vhosts = [VirtualHost(name="default", domains=("*",), routes=tuple(routes))]
+    manager = HttpConnectionManager(
+        stat_prefix="ingress_http",
+        route_config=RouteConfig(virtual_hosts=tuple(vhosts)),
+        access_logs=tuple(access_logs),
+        **hcm,  # type: ignore[arg-type]
+    )
+    return Mesh(
+        listeners=(
+            Listener(
+                name="ingress",
+                address=SocketAddress(host="127.0.0.1", port=0),
+                filter_chains=(FilterChain(filters=(manager,)),),
+            ),
+        ),
+        clusters=tuple(clusters),
+        admin=Admin(address=SocketAddress(host="127.0.0.1", port=0)) if admin else None,
+    )
+
+
+def route_to(cluster_name: str, prefix: str = "/", **action: object) -> Route:
+    return Route(
+        name=f"to_{cluster_name}",
+        match=RouteMatch(path_kind="prefix", value=prefix),
+        action=RouteAction(cluster=cluster_name, **action),  # type: ignore[arg-type]
+    )
+
+
+async def start_upstream(
+    nursery: trio.Nursery, name: str = "upstream", network: object = None
+) -> Upstream:
+    up: Upstream = await nursery.start(Upstream(name).run, network)
+    return up
+
+
+async def start_proxy(nursery: trio.Nursery, mesh: Mesh, network: object = None) -> Server:
+    server: Server = await nursery.start(Server(mesh, network=network).run)  # type: ignore[arg-type]
+    return server
+
+
+def proxy_url(server: Server, path: str = "/") -> str:
+    a = server.listener_address("ingress")
+    return f"http://127.0.0.1:{a.port}{path}"

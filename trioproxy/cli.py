@@ -1,0 +1,203 @@
+"""`trioproxy serve | validate | show`: the command line.
+
+This module loads mesh files through the DSL and hands the compiled graph to
+the runtime; it is the only place (with tests) where the two meet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from trioproxy import __version__
+from trioproxy.config import Mesh, SocketAddress
+
+__all__ = ["main"]
+
+_EPILOG_SERVE = """\
+examples:
+  trioproxy serve examples/front_proxy.py
+  trioproxy serve mesh.py --admin 127.0.0.1:9901 --log-level debug
+
+Ctrl-C or SIGTERM stops the server. The mesh file is a Python module that
+defines MESH (or a build() function) with the trioproxy.dsl builders.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trioproxy",
+        description="An Envoy-class L4/L7 proxy on Trio, configured in typed Python.",
+    )
+    p.add_argument("--version", action="version", version=f"trioproxy {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser(
+        "serve",
+        help="run the proxy for a mesh file",
+        description="Compile MESH.py, then serve its listeners until stopped.",
+        epilog=_EPILOG_SERVE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("mesh", metavar="MESH.py", help="the mesh file")
+    s.add_argument("--admin", metavar="ADDR", help="admin address, e.g. 127.0.0.1:9901 (overrides the mesh)")
+    s.add_argument(
+        "--log-level",
+        default="info",
+        choices=["trace", "debug", "info", "warning", "warn", "error", "critical", "off"],
+        help="application log level (default: info)",
+    )
+    s.add_argument("--log-path", metavar="PATH", help="write the application log here instead of stderr")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes (only 1 for now; multi-process workers are planned)",
+    )
+
+    v = sub.add_parser(
+        "validate",
+        help="check a mesh file and report every error",
+        description="Compile MESH.py without binding anything. Exit 0 with a summary, "
+        "or 1 with every error as file:line: message.",
+    )
+    v.add_argument("mesh", metavar="MESH.py")
+
+    sh = sub.add_parser(
+        "show",
+        help="print the compiled config graph",
+        description="Print the compiled graph of MESH.py as a tree, or as JSON with --json.",
+    )
+    sh.add_argument("mesh", metavar="MESH.py")
+    sh.add_argument("--json", action="store_true", help="print JSON for tools")
+    return p
+
+
+def _load(path: str) -> Mesh | None:
+    from trioproxy.dsl import MeshError, load_mesh
+
+    try:
+        return load_mesh(path)
+    except MeshError as exc:
+        n = len(exc.issues)
+        print(f"{path}: {n} error{'s' if n != 1 else ''}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"  {line}", file=sys.stderr)
+        return None
+
+
+def _summary(mesh: Mesh) -> str:
+    routes = sum(
+        len(vh.routes)
+        for lc in mesh.listeners
+        for chain in lc.filter_chains
+        for f in chain.filters
+        for vh in getattr(getattr(f, "route_config", None), "virtual_hosts", ())
+    )
+    return (
+        f"{len(mesh.listeners)} listener{'s' if len(mesh.listeners) != 1 else ''}, "
+        f"{routes} route{'s' if routes != 1 else ''}, "
+        f"{len(mesh.clusters)} cluster{'s' if len(mesh.clusters) != 1 else ''}"
+    )
+
+
+def _parse_addr(text: str) -> SocketAddress | None:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    host = host.strip("[]") or "0.0.0.0"
+    return SocketAddress(host=host, port=int(port))
+
+
+def _setup_logging(level: str, path: str | None) -> None:
+    lvl = {"trace": "DEBUG", "warn": "WARNING", "off": "CRITICAL"}.get(level, level.upper())
+    handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s][%(name)s] %(message)s"))
+    root = logging.getLogger("trioproxy")
+    root.handlers[:] = [handler]
+    root.setLevel(lvl)
+    root.propagate = False
+
+
+async def _serve(mesh: Mesh, admin: SocketAddress | None, options: dict[str, object]) -> None:
+    from trioproxy.runtime.server import Server
+
+    server = Server(mesh, admin_address=admin, options=options)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    logging.getLogger("trioproxy").info(
+                        "%s received; shutting down", signal.Signals(signum).name
+                    )
+                    server.shutdown()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            await server.run()
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "validate":
+        mesh = _load(args.mesh)
+        if mesh is None:
+            return 1
+        print(f"{args.mesh}: OK: {_summary(mesh)}")
+        return 0
+    if args.command == "show":
+        mesh = _load(args.mesh)
+        if mesh is None:
+            return 1
+        from trioproxy.config.dump import to_jsonable, to_tree
+
+        if args.json:
+            print(json.dumps(to_jsonable(mesh), indent=2))
+        else:
+            print(to_tree(mesh), end="" if to_tree(mesh).endswith("\n") else "\n")
+        return 0
+    # serve
+    if args.workers != 1:
+        print(
+            "trioproxy: --workers must be 1 for now (multi-process workers are not built yet)",
+            file=sys.stderr,
+        )
+        return 2
+    admin = None
+    if args.admin:
+        admin = _parse_addr(args.admin)
+        if admin is None:
+            print(f"trioproxy: bad --admin address {args.admin!r} (want HOST:PORT)", file=sys.stderr)
+            return 2
+    _setup_logging(args.log_level, args.log_path)
+    mesh = _load(args.mesh)
+    if mesh is None:
+        return 1
+    options = {
+        "mesh": args.mesh,
+        "concurrency": args.workers,
+        "log_level": args.log_level,
+        "log_path": args.log_path or "",
+        "admin": args.admin or "",
+    }
+    try:
+        trio.run(_serve, mesh, admin, options)
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return 130
+    except OSError as exc:
+        print(f"trioproxy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""HTTP/1.1 codecs for both sides of the proxy: sans-IO adapters over h11.
+
+Rules of this file:
+- Bytes in (`receive_data`), neutral events out (`next_event`), bytes to write
+  returned by every `send_*`. No trio, no sockets, no clock.
+- Events are `RequestHead` / `ResponseHead`, `bytes` (a body chunk, never
+  empty), `EndOfMessage` (with trailers), `NEED_DATA`, `PAUSED` and `CLOSED`.
+- Header names arrive lower-case (h11 normalises them); `Host` becomes the
+  request's `authority` and is not kept in the header list.
+- Every peer error raises `Http1Error` carrying the status to answer with
+  (400, 413, 431, 426 ...) and Envoy's response-code details. A limit we
+  enforce ourselves (header count) raises the same way.
+- Framing headers are re-derived on the way out: `Transfer-Encoding` is never
+  copied from one side to the other; a body without a length is sent chunked.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import h11
+
+from trioproxy.codec.stream import Headers, RequestHead, ResponseHead
+
+__all__ = [
+    "CLOSED",
+    "HOP_BY_HOP",
+    "NEED_DATA",
+    "PAUSED",
+    "REASONS",
+    "EndOfMessage",
+    "Http1ClientCodec",
+    "Http1Error",
+    "Http1ServerCodec",
+    "strip_hop_by_hop",
+]
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+PAUSED: Final = _Sentinel("PAUSED")
+CLOSED: Final = _Sentinel("CLOSED")
+
+
+class EndOfMessage:
+    __slots__ = ("trailers",)
+
+    def __init__(self, trailers: Headers) -> None:
+        self.trailers = trailers
+
+
+class Http1Error(Exception):
+    """A protocol error with the HTTP status to answer it with."""
+
+    def __init__(self, message: str, status: int = 400, details: str = "codec_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.details = details
+
+
+# Hop-by-hop headers (RFC 9110 7.6.1) plus the legacy ones Envoy also strips.
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+        b"trailer",
+        b"proxy-authenticate",
+    }
+)
+
+
+def strip_hop_by_hop(headers: Headers) -> Headers:
+    """Remove hop-by-hop headers and those named in `Connection`.
+
+    `te: trailers` is kept (gRPC needs it end to end, as in Envoy).
+    """
+    named: set[bytes] = set()
+    for k, v in headers:
+        if k == b"connection":
+            named.update(t.strip().lower() for t in v.split(b","))
+    out: Headers = []
+    for k, v in headers:
+        if k in HOP_BY_HOP or k in named:
+            if k == b"te" and v.strip().lower() == b"trailers":
+                out.append((k, v))
+            continue
+        out.append((k, v))
+    return out
+
+
+# Standard reason phrases (RFC 9110 section 15).
+REASONS: Final = {
+    100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Created",
+    202: b"Accepted", 203: b"Non-Authoritative Information", 204: b"No Content",
+    205: b"Reset Content", 206: b"Partial Content", 300: b"Multiple Choices",
+    301: b"Moved Permanently", 302: b"Found", 303: b"See Other", 304: b"Not Modified",
+    307: b"Temporary Redirect", 308: b"Permanent Redirect", 400: b"Bad Request",
+    401: b"Unauthorized", 402: b"Payment Required", 403: b"Forbidden", 404: b"Not Found",
+    405: b"Method Not Allowed", 406: b"Not Acceptable", 407: b"Proxy Authentication Required",
+    408: b"Request Timeout", 409: b"Conflict", 410: b"Gone", 411: b"Length Required",
+    412: b"Precondition Failed", 413: b"Payload Too Large", 414: b"URI Too Long",
+    415: b"Unsupported Media Type", 416: b"Range Not Satisfiable", 417: b"Expectation Failed",
+    421: b"Misdirected Request", 422: b"Unprocessable Content", 425: b"Too Early",
+    426: b"Upgrade Required", 428: b"Precondition Required", 429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large", 451: b"Unavailable For Legal Reasons",
+    500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
+    503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
+}  # fmt: skip
+
+Event = RequestHead | ResponseHead | bytes | EndOfMessage | _Sentinel
+
+
+class _Base:
+    __slots__ = ("_conn", "_max_headers")
+
+    _conn: h11.Connection
+    _max_headers: int
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; `b""` means the peer closed its side."""
+        try:
+            self._conn.receive_data(data)
+        except h11.RemoteProtocolError as exc:  # receiving after a close
+            raise Http1Error(str(exc)) from None
+
+    @property
+    def keep_alive(self) -> bool:
+        return (
+            self._conn.our_state is h11.DONE
+            and self._conn.their_state is h11.DONE
+        )
+
+    def message_complete(self) -> bool:
+        """The peer's current message has been read to its end."""
+        return self._conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
+
+    def start_next_cycle(self) -> bool:
+        """Reset for the next message on a kept-alive connection; False if impossible."""
+        try:
+            self._conn.start_next_cycle()
+        except h11.LocalProtocolError:
+            return False
+        return True
+
+    def _next(self) -> object:
+        try:
+            return self._conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise Http1Error(str(exc), exc.error_status_hint, _details(exc)) from None
+
+    def _body_event(self, ev: object) -> Event:
+        if type(ev) is h11.Data:
+            return bytes(ev.data)
+        if type(ev) is h11.EndOfMessage:
+            return EndOfMessage(list(ev.headers) if ev.headers else [])
+        if ev is h11.NEED_DATA:
+            return NEED_DATA
+        if ev is h11.PAUSED:
+            return PAUSED
+        if type(ev) is h11.ConnectionClosed:
+            return CLOSED
+        raise Http1Error(f"unexpected event {ev!r}")  # pragma: no cover
+
+
+def _details(exc: h11.RemoteProtocolError) -> str:
+    if exc.error_status_hint == 431:
+        return "http1.headers_too_large"
+    return "http1.codec_error"
+
+
+class Http1ServerCodec(_Base):
+    """The downstream side: parses requests, serialises responses.
+
+    Args:
+        max_header_bytes: the request line plus headers (Envoy's
+            `max_request_headers_kb`, 60 KiB); past it, 431.
+        max_headers: header count (Envoy's `max_headers_count`, 100); past it, 431.
+    """
+
+    __slots__ = ("_head_method",)
+
+    def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100) -> None:
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self._max_headers = max_headers
+        self._head_method = b""
+
+    @property
+    def waiting_for_100_continue(self) -> bool:
+        return bool(self._conn.they_are_waiting_for_100_continue)
+
+    @property
+    def has_buffered_data(self) -> bool:
+        return bool(self._conn.trailing_data[0])
+
+    def next_event(self) -> Event:
+        ev = self._next()
+        if type(ev) is h11.Request:
+            return self._request(ev)
+        return self._body_event(ev)
+
+    def _request(self, ev: h11.Request) -> RequestHead:
+        raw = list(ev.headers)
+        if len(raw) > self._max_headers:
+            raise Http1Error(
+                f"too many headers ({len(raw)} > {self._max_headers})",
+                431,
+                "http1.too_many_headers",
+            )
+        if ev.http_version != b"1.1":
+            # Envoy rejects HTTP/1.0 unless accept_http_10 is set: 426.
+            raise Http1Error("HTTP/1.0 is not accepted", 426, "low_version")
+        authority = b""
+        headers: Headers = []
+        for k, v in raw:
+            if k == b"host":
+                authority = v
+            else:
+                headers.append((k, v))
+        target = bytes(ev.target)
+        scheme = b"http"
+        if not target.startswith(b"/"):
+            if target == b"*" and ev.method == b"OPTIONS":
+                pass
+            elif target.startswith((b"http://", b"https://")):
+                # absolute-form (RFC 9112 3.2.2): the target's authority wins.
+                scheme, _, rest = target.partition(b"://")
+                slash = rest.find(b"/")
+                authority = rest if slash < 0 else rest[:slash]
+                target = b"/" if slash < 0 else rest[slash:]
+            else:
+                raise Http1Error("invalid request target", 400, "http1.invalid_url")
+        self._head_method = bytes(ev.method)
+        return RequestHead(
+            method=self._head_method,
+            path=target,
+            authority=authority,
+            scheme=scheme,
+            headers=headers,
+        )
+
+    # ------------------------------------------------------------------ output
+
+    def send_100_continue(self) -> bytes:
+        return (
+            self._conn.send(
+                h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+            )
+            or b""
+        )
+
+    def send_response_head(self, head: ResponseHead) -> bytes:
+        try:
+            return (
+                self._conn.send(
+                    h11.Response(
+                        status_code=head.status,
+                        headers=head.headers,
+                        # Like Envoy, write the standard phrase, not the upstream's.
+                        reason=REASONS.get(head.status, b""),
+                    )
+                )
+                or b""
+            )
+        except h11.LocalProtocolError as exc:
+            raise Http1Error(f"cannot send response head: {exc}", 502, "upstream_protocol") from None
+
+    def send_data(self, data: bytes) -> bytes:
+        return self._conn.send(h11.Data(data=data)) or b""
+
+    def send_end(self, trailers: Headers | None = None) -> bytes:
+        return self._conn.send(h11.EndOfMessage(headers=trailers or [])) or b""
+
+    @property
+    def response_started(self) -> bool:
+        return self._conn.our_state is not h11.IDLE and self._conn.our_state is not h11.SEND_RESPONSE
+
+
+class Http1ClientCodec(_Base):
+    """The upstream side: serialises requests, parses responses."""
+
+    __slots__ = ("_informational",)
+
+    def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100) -> None:
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
+        self._max_headers = max_headers
+
+    def send_request_head(
+        self, head: RequestHead, *, body: bool, content_length: bytes | None
+    ) -> bytes:
+        """Serialise a request head.
+
+        Args:
+            body: whether a body follows. Without `content_length` it is sent
+                chunked; with neither, the request has no body and is ended here.
+            content_length: the downstream's `Content-Length`, passed on as is.
+        """
+        headers: Headers = [(b"host", head.authority)]
+        headers += [(k, v) for k, v in head.headers if k != b"content-length"]
+        if content_length is not None:
+            headers.append((b"content-length", content_length))
+        elif body:
+            headers.append((b"transfer-encoding", b"chunked"))
+        try:
+            data = (
+                self._conn.send(h11.Request(method=head.method, target=head.path, headers=headers))
+                or b""
+            )
+            if not body:
+                data += self._conn.send(h11.EndOfMessage()) or b""
+            return data
+        except h11.LocalProtocolError as exc:
+            raise Http1Error(f"cannot send request: {exc}", 400, "http1.codec_error") from None
+
+    def send_data(self, data: bytes) -> bytes:
+        return self._conn.send(h11.Data(data=data)) or b""
+
+    def send_end(self, trailers: Headers | None = None) -> bytes:
+        return self._conn.send(h11.EndOfMessage(headers=trailers or [])) or b""
+
+    def next_event(self) -> Event:
+        ev = self._next()
+        if type(ev) is h11.Response or type(ev) is h11.InformationalResponse:
+            raw = list(ev.headers)
+            if len(raw) > self._max_headers:
+                raise Http1Error("too many response headers", 502, "upstream_protocol")
+            return ResponseHead(
+                status=ev.status_code,
+                headers=list(raw),
+                reason=bytes(ev.reason),
+                http_version=bytes(ev.http_version),
+            )
+        return self._body_event(ev)
+
+    @property
+    def request_complete(self) -> bool:
+        return self._conn.our_state is h11.DONE

@@ -1,0 +1,230 @@
+"""Render a config graph for tools (`to_jsonable`) and for people (`to_tree`).
+
+Both are pure functions of a `Mesh`; they back `trioproxy show [--json]` and
+the admin `/config_dump`. Locations are left out: they say where a node was
+written, not what it is. This module imports only `trioproxy.config`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import attrs
+
+from trioproxy.config.graph import (
+    Cluster,
+    DirectResponseAction,
+    HeaderMatcher,
+    HttpConnectionManager,
+    HttpFilterConfig,
+    Listener,
+    Location,
+    Mesh,
+    NetworkFilterConfig,
+    QueryParameterMatcher,
+    RedirectAction,
+    Route,
+    RouteAction,
+    RouteMatch,
+    VirtualHost,
+)
+
+__all__ = ["to_jsonable", "to_tree"]
+
+# Values whose concrete class is not fixed by the field that holds them; the
+# JSON form names the class in "@type", like Envoy's config_dump.
+_POLYMORPHIC = (
+    HttpFilterConfig,
+    NetworkFilterConfig,
+    RouteAction,
+    RedirectAction,
+    DirectResponseAction,
+)
+
+
+def to_jsonable(mesh: Mesh) -> dict[str, object]:
+    """The graph as JSON-able data: dicts, lists, str, int, float, bool, None.
+
+    Tuples become lists, bytes are decoded as UTF-8 (undecodable bytes are
+    replaced), `Location`s are omitted, and filter configs and route actions
+    carry their class name under "@type".
+    """
+    out = _jsonable(mesh)
+    assert isinstance(out, dict)
+    return out
+
+
+def _jsonable(value: object) -> object:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, enum.Enum):
+        return _jsonable(value.value)
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    cls = type(value)
+    if attrs.has(cls):
+        out: dict[str, object] = {}
+        if isinstance(value, _POLYMORPHIC):
+            out["@type"] = cls.__name__ if cls.__module__ == Mesh.__module__ else _name(cls)
+        for field in attrs.fields(cls):
+            item = getattr(value, field.name)
+            if isinstance(item, Location) or field.name == "location":
+                continue
+            out[field.name] = _jsonable(item)
+        return out
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple | list | frozenset | set):
+        items = [_jsonable(v) for v in value]
+        if isinstance(value, frozenset | set):
+            items.sort(key=repr)
+        return items
+    return repr(value)
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# --------------------------------------------------------------------------- tree
+
+
+def to_tree(mesh: Mesh) -> str:
+    """An indented, human-readable outline of the graph.
+
+    listeners -> filter chains -> vhosts -> routes -> action; clusters with
+    their lb policy and endpoints; the admin address; demo services.
+    """
+    lines: list[str] = [f"mesh {mesh.source}" if mesh.source else "mesh"]
+    lines.append("  listeners" if mesh.listeners else "  listeners: none")
+    for lis in mesh.listeners:
+        lines.extend(_listener(lis, "    "))
+    lines.append("  clusters" if mesh.clusters else "  clusters: none")
+    for c in mesh.clusters:
+        lines.extend(_cluster(c, "    "))
+    lines.append(f"  admin {mesh.admin.address}" if mesh.admin else "  admin: none")
+    if mesh.demo_services:
+        lines.append("  demo_services")
+        lines.extend(f"    demo_service {d.name} {d.address}" for d in mesh.demo_services)
+    return "\n".join(lines) + "\n"
+
+
+def _seconds(value: float) -> str:
+    """15.0 -> "15s", 0.25 -> "250ms", 0 -> "off"."""
+    if value == 0:
+        return "off"
+    if value < 1:
+        return f"{value * 1000:g}ms"
+    return f"{value:g}s"
+
+
+def _listener(lis: Listener, ind: str) -> list[str]:
+    stat = f" stat_prefix={lis.stat_prefix}" if lis.stat_prefix else ""
+    lines = [f"{ind}listener {lis.name} {lis.address}{stat}"]
+    if not lis.filter_chains:
+        lines.append(f"{ind}  (no filter chains)")
+    for i, chain in enumerate(lis.filter_chains):
+        lines.append(f"{ind}  chain {i}")
+        for flt in chain.filters:
+            if isinstance(flt, HttpConnectionManager):
+                lines.extend(_hcm(flt, ind + "    "))
+            else:
+                lines.append(f"{ind}    {_describe(flt)}")
+    return lines
+
+
+def _hcm(hcm: HttpConnectionManager, ind: str) -> list[str]:
+    lines = [
+        f"{ind}http stat_prefix={hcm.stat_prefix} codec={hcm.codec}"
+        f" idle_timeout={_seconds(hcm.idle_timeout)}"
+        f" stream_idle_timeout={_seconds(hcm.stream_idle_timeout)}"
+        f" request_timeout={_seconds(hcm.request_timeout)}"
+    ]
+    for log in hcm.access_logs:
+        lines.append(f"{ind}  access_log {log.path}")
+    for flt in hcm.http_filters:
+        lines.append(f"{ind}  filter {_describe(flt)}")
+    for vh in hcm.route_config.virtual_hosts:
+        lines.extend(_vhost(vh, ind + "  "))
+    return lines
+
+
+def _vhost(vh: VirtualHost, ind: str) -> list[str]:
+    lines = [f"{ind}vhost {vh.name} domains={','.join(vh.domains)}"]
+    if not vh.routes:
+        lines.append(f"{ind}  (no routes)")
+    lines.extend(_route(r, ind + "  ") for r in vh.routes)
+    return lines
+
+
+def _route(route: Route, ind: str) -> str:
+    return f"{ind}route {route.name}: {_match(route.match)} -> {_action(route.action)}"
+
+
+def _match(m: RouteMatch) -> str:
+    parts = [f"{m.path_kind} {m.value}"]
+    if not m.case_sensitive:
+        parts.append("(case-insensitive)")
+    parts.extend(f"header {_string_match(h)}" for h in m.headers)
+    parts.extend(f"query {_string_match(q)}" for q in m.query_parameters)
+    return " ".join(parts)
+
+
+def _string_match(m: HeaderMatcher | QueryParameterMatcher) -> str:
+    invert = isinstance(m, HeaderMatcher) and m.invert
+    text = f"{m.name} present" if m.kind == "present" else f"{m.name} {m.kind} {m.value!r}"
+    return f"not({text})" if invert else text
+
+
+def _action(action: object) -> str:
+    if isinstance(action, RouteAction):
+        if action.weighted_clusters:
+            target = "weighted " + " ".join(
+                f"{w.name}:{w.weight}" for w in action.weighted_clusters
+            )
+        else:
+            target = f"cluster {action.cluster}"
+        extra = [f"timeout={_seconds(action.timeout)}"]
+        if action.prefix_rewrite is not None:
+            extra.append(f"prefix_rewrite={action.prefix_rewrite}")
+        if action.host_rewrite is not None:
+            extra.append(f"host_rewrite={action.host_rewrite}")
+        return f"{target} " + " ".join(extra)
+    if isinstance(action, RedirectAction):
+        parts = [f"redirect {action.code}"]
+        for name in ("scheme", "host", "port", "path", "prefix_rewrite"):
+            value = getattr(action, name)
+            if value is not None:
+                parts.append(f"{name}={value}")
+        if action.strip_query:
+            parts.append("strip_query")
+        return " ".join(parts)
+    if isinstance(action, DirectResponseAction):
+        return f"direct_response {action.status} ({len(action.body)} bytes, {action.content_type})"
+    return _describe(action)
+
+
+def _cluster(c: Cluster, ind: str) -> list[str]:
+    lines = [
+        f"{ind}cluster {c.name} lb={c.lb_policy} connect_timeout={_seconds(c.connect_timeout)}"
+    ]
+    if not c.endpoints:
+        lines.append(f"{ind}  (no endpoints)")
+    lines.extend(f"{ind}  endpoint {e.address} weight={e.weight}" for e in c.endpoints)
+    return lines
+
+
+def _describe(value: object) -> str:
+    """One line for a value this module has no special form for (e.g. a filter)."""
+    cls = type(value)
+    if not attrs.has(cls):
+        return repr(value)
+    fields = ", ".join(
+        f"{f.name}={getattr(value, f.name)!r}"
+        for f in attrs.fields(cls)
+        if f.name != "location" and f.repr
+    )
+    return f"{cls.__name__}({fields})"

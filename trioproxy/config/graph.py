@@ -1,0 +1,314 @@
+"""The config graph: frozen, slotted, keyword-only attrs classes. Pure data.
+
+This module is the contract between the DSL (which builds and validates it)
+and the runtime (which runs it). It imports nothing from the rest of
+trioproxy and does no I/O. Every value is hashable and picklable so that a
+reload can diff two graphs by equality and workers can receive one by pickle.
+
+Names are references: a route names its cluster; the DSL compiler checks
+every reference before a graph is ever built, so the runtime may assume the
+graph is consistent.
+
+`Location` fields record the user's `file:line` of the builder call that made
+a node. They are excluded from equality so that moving a line in a mesh file
+does not count as a change on reload.
+
+Defaults follow Envoy (see ../shared/reference/envoy.md); every default that
+differs is recorded in docs/decisions.md.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+__all__ = [
+    "AccessLog",
+    "Admin",
+    "Cluster",
+    "DemoService",
+    "DirectResponseAction",
+    "Endpoint",
+    "FilterChain",
+    "HeaderMatcher",
+    "HttpConnectionManager",
+    "HttpFilterConfig",
+    "Listener",
+    "Location",
+    "Mesh",
+    "NetworkFilterConfig",
+    "QueryParameterMatcher",
+    "RedirectAction",
+    "Route",
+    "RouteAction",
+    "RouteConfig",
+    "RouteMatch",
+    "SocketAddress",
+    "VirtualHost",
+    "WeightedCluster",
+]
+
+# Envoy's default access-log format (docs: access_log/usage "Default format string").
+DEFAULT_ACCESS_LOG_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
+    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n'
+)
+
+LbPolicy = Literal["round_robin", "least_request", "random"]
+PathKind = Literal["prefix", "path", "regex"]
+StringMatchKind = Literal["exact", "prefix", "suffix", "contains", "regex", "present"]
+CodecType = Literal["auto", "http1", "http2"]
+
+
+@attrs.frozen(kw_only=True)
+class Location:
+    """Where in the user's mesh file a node was declared."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@attrs.frozen(kw_only=True)
+class SocketAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def stat_name(self) -> str:
+        """Envoy's listener stat name: `0.0.0.0_8000` (`:` becomes `_`)."""
+        return f"{self.host}_{self.port}".replace(":", "_")
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+@attrs.frozen(kw_only=True)
+class Endpoint:
+    address: SocketAddress
+    weight: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class Cluster:
+    name: str
+    endpoints: tuple[Endpoint, ...] = ()
+    lb_policy: LbPolicy = "round_robin"
+    # Envoy: connect_timeout 5 s.
+    connect_timeout: float = 5.0
+    # Envoy: least_request choice_count 2.
+    choice_count: int = 2
+    # Envoy: common_http_protocol_options.idle_timeout 1 h for upstream connections.
+    idle_timeout: float = 3600.0
+    # Not an Envoy knob: idle connections kept per host. Envoy keeps every idle
+    # connection until idle_timeout; we cap file descriptors held per host.
+    max_idle_per_host: int = 128
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+@attrs.frozen(kw_only=True)
+class HeaderMatcher:
+    """Envoy's HeaderMatcher. `kind` "present" ignores `value`."""
+
+    name: str  # lower-case; pseudo-headers such as ":authority", ":method" allowed
+    kind: StringMatchKind = "exact"
+    value: str = ""
+    invert: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class QueryParameterMatcher:
+    name: str
+    kind: StringMatchKind = "exact"
+    value: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class RouteMatch:
+    path_kind: PathKind = "prefix"
+    value: str = "/"
+    # Envoy: case_sensitive true.
+    case_sensitive: bool = True
+    headers: tuple[HeaderMatcher, ...] = ()
+    query_parameters: tuple[QueryParameterMatcher, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class WeightedCluster:
+    name: str
+    weight: int
+
+
+@attrs.frozen(kw_only=True)
+class RouteAction:
+    """Forward to one cluster, or to one of `weighted_clusters` by weight."""
+
+    cluster: str | None = None
+    weighted_clusters: tuple[WeightedCluster, ...] = ()
+    # Envoy: route timeout 15 s, 0 disables; covers all retries.
+    timeout: float = 15.0
+    prefix_rewrite: str | None = None
+    host_rewrite: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RedirectAction:
+    scheme: str | None = None
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    prefix_rewrite: str | None = None
+    # Envoy: response_code 301.
+    code: int = 301
+    strip_query: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class DirectResponseAction:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain"
+
+
+Action = RouteAction | RedirectAction | DirectResponseAction
+
+
+@attrs.frozen(kw_only=True)
+class Route:
+    name: str
+    match: RouteMatch
+    action: Action
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...] = ("*",)
+    routes: tuple[Route, ...] = ()
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class RouteConfig:
+    virtual_hosts: tuple[VirtualHost, ...] = ()
+
+
+# --------------------------------------------------------------------------- filters
+
+
+@attrs.frozen(kw_only=True)
+class HttpFilterConfig:
+    """Base of every HTTP filter's config class. Filters register by type."""
+
+
+@attrs.frozen(kw_only=True)
+class NetworkFilterConfig:
+    """Base of every network filter's config class. Filters register by type."""
+
+
+@attrs.frozen(kw_only=True)
+class AccessLog:
+    """An access-log sink: `path` is "-" / "/dev/stdout", "/dev/stderr" or a file."""
+
+    path: str = "-"
+    format: str = DEFAULT_ACCESS_LOG_FORMAT
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class HttpConnectionManager(NetworkFilterConfig):
+    stat_prefix: str
+    route_config: RouteConfig
+    codec: CodecType = "auto"
+    http_filters: tuple[HttpFilterConfig, ...] = ()
+    access_logs: tuple[AccessLog, ...] = ()
+    # Envoy: max_request_headers_kb 60, max_headers_count 100.
+    max_request_headers_kb: int = 60
+    max_headers_count: int = 100
+    # Envoy leaves request_headers_timeout disabled; we default to 10 s so a
+    # slowloris client cannot hold a connection (docs/decisions.md).
+    request_headers_timeout: float = 10.0
+    # Envoy: connection idle_timeout 1 h; stream_idle_timeout 5 min;
+    # request_timeout disabled (0).
+    idle_timeout: float = 3600.0
+    stream_idle_timeout: float = 300.0
+    request_timeout: float = 0.0
+    # Envoy: server_name "envoy"; ours is "trioproxy" (docs/decisions.md).
+    server_name: str = "trioproxy"
+    # Envoy: generate_request_id true.
+    generate_request_id: bool = True
+    # Envoy: use_remote_address false; the front proxy examples set it true.
+    use_remote_address: bool = True
+    # Envoy: per_connection_buffer_limit_bytes 1 MiB; bounds a buffered body.
+    buffer_limit_bytes: int = 1024 * 1024
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class FilterChain:
+    filters: tuple[NetworkFilterConfig, ...]
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class Listener:
+    name: str
+    address: SocketAddress
+    filter_chains: tuple[FilterChain, ...]
+    # Envoy: stat names use the address unless stat_prefix is set.
+    stat_prefix: str | None = None
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def stat_name(self) -> str:
+        return self.stat_prefix or self.address.stat_name
+
+
+# --------------------------------------------------------------------------- top level
+
+
+@attrs.frozen(kw_only=True)
+class Admin:
+    address: SocketAddress
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class DemoService:
+    """A small built-in HTTP upstream that the runtime starts beside the proxy.
+
+    It answers every request with `Hello from behind trioproxy (<name>)! hostname: <h>`.
+    It exists so that examples run with no other set-up.
+    """
+
+    name: str
+    address: SocketAddress
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class Mesh:
+    listeners: tuple[Listener, ...] = ()
+    clusters: tuple[Cluster, ...] = ()
+    admin: Admin | None = None
+    demo_services: tuple[DemoService, ...] = ()
+    source: str = ""
+
+    def cluster(self, name: str) -> Cluster:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        raise KeyError(name)

@@ -1,0 +1,520 @@
+"""The HTTP connection manager (Envoy's HCM) for HTTP/1.1 downstreams.
+
+One task per downstream connection runs `serve_connection`: a loop of
+request → filter chain → router → response, one stream at a time, with no
+task spawned per request unless the request has a body to stream upstream
+while the response streams back (the router's body pump).
+
+Timeouts, each one cancel scope owned by this task:
+- connection idle (Envoy `idle_timeout`, 1 h): waiting for the first byte of
+  the next request;
+- request headers (10 s; Envoy has it off, see docs/decisions.md): from the
+  first byte of a request until its head is complete, answered with 408;
+- stream idle (Envoy `stream_idle_timeout`, 5 min): no body byte moved in
+  either direction; pushed forward on activity, never polled.
+
+Malformed requests get their status (400, 413, 431, 426) with
+`connection: close` and the connection is closed; nothing reaches an upstream.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from email.utils import formatdate
+from typing import TYPE_CHECKING
+
+import trio
+
+from trioproxy.codec.http1 import (
+    CLOSED,
+    NEED_DATA,
+    PAUSED,
+    REASONS,
+    EndOfMessage,
+    Http1Error,
+    Http1ServerCodec,
+    strip_hop_by_hop,
+)
+from trioproxy.codec.stream import Headers, RequestHead, ResponseHead, StreamInfo
+from trioproxy.config import HttpConnectionManager
+from trioproxy.filters.base import HTTP_FILTERS, FilterStatus, HttpFilter
+from trioproxy.http.route_table import RouteTable
+from trioproxy.net.errors import DownstreamProtocolError, DownstreamReset
+from trioproxy.net.network import Connection
+from trioproxy.observe.stats import Counter, StatsStore
+
+if TYPE_CHECKING:
+    from trioproxy.http.router import Router
+
+__all__ = ["ActiveStream", "ConnectionManager", "reason_phrase"]
+
+def reason_phrase(status: int) -> bytes:
+    return REASONS.get(status, b"")
+
+
+class _DateCache:
+    """The `date` header value, formatted at most once per second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True).encode()
+        return self._value
+
+
+_DATE = _DateCache()
+
+
+class HcmStats:
+    """`http.<stat_prefix>.*` handles, built once per connection manager."""
+
+    def __init__(self, stats: StatsStore, prefix: str) -> None:
+        p = f"http.{prefix}."
+        c = stats.counter
+        self.cx_total = c(p + "downstream_cx_total")
+        self.cx_http1_total = c(p + "downstream_cx_http1_total")
+        self.cx_active = stats.gauge(p + "downstream_cx_active")
+        self.cx_http1_active = stats.gauge(p + "downstream_cx_http1_active")
+        self.cx_destroy = c(p + "downstream_cx_destroy")
+        self.cx_protocol_error = c(p + "downstream_cx_protocol_error")
+        self.cx_idle_timeout = c(p + "downstream_cx_idle_timeout")
+        self.cx_rx_bytes_total = c(p + "downstream_cx_rx_bytes_total")
+        self.cx_tx_bytes_total = c(p + "downstream_cx_tx_bytes_total")
+        self.rq_total = c(p + "downstream_rq_total")
+        self.rq_http1_total = c(p + "downstream_rq_http1_total")
+        self.rq_active = stats.gauge(p + "downstream_rq_active")
+        self.rq_completed = c(p + "downstream_rq_completed")
+        self.rq_header_timeout = c(p + "downstream_rq_header_timeout")
+        self.rq_idle_timeout = c(p + "downstream_rq_idle_timeout")
+        self.rq_rx_reset = c(p + "downstream_rq_rx_reset")
+        self.rq_time = stats.histogram(p + "downstream_rq_time")
+        self.rq_class: dict[int, Counter] = {
+            k: c(f"{p}downstream_rq_{k}xx") for k in (1, 2, 3, 4, 5)
+        }
+        self.no_route = c(p + "no_route")
+        self.no_cluster = c(p + "no_cluster")
+        self.rq_redirect = c(p + "rq_redirect")
+        self.rq_direct_response = c(p + "rq_direct_response")
+
+
+class ActiveStream:
+    """One request/response exchange on a downstream connection.
+
+    This is what filters and the router see. It hides the downstream codec:
+    the HTTP/2 connection manager provides the same methods.
+    """
+
+    __slots__ = (
+        "_body_done",
+        "_codec",
+        "_conn",
+        "_filters",
+        "_hcm",
+        "close_connection",
+        "content_length",
+        "has_body",
+        "head",
+        "idle_scope",
+        "info",
+        "request_trailers",
+        "response_complete",
+        "response_started",
+    )
+
+    def __init__(
+        self,
+        hcm: ConnectionManager,
+        conn: Connection,
+        codec: Http1ServerCodec,
+        head: RequestHead,
+        info: StreamInfo,
+    ) -> None:
+        self._hcm = hcm
+        self._conn = conn
+        self._codec = codec
+        self.head = head
+        self.info = info
+        cl = head.get(b"content-length")
+        self.content_length = cl
+        self.has_body = (cl is not None and cl != b"0") or head.get(
+            b"transfer-encoding"
+        ) is not None
+        self._body_done = not self.has_body
+        if not self.has_body:
+            # h11 still yields the (empty) end of message: consume it now.
+            codec.next_event()
+        self.request_trailers: Headers = []
+        self.response_started = False
+        self.response_complete = False
+        self.close_connection = False
+        self.idle_scope: trio.CancelScope | None = None
+        self._filters: tuple[HttpFilter, ...] = ()
+
+    # ------------------------------------------------------------- request body
+
+    def _touch(self) -> None:
+        scope = self.idle_scope
+        if scope is not None:
+            scope.deadline = trio.current_time() + self._hcm.stream_idle_timeout
+
+    @property
+    def body_done(self) -> bool:
+        return self._body_done
+
+    async def read_body(self) -> bytes | None:
+        """The next request body chunk, or None at its end.
+
+        Raises:
+            DownstreamReset: the client went away mid-body.
+            DownstreamProtocolError: the body's framing is invalid.
+        """
+        if self._body_done:
+            return None
+        codec = self._codec
+        if codec.waiting_for_100_continue:
+            # Envoy answers `Expect: 100-continue` itself and does not forward it.
+            await self._send(codec.send_100_continue())
+        while True:
+            try:
+                ev = codec.next_event()
+            except Http1Error as exc:
+                raise DownstreamProtocolError(str(exc)) from None
+            if type(ev) is bytes:
+                self.info.bytes_received += len(ev)
+                self._touch()
+                return ev
+            if type(ev) is EndOfMessage:
+                self.request_trailers = ev.trailers
+                self._body_done = True
+                self.info.last_downstream_rx_monotonic = trio.current_time()
+                return None
+            if ev is NEED_DATA:
+                data = await self._conn.receive_some()
+                self._hcm.stats.cx_rx_bytes_total.inc(len(data))
+                try:
+                    codec.receive_data(data)
+                except Http1Error as exc:
+                    raise DownstreamProtocolError(str(exc)) from None
+                continue
+            if ev is CLOSED or ev is PAUSED:
+                raise DownstreamReset("client closed mid-body")
+            raise DownstreamProtocolError(f"unexpected event {ev!r}")  # pragma: no cover
+
+    # ------------------------------------------------------------- response
+
+    async def _send(self, data: bytes) -> None:
+        if data:
+            self._hcm.stats.cx_tx_bytes_total.inc(len(data))
+            await self._conn.send_all(data)
+
+    async def send_response_head(self, head: ResponseHead, *, end_stream: bool = False) -> None:
+        """Send the response head (after running the filters' response hooks)."""
+        for f in reversed(self._filters):
+            await f.on_response_headers(self, head)
+        info = self.info
+        info.response = head
+        info.response_code = head.status
+        headers = strip_hop_by_hop(head.headers)
+        headers = [(k, v) for k, v in headers if k != b"server"]
+        headers.append((b"server", self._hcm.server_name))
+        if self.close_connection or self._hcm.draining:
+            headers.append((b"connection", b"close"))
+        head.headers = headers
+        self.response_started = True
+        try:
+            data = self._codec.send_response_head(head)
+        except Http1Error:
+            # e.g. a framing header the downstream cannot be sent: our bug or the
+            # upstream's; the connection cannot continue.
+            self.close_connection = True
+            raise DownstreamReset("response head could not be encoded") from None
+        if end_stream:
+            data += self._codec.send_end()
+            self.response_complete = True
+        await self._send(data)
+        self._touch()
+
+    async def send_data(self, data: bytes) -> None:
+        if not data:
+            return
+        self.info.bytes_sent += len(data)
+        await self._send(self._codec.send_data(data))
+        self._touch()
+
+    async def send_end(self, trailers: Headers | None = None) -> None:
+        await self._send(self._codec.send_end(trailers))
+        self.response_complete = True
+
+    async def local_reply(
+        self,
+        status: int,
+        body: bytes = b"",
+        *,
+        flag: str | None = None,
+        details: str = "",
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        content_type: bytes = b"text/plain",
+    ) -> None:
+        """Answer the request from the proxy itself (Envoy's local reply).
+
+        If a response has already started, the only honest thing left is to
+        close the connection so the client sees a truncated response.
+        """
+        if flag:
+            self.info.add_flag(flag)
+        if details:
+            self.info.response_code_details = details
+        if self.response_started:
+            self.close_connection = True
+            raise DownstreamReset("local reply after the response started")
+        h: Headers = []
+        if body:
+            h.append((b"content-length", str(len(body)).encode()))
+            h.append((b"content-type", content_type))
+        else:
+            h.append((b"content-length", b"0"))
+        h.append((b"date", _DATE.get()))
+        h.extend(headers)
+        if not self._body_done:
+            # The request body was not read; the connection cannot be reused.
+            self.close_connection = True
+        resp = ResponseHead(status=status, headers=h, reason=reason_phrase(status))
+        if self.head.method == b"HEAD" or not body:
+            await self.send_response_head(resp, end_stream=True)
+        else:
+            await self.send_response_head(resp)
+            self.info.bytes_sent += len(body)
+            await self._send(self._codec.send_data(body) + self._codec.send_end())
+            self.response_complete = True
+
+
+class ConnectionManager:
+    """The runtime of one `config.HttpConnectionManager` on one listener."""
+
+    def __init__(
+        self,
+        config: HttpConnectionManager,
+        *,
+        router: Router,
+        stats: StatsStore,
+        access_loggers: Sequence[object] = (),
+        scheme: bytes = b"http",
+    ) -> None:
+        self.config = config
+        self.router = router
+        self.route_table = RouteTable(config.route_config)
+        self.stats = HcmStats(stats, config.stat_prefix)
+        self.access_loggers = tuple(access_loggers)
+        self.server_name = config.server_name.encode()
+        self.scheme = scheme
+        self.stream_idle_timeout = config.stream_idle_timeout or math.inf
+        self.idle_timeout = config.idle_timeout or math.inf
+        self.headers_timeout = config.request_headers_timeout or math.inf
+        self.draining = False
+        self._filter_factories = tuple(
+            (HTTP_FILTERS[type(f)], f) for f in config.http_filters
+        )
+
+    # ------------------------------------------------------------------ connection
+
+    async def serve_connection(
+        self, stream: trio.abc.Stream, *, remote: str, local: str
+    ) -> None:
+        """Serve one downstream HTTP/1.1 connection until it closes."""
+        stats = self.stats
+        stats.cx_total.inc()
+        stats.cx_http1_total.inc()
+        stats.cx_active.inc()
+        stats.cx_http1_active.inc()
+        conn = Connection(stream, DownstreamReset)
+        cfg = self.config
+        codec = Http1ServerCodec(
+            max_header_bytes=cfg.max_request_headers_kb * 1024,
+            max_headers=cfg.max_headers_count,
+        )
+        try:
+            while not conn.closed:
+                head = await self._read_head(conn, codec)
+                if head is None:
+                    break
+                keep = await self._serve_stream(conn, codec, head, remote, local)
+                if not keep or self.draining or not codec.keep_alive:
+                    break
+                if not codec.start_next_cycle():
+                    break
+        except DownstreamReset:
+            pass
+        finally:
+            stats.cx_active.dec()
+            stats.cx_http1_active.dec()
+            stats.cx_destroy.inc()
+            conn.close_nowait()
+
+    async def _read_head(self, conn: Connection, codec: Http1ServerCodec) -> RequestHead | None:
+        """The next request head, or None if the connection should end quietly."""
+        deadline: float | None = None  # request-headers deadline, once a byte arrived
+        try:
+            while True:
+                ev = codec.next_event()
+                if isinstance(ev, RequestHead):
+                    return ev
+                if ev is not NEED_DATA:
+                    # CLOSED between requests, or PAUSED after `Connection: close`.
+                    return None
+                if deadline is None and codec.has_buffered_data:
+                    deadline = trio.current_time() + self.headers_timeout
+                if deadline is None:
+                    # Idle between requests: the connection idle timeout.
+                    with trio.move_on_after(self.idle_timeout) as idle:
+                        data = await conn.receive_some()
+                    if idle.cancelled_caught:
+                        self.stats.cx_idle_timeout.inc()
+                        return None
+                    deadline = trio.current_time() + self.headers_timeout
+                else:
+                    with trio.move_on_at(deadline) as scope:
+                        data = await conn.receive_some()
+                    if scope.cancelled_caught:
+                        self.stats.rq_header_timeout.inc()
+                        await self._reject(conn, 408, "request header timeout")
+                        return None
+                self.stats.cx_rx_bytes_total.inc(len(data))
+                codec.receive_data(data)
+        except Http1Error as exc:
+            self.stats.cx_protocol_error.inc()
+            await self._reject(conn, exc.status, str(exc))
+            return None
+
+    async def _reject(self, conn: Connection, status: int, message: str) -> None:
+        """Answer a request we could not parse, then let the caller close.
+
+        The response is written by hand: the parser is in an error state.
+        """
+        body = reason_phrase(status) or b"Bad Request"
+        data = b"".join(
+            [
+                b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status)),
+                b"content-length: %d\r\ncontent-type: text/plain\r\n" % len(body),
+                b"date: " + _DATE.get() + b"\r\nserver: " + self.server_name + b"\r\n",
+                b"connection: close\r\n\r\n",
+                body,
+            ]
+        )
+        try:
+            await conn.send_all(data)
+        except DownstreamReset:
+            pass
+        self.stats.rq_class[status // 100].inc()
+        conn.close_nowait()
+
+    # ------------------------------------------------------------------ stream
+
+    async def _serve_stream(
+        self,
+        conn: Connection,
+        codec: Http1ServerCodec,
+        head: RequestHead,
+        remote: str,
+        local: str,
+    ) -> bool:
+        """Handle one request; True if the connection may carry another."""
+        stats = self.stats
+        stats.rq_total.inc()
+        stats.rq_http1_total.inc()
+        stats.rq_active.inc()
+        info = StreamInfo(
+            start_time=time.time(),
+            start_monotonic=trio.current_time(),
+            protocol="HTTP/1.1",
+            downstream_remote_address=remote,
+            downstream_local_address=local,
+        )
+        info.request = head
+        stream = ActiveStream(self, conn, codec, head, info)
+        if not stream.has_body:
+            info.last_downstream_rx_monotonic = info.start_monotonic
+        self._prepare_request(head, remote)
+        ok = False
+        try:
+            with trio.CancelScope(
+                deadline=trio.current_time() + self.stream_idle_timeout
+            ) as idle:
+                stream.idle_scope = idle
+                await self._run_stream(stream)
+            if idle.cancelled_caught:
+                stats.rq_idle_timeout.inc()
+                info.add_flag("SI")
+                if not stream.response_started:
+                    await stream.local_reply(408, b"stream timeout", details="stream_idle_timeout")
+                stream.close_connection = True
+            ok = stream.response_complete and not stream.close_connection
+        except DownstreamReset:
+            stats.rq_rx_reset.inc()
+            info.add_flag("DC")
+        except DownstreamProtocolError:
+            stats.cx_protocol_error.inc()
+            info.add_flag("DPE")
+            if not stream.response_started:
+                try:
+                    await stream.local_reply(400, b"Bad Request", details="codec_error")
+                except DownstreamReset:
+                    pass
+        finally:
+            stats.rq_active.dec()
+            info.end_monotonic = trio.current_time()
+            if info.response_code:
+                stats.rq_class[info.response_code // 100].inc()
+                stats.rq_completed.inc()
+            stats.rq_time.record((info.end_monotonic - info.start_monotonic) * 1000)
+            for logger in self.access_loggers:
+                logger.log(info)  # type: ignore[attr-defined]
+        return ok
+
+    def _prepare_request(self, head: RequestHead, remote: str) -> None:
+        """Edit the request as Envoy's HCM does before routing."""
+        headers = strip_hop_by_hop(head.headers)
+        cfg = self.config
+        ip = remote.rsplit(":", 1)[0].strip("[]")
+        out: Headers = []
+        xff: bytes | None = None
+        rid: bytes | None = None
+        for k, v in headers:
+            if k == b"x-forwarded-for":
+                xff = v if xff is None else xff + b", " + v
+                continue
+            if k == b"x-forwarded-proto" and cfg.use_remote_address:
+                continue
+            if k == b"expect":
+                continue
+            if k == b"x-request-id":
+                rid = v
+            out.append((k, v))
+        if cfg.use_remote_address:
+            ipb = ip.encode()
+            out.append((b"x-forwarded-for", xff + b", " + ipb if xff else ipb))
+            out.append((b"x-forwarded-proto", self.scheme))
+        elif xff is not None:
+            out.append((b"x-forwarded-for", xff))
+        if rid is None and cfg.generate_request_id:
+            out.append((b"x-request-id", str(uuid.uuid4()).encode()))
+        head.headers = out
+        head.scheme = self.scheme
+
+    async def _run_stream(self, stream: ActiveStream) -> None:
+        if self._filter_factories:
+            filters = tuple(factory(cfg) for factory, cfg in self._filter_factories)
+            stream._filters = filters
+            for f in filters:
+                if await f.on_request_headers(stream) is FilterStatus.STOP:
+                    return
+        await self.router.route(self, stream)

@@ -1,0 +1,329 @@
+"""The router: the terminal stage of every HTTP stream.
+
+It matches the route, then either answers locally (redirect, direct
+response, 404 `NR`) or forwards to a cluster:
+
+    route timeout scope (Envoy `timeout`, 15 s; starts when the downstream
+    request is complete, as in Envoy, and covers the whole response)
+    └─ choose host (none: 503 UH) → acquire pooled connection (connect
+       timeout scope inside the pool: 503 UF) → send head → [body pump task
+       if the request has a body] → relay response head, body, trailers
+
+Failures map to Envoy's local replies and flags: connect failure 503 `UF`,
+upstream reset before the response 503 `UC`, invalid upstream response 502
+`UPE`, route timeout 504 `UT`. After the response has started, a failure can
+only close the downstream connection (the client sees a truncated body).
+
+Every counter and pooled connection taken is given back in a `finally`, so
+a request cancelled at any checkpoint (client gone, timeout) leaks nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import TYPE_CHECKING
+
+import trio
+
+from trioproxy.codec.stream import RequestHead, ResponseHead
+from trioproxy.config import DirectResponseAction, RedirectAction, Route, RouteAction
+from trioproxy.net.errors import (
+    ConnectFailure,
+    DownstreamProtocolError,
+    DownstreamReset,
+    UpstreamProtocolError,
+    UpstreamReset,
+)
+from trioproxy.upstream.cluster_manager import ClusterManager, ClusterRuntime, Host
+
+if TYPE_CHECKING:
+    from trioproxy.http.conn_manager import ActiveStream, ConnectionManager
+    from trioproxy.net.pool import UpstreamHttp1
+
+__all__ = ["Router"]
+
+# Envoy's local-reply bodies, so that users' grep patterns carry over.
+_CONNECT_FAILURE_BODY = (
+    b"upstream connect error or disconnect/reset before headers. "
+    b"reset reason: connection failure"
+)
+_RESET_BODY = (
+    b"upstream connect error or disconnect/reset before headers. "
+    b"reset reason: connection termination"
+)
+
+
+class _Forward:
+    """The state of one forwarded request, shared by the relay and the pump."""
+
+    __slots__ = ("downstream_error", "request_done", "route_scope", "timeout")
+
+    def __init__(self, route_scope: trio.CancelScope, timeout: float) -> None:
+        self.route_scope = route_scope
+        self.timeout = timeout
+        self.request_done = False
+        self.downstream_error: BaseException | None = None
+
+    def start_route_timer(self) -> None:
+        # Envoy's route timeout starts once the whole request has been received.
+        self.request_done = True
+        self.route_scope.deadline = trio.current_time() + self.timeout
+
+
+class Router:
+    def __init__(self, clusters: ClusterManager, *, rng: random.Random | None = None) -> None:
+        self.clusters = clusters
+        self._rng = rng or random.Random()
+
+    async def route(self, hcm: ConnectionManager, stream: ActiveStream) -> None:
+        head = stream.head
+        _vh, route = hcm.route_table.match(head)
+        if route is None:
+            hcm.stats.no_route.inc()
+            await stream.local_reply(404, flag="NR", details="route_not_found")
+            return
+        stream.info.route_name = route.name
+        action = route.action
+        if type(action) is RouteAction:
+            await self._forward(hcm, stream, route, action)
+        elif type(action) is RedirectAction:
+            hcm.stats.rq_redirect.inc()
+            location = _redirect_location(head, route, action)
+            await stream.local_reply(
+                action.code, headers=[(b"location", location)], details="direct_response"
+            )
+        elif type(action) is DirectResponseAction:
+            hcm.stats.rq_direct_response.inc()
+            await stream.local_reply(
+                action.status,
+                action.body,
+                content_type=action.content_type.encode(),
+                details="direct_response",
+            )
+        else:  # pragma: no cover - the compiler admits no other action
+            raise AssertionError(f"unknown route action {action!r}")
+
+    # ------------------------------------------------------------------ forwarding
+
+    def _pick_cluster(self, action: RouteAction) -> str:
+        if action.cluster is not None:
+            return action.cluster
+        total = sum(w.weight for w in action.weighted_clusters)
+        x = self._rng.random() * total
+        for w in action.weighted_clusters:
+            x -= w.weight
+            if x < 0:
+                return w.name
+        return action.weighted_clusters[-1].name
+
+    async def _forward(
+        self, hcm: ConnectionManager, stream: ActiveStream, route: Route, action: RouteAction
+    ) -> None:
+        name = self._pick_cluster(action)
+        stream.info.upstream_cluster = name
+        cluster = self.clusters.get(name)
+        if cluster is None:
+            hcm.stats.no_cluster.inc()
+            await stream.local_reply(503, flag="NC", details="cluster_not_found")
+            return
+        head = stream.head
+        if action.prefix_rewrite is not None or action.host_rewrite is not None:
+            _rewrite(head, route, action)
+        timeout = action.timeout if action.timeout > 0 else math.inf
+        with trio.CancelScope() as route_scope:
+            fwd = _Forward(route_scope, timeout)
+            if not stream.has_body:
+                fwd.start_route_timer()
+            await self._forward_once(stream, cluster, fwd)
+        if route_scope.cancelled_caught:
+            cluster.rq_timeout.inc()
+            stream.info.add_flag("UT")
+            if stream.response_started:
+                stream.close_connection = True
+            else:
+                await stream.local_reply(
+                    504, b"upstream request timeout", details="upstream_response_timeout"
+                )
+        if fwd.downstream_error is not None:
+            raise fwd.downstream_error
+
+    async def _forward_once(
+        self, stream: ActiveStream, cluster: ClusterRuntime, fwd: _Forward
+    ) -> None:
+        info = stream.info
+        host = cluster.choose_host()
+        if host is None:
+            await stream.local_reply(
+                503, b"no healthy upstream", flag="UH", details="no_healthy_upstream"
+            )
+            return
+        info.upstream_host = host.address
+        cluster.on_request_start(host)
+        up: UpstreamHttp1 | None = None
+        reusable = False
+        try:
+            try:
+                up = await host.pool.acquire()
+            except ConnectFailure as exc:
+                info.upstream_transport_failure_reason = f"{exc.reason}: {exc}"
+                await stream.local_reply(
+                    503,
+                    _CONNECT_FAILURE_BODY,
+                    flag="UF",
+                    details="upstream_reset_before_response_started{connection_failure}",
+                )
+                return
+            reusable = await self._exchange(stream, cluster, host, up, fwd)
+        except UpstreamReset:
+            cluster.rq_rx_reset.inc()
+            await self._upstream_failed(stream, "UC", 503, _RESET_BODY, "connection_termination")
+        except UpstreamProtocolError as exc:
+            cluster.cx_protocol_error.inc()
+            info.upstream_transport_failure_reason = str(exc)
+            await self._upstream_failed(
+                stream, "UPE", 502, b"upstream protocol error", "upstream_protocol_error"
+            )
+        finally:
+            cluster.on_request_end(host)
+            if up is not None:
+                host.pool.release(up, reusable=reusable)
+
+    async def _upstream_failed(
+        self, stream: ActiveStream, flag: str, status: int, body: bytes, details: str
+    ) -> None:
+        stream.info.add_flag(flag)
+        if stream.response_started:
+            stream.close_connection = True
+            stream.info.response_code_details = details
+            return
+        await stream.local_reply(
+            status, body, details=f"upstream_reset_before_response_started{{{details}}}"
+        )
+
+    async def _exchange(
+        self,
+        stream: ActiveStream,
+        cluster: ClusterRuntime,
+        host: Host,
+        up: UpstreamHttp1,
+        fwd: _Forward,
+    ) -> bool:
+        """Send the request and relay the response; True if `up` may be reused."""
+        started = trio.current_time()
+        await up.send_request_head(
+            stream.head, body=stream.has_body, content_length=stream.content_length
+        )
+        if not stream.has_body:
+            await self._relay_response(stream, cluster, host, up, started)
+            return True  # the pool still checks the codec state and partial writes
+        relay_error: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump_body, stream, up, fwd, nursery.cancel_scope)
+            try:
+                await self._relay_response(stream, cluster, host, up, started)
+            except (UpstreamReset, UpstreamProtocolError, DownstreamReset) as exc:
+                relay_error = exc
+            if not stream.body_done:
+                # The upstream answered before the request body ended (e.g. 413):
+                # stop pumping; neither connection can be reused cleanly.
+                stream.close_connection = True
+                nursery.cancel_scope.cancel()
+        if relay_error is not None:
+            raise relay_error
+        return fwd.downstream_error is None
+
+    async def _pump_body(
+        self,
+        stream: ActiveStream,
+        up: UpstreamHttp1,
+        fwd: _Forward,
+        relay_scope: trio.CancelScope,
+    ) -> None:
+        """Copy the request body downstream → upstream, one chunk in flight."""
+        try:
+            while (chunk := await stream.read_body()) is not None:
+                await up.send_data(chunk)
+            await up.send_end(stream.request_trailers)
+            fwd.start_route_timer()
+        except (DownstreamReset, DownstreamProtocolError) as exc:
+            # The client is gone or broke framing: abandon the exchange.
+            fwd.downstream_error = exc
+            stream.close_connection = True
+            relay_scope.cancel()
+        except UpstreamReset:
+            # The upstream stopped reading; the relay sees its response or reset.
+            fwd.request_done = True
+            stream.close_connection = True
+
+    async def _relay_response(
+        self,
+        stream: ActiveStream,
+        cluster: ClusterRuntime,
+        host: Host,
+        up: UpstreamHttp1,
+        started: float,
+    ) -> None:
+        resp = await up.receive_response_head()
+        now = trio.current_time()
+        stream.info.first_upstream_rx_monotonic = now
+        elapsed_ms = (now - started) * 1000
+        cluster.on_response(host, resp.status, elapsed_ms)
+        resp.headers.append((b"x-envoy-upstream-service-time", str(int(elapsed_ms)).encode()))
+        no_body = stream.head.method == b"HEAD" or resp.status in (204, 304)
+        if no_body:
+            await up.receive_data()  # the h11 end of message
+            await stream.send_response_head(resp, end_stream=True)
+            return
+        await stream.send_response_head(resp)
+        while (chunk := await up.receive_data()) is not None:
+            await stream.send_data(chunk)
+        await stream.send_end(up.trailers or None)
+
+
+def _rewrite(head: RequestHead, route: Route, action: RouteAction) -> None:
+    if action.prefix_rewrite is not None:
+        original = head.path
+        m = route.match
+        new_prefix = action.prefix_rewrite.encode()
+        if m.path_kind == "prefix":
+            head.path = new_prefix + original[len(m.value.encode()) :]
+        else:
+            path, sep, query = original.partition(b"?")
+            head.path = new_prefix + sep + query
+        if head.path != original:
+            head.set(b"x-envoy-original-path", original)
+    if action.host_rewrite is not None:
+        head.authority = action.host_rewrite.encode()
+
+
+def _redirect_location(head: RequestHead, route: Route, action: RedirectAction) -> bytes:
+    scheme = (action.scheme or head.scheme.decode()).lower()
+    authority = head.authority.decode("latin-1")
+    host, _, port = authority.rpartition(":") if _has_port(authority) else (authority, "", "")
+    if action.host is not None:
+        host = action.host
+    if action.port is not None:
+        port = str(action.port)
+    elif action.scheme is not None and port in ("80", "443"):
+        # Envoy drops a default port when the scheme changes.
+        port = ""
+    if (scheme == "http" and port == "80") or (scheme == "https" and port == "443"):
+        port = ""
+    path, sep, query = head.path.decode("latin-1").partition("?")
+    if action.path is not None:
+        new_path, qsep, new_query = action.path.partition("?")
+        path = new_path
+        if qsep:
+            query, sep = new_query, "?"
+    elif action.prefix_rewrite is not None and route.match.path_kind == "prefix":
+        path = action.prefix_rewrite + path[len(route.match.value) :]
+    if action.strip_query:
+        sep = query = ""
+    netloc = f"{host}:{port}" if port else host
+    return f"{scheme}://{netloc}{path}{sep}{query}".encode("latin-1")
+
+
+def _has_port(authority: str) -> bool:
+    colon = authority.rfind(":")
+    return colon > authority.rfind("]") and authority[colon + 1 :].isdigit()

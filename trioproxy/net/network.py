@@ -1,0 +1,165 @@
+"""The one door to the network: dial, listen (and later, resolve).
+
+Only this module opens sockets. The runtime receives a `Network` object and
+uses nothing else, so tests (and a deterministic simulator) can swap in
+in-memory streams under `MockClock` without changing the proxy.
+
+`Connection` wraps a byte stream and translates trio/OS errors into the
+`net.errors` tree exactly once, here.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+from typing import Protocol
+
+import trio
+
+from trioproxy.net.errors import (
+    ConnectFailure,
+    ConnectTimeout,
+    ProxyIOError,
+)
+
+__all__ = ["Connection", "Network", "TrioNetwork"]
+
+# One receive: 64 KiB, the same read size Envoy's socket reads use. It bounds
+# how much one `receive_some` can pull into memory.
+RECEIVE_SIZE = 65536
+
+
+class Network(Protocol):
+    """What the runtime may do with the network; nothing else opens sockets."""
+
+    async def connect_tcp(self, host: str, port: int, *, timeout: float) -> trio.abc.Stream: ...
+
+    async def listen_tcp(
+        self, host: str, port: int, *, reuse_port: bool = True, backlog: int = 1024
+    ) -> tuple[trio.abc.Listener[trio.abc.Stream], tuple[str, int]]:
+        """A listener and the (host, port) it is bound to (the real port for 0)."""
+        ...
+
+    def addresses(self, stream: trio.abc.Stream) -> tuple[str, str]:
+        """`(remote, local)` of an accepted stream as `host:port` text."""
+        ...
+
+
+class TrioNetwork:
+    """Real sockets through trio."""
+
+    async def connect_tcp(self, host: str, port: int, *, timeout: float) -> trio.abc.Stream:
+        """Connect within `timeout` seconds (0 = no limit).
+
+        Raises:
+            ConnectTimeout: the timeout elapsed.
+            ConnectFailure: refused, unreachable, or any other OS error.
+        """
+        with trio.move_on_after(timeout if timeout > 0 else float("inf")) as scope:
+            try:
+                return await trio.open_tcp_stream(host, port)
+            except OSError as exc:
+                raise ConnectFailure(_describe(exc)) from None
+        assert scope.cancelled_caught
+        raise ConnectTimeout(f"connect to {host}:{port} timed out after {timeout}s")
+
+    async def listen_tcp(
+        self, host: str, port: int, *, reuse_port: bool = True, backlog: int = 1024
+    ) -> tuple[trio.abc.Listener[trio.abc.Stream], tuple[str, int]]:
+        family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+        sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+            if reuse_port and hasattr(trio.socket, "SO_REUSEPORT"):
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+            await sock.bind((host, port))
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+        host, port = sock.getsockname()[:2]
+        return trio.SocketListener(sock), (host, port)
+
+    def addresses(self, stream: trio.abc.Stream) -> tuple[str, str]:
+        sock = stream.socket  # type: ignore[attr-defined]
+        return _fmt_addr(sock.getpeername()), _fmt_addr(sock.getsockname())
+
+
+def _fmt_addr(addr: tuple[str, int]) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _describe(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, "")
+    return f"{name} {exc.strerror or exc}".strip()
+
+
+class Connection:
+    """A byte stream whose errors are mapped to one `ProxyIOError` subclass.
+
+    Args:
+        stream: the trio stream.
+        error: the exception type raised when the peer goes away
+            (`UpstreamReset` for upstreams, `DownstreamReset` for clients).
+    """
+
+    __slots__ = ("_error", "closed", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, error: type[ProxyIOError]) -> None:
+        self.stream = stream
+        self._error = error
+        self.closed = False
+
+    async def receive_some(self) -> bytes:
+        try:
+            return await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise self._error(str(exc) or type(exc).__name__) from None
+
+    async def send_all(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise self._error(str(exc) or type(exc).__name__) from None
+
+    async def aclose(self) -> None:
+        """Close at once (never waits on the peer); safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        await trio.aclose_forcefully(self.stream)
+
+    def close_nowait(self) -> None:
+        """Close without a checkpoint, for `finally` blocks under cancellation."""
+        if self.closed:
+            return
+        self.closed = True
+        sock = getattr(self.stream, "socket", None)
+        if sock is not None:
+            sock.close()
+            return
+        close = getattr(self.stream, "close", None)  # trio's memory streams
+        if callable(close):
+            close()
+
+    def peer_closed(self) -> bool:
+        """True if the peer has closed or sent unexpected bytes (idle-pool check).
+
+        A pooled idle connection must have nothing to read; readable means EOF,
+        a reset, or garbage, and in every case it must not be reused.
+        """
+        sock = getattr(self.stream, "socket", None)
+        if sock is None:
+            return False
+        try:
+            fd = sock.fileno()
+        except OSError:
+            return True
+        if fd < 0:
+            return True
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+
+

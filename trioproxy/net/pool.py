@@ -1,0 +1,219 @@
+"""Upstream HTTP/1.1 connection pools: one pool per (cluster, host) per worker.
+
+A pool hands out one `UpstreamHttp1` per stream (an HTTP/1.1 connection
+carries one request at a time) and takes it back with `release()`. Idle
+connections are kept up to `max_idle` and for at most `idle_timeout`; before
+reuse each is checked for a peer close so a request is never written into a
+connection the upstream already closed (the source of Envoy's intermittent
+503 UC with mismatched keep-alive timeouts).
+
+Cancellation safety: a stream cancelled anywhere between `acquire()` and
+`release()` must still call `release(conn, reusable=False)` (the router does
+so in a `finally`), which closes the socket without a checkpoint, so no
+socket or counter leaks. `acquire()` itself either returns a connection or
+raises; a cancel during connect closes the half-made socket inside trio.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from trioproxy.codec.http1 import (
+    CLOSED,
+    NEED_DATA,
+    PAUSED,
+    EndOfMessage,
+    Http1ClientCodec,
+    Http1Error,
+)
+from trioproxy.codec.stream import Headers, RequestHead, ResponseHead
+from trioproxy.net.errors import UpstreamProtocolError, UpstreamReset
+from trioproxy.net.network import Connection, Network
+from trioproxy.observe.stats import Counter, Gauge
+
+__all__ = ["Http1Pool", "PoolStats", "UpstreamHttp1"]
+
+
+class PoolStats:
+    """Cluster-level connection stats handles shared by a cluster's pools."""
+
+    __slots__ = ("cx_active", "cx_connect_fail", "cx_connect_timeout", "cx_destroy", "cx_total")
+
+    def __init__(
+        self,
+        *,
+        cx_total: Counter,
+        cx_active: Gauge,
+        cx_connect_fail: Counter,
+        cx_connect_timeout: Counter,
+        cx_destroy: Counter,
+    ) -> None:
+        self.cx_total = cx_total
+        self.cx_active = cx_active
+        self.cx_connect_fail = cx_connect_fail
+        self.cx_connect_timeout = cx_connect_timeout
+        self.cx_destroy = cx_destroy
+
+
+class UpstreamHttp1:
+    """One HTTP/1.1 connection to an upstream host, lent for one stream."""
+
+    __slots__ = ("_writing", "codec", "conn", "idle_since", "trailers")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.codec = Http1ClientCodec()
+        self.idle_since = 0.0
+        self.trailers: Headers = []
+        # True while a write is in progress. A write interrupted by a cancel
+        # leaves it True: the codec already counted those bytes as sent, so
+        # the connection's framing is unknown and it must never be reused.
+        self._writing = False
+
+    async def _write(self, data: bytes) -> None:
+        self._writing = True
+        await self.conn.send_all(data)
+        self._writing = False
+
+    async def send_request_head(
+        self, head: RequestHead, *, body: bool, content_length: bytes | None
+    ) -> None:
+        try:
+            data = self.codec.send_request_head(head, body=body, content_length=content_length)
+        except Http1Error as exc:
+            raise UpstreamProtocolError(str(exc)) from None
+        await self._write(data)
+
+    async def send_data(self, data: bytes) -> None:
+        await self._write(self.codec.send_data(data))
+
+    async def send_end(self, trailers: Headers | None = None) -> None:
+        await self._write(self.codec.send_end(trailers))
+
+    async def _next_event(self) -> object:
+        while True:
+            try:
+                ev = self.codec.next_event()
+            except Http1Error as exc:
+                raise UpstreamProtocolError(str(exc)) from None
+            if ev is NEED_DATA:
+                data = await self.conn.receive_some()
+                try:
+                    self.codec.receive_data(data)
+                except Http1Error as exc:
+                    raise UpstreamProtocolError(str(exc)) from None
+                continue
+            if ev is CLOSED or ev is PAUSED:
+                raise UpstreamReset("upstream closed the connection")
+            return ev
+
+    async def receive_response_head(self) -> ResponseHead:
+        """The final response head; 1xx informational responses are skipped."""
+        while True:
+            ev = await self._next_event()
+            if isinstance(ev, ResponseHead):
+                if 100 <= ev.status < 200 and ev.status != 101:
+                    continue
+                return ev
+            raise UpstreamProtocolError(f"expected a response head, got {ev!r}")
+
+    async def receive_data(self) -> bytes | None:
+        """The next body chunk, or None at the end (trailers in `self.trailers`)."""
+        ev = await self._next_event()
+        if type(ev) is bytes:
+            return ev
+        if type(ev) is EndOfMessage:
+            self.trailers = ev.trailers
+            return None
+        raise UpstreamProtocolError(f"unexpected event {ev!r}")
+
+    def reusable(self) -> bool:
+        return not self.conn.closed and not self._writing and self.codec.keep_alive
+
+
+class Http1Pool:
+    """The HTTP/1.1 pool for one upstream host.
+
+    Args:
+        network: the network door.
+        host, port: the upstream address.
+        connect_timeout: the connect phase's cancel scope (Envoy: 5 s).
+        idle_timeout: drop idle connections older than this (Envoy: 1 h).
+        max_idle: idle connections kept; more are closed on release.
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        host: str,
+        port: int,
+        *,
+        stats: PoolStats,
+        connect_timeout: float,
+        idle_timeout: float,
+        max_idle: int,
+    ) -> None:
+        self._network = network
+        self.host = host
+        self.port = port
+        self._stats = stats
+        self._connect_timeout = connect_timeout
+        self._idle_timeout = idle_timeout
+        self._max_idle = max_idle
+        self._idle: list[UpstreamHttp1] = []
+        self.active = 0  # connections open (idle or lent) from this pool
+        self.closed = False
+
+    async def acquire(self) -> UpstreamHttp1:
+        """A ready connection: an idle one that is still open, or a new one.
+
+        Raises:
+            ConnectFailure / ConnectTimeout: a new connection could not be made.
+        """
+        now = trio.current_time()
+        while self._idle:
+            up = self._idle.pop()
+            if now - up.idle_since > self._idle_timeout or up.conn.peer_closed():
+                self._destroy(up)
+                continue
+            return up
+        try:
+            stream = await self._network.connect_tcp(
+                self.host, self.port, timeout=self._connect_timeout
+            )
+        except Exception as exc:
+            self._stats.cx_connect_fail.inc()
+            if getattr(exc, "reason", "") == "connection_timeout":
+                self._stats.cx_connect_timeout.inc()
+            raise
+        self._stats.cx_total.inc()
+        self._stats.cx_active.inc()
+        self.active += 1
+        return UpstreamHttp1(Connection(stream, UpstreamReset))
+
+    def release(self, up: UpstreamHttp1, *, reusable: bool) -> None:
+        """Return a connection; it is kept only if its exchange finished cleanly."""
+        if reusable and not self.closed and up.reusable() and len(self._idle) < self._max_idle:
+            if up.codec.start_next_cycle():
+                up.idle_since = trio.current_time()
+                up.trailers = []
+                self._idle.append(up)
+                return
+        self._destroy(up)
+
+    def _destroy(self, up: UpstreamHttp1) -> None:
+        if not up.conn.closed:
+            up.conn.close_nowait()
+            self._stats.cx_active.dec()
+            self._stats.cx_destroy.inc()
+            self.active -= 1
+
+    def close(self) -> None:
+        """Close every idle connection; lent ones close when released."""
+        self.closed = True
+        while self._idle:
+            self._destroy(self._idle.pop())
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)

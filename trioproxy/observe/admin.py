@@ -1,0 +1,373 @@
+"""The admin server: Envoy's admin endpoints over a small HTTP/1.1 server.
+
+Bound to 127.0.0.1 by default. Read-only endpoints answer GET; endpoints
+that change the server answer only POST (a GET gets 405 and says so).
+Handlers are registered in `ENDPOINTS` with their help text; `/help` and `/`
+list them. Nothing here runs on the data path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
+
+import h11
+import trio
+
+from trioproxy.config import SocketAddress
+from trioproxy.observe.stats import QUANTILES
+
+if TYPE_CHECKING:
+    from trioproxy.runtime.server import Server
+
+__all__ = ["ENDPOINTS", "AdminResponse", "serve_admin"]
+
+log = logging.getLogger("trioproxy.admin")
+
+
+class AdminResponse:
+    __slots__ = ("body", "content_type", "status")
+
+    def __init__(self, body: str | bytes, *, status: int = 200, content_type: str = "text/plain") -> None:
+        self.body = body.encode() if isinstance(body, str) else body
+        self.status = status
+        self.content_type = content_type
+
+
+def _json(obj: Any, status: int = 200) -> AdminResponse:
+    return AdminResponse(json.dumps(obj, indent=2) + "\n", status=status, content_type="application/json")
+
+
+Handler = Callable[["Server", dict[str, str]], Awaitable[AdminResponse]]
+
+
+class Endpoint:
+    __slots__ = ("handler", "help", "mutating")
+
+    def __init__(self, handler: Handler, help: str, mutating: bool) -> None:
+        self.handler = handler
+        self.help = help
+        self.mutating = mutating
+
+
+ENDPOINTS: dict[str, Endpoint] = {}
+
+
+def endpoint(path: str, help: str, *, mutating: bool = False) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        ENDPOINTS[path] = Endpoint(fn, help, mutating)
+        return fn
+
+    return deco
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+@endpoint("/help", "print out list of admin commands")
+async def _help(server: Server, q: dict[str, str]) -> AdminResponse:
+    lines = ["admin commands are:"]
+    for path, ep in sorted(ENDPOINTS.items()):
+        method = " (POST)" if ep.mutating else ""
+        lines.append(f"  {path}{method}: {ep.help}")
+    return AdminResponse("\n".join(lines) + "\n")
+
+
+@endpoint("/", "admin home page")
+async def _home(server: Server, q: dict[str, str]) -> AdminResponse:
+    items = "".join(
+        f'<li><a href="{p}">{p}</a>{" (POST)" if ep.mutating else ""} — {ep.help}</li>'
+        for p, ep in sorted(ENDPOINTS.items())
+    )
+    page = (
+        "<!doctype html><title>trioproxy admin</title>"
+        f"<h1>trioproxy {server.version}</h1><ul>{items}</ul>"
+    )
+    return AdminResponse(page, content_type="text/html; charset=utf-8")
+
+
+@endpoint("/ready", "print server state, return 200 if LIVE, otherwise return 503")
+async def _ready(server: Server, q: dict[str, str]) -> AdminResponse:
+    return AdminResponse(server.state + "\n", status=200 if server.state == "LIVE" else 503)
+
+
+@endpoint("/server_info", "print server version/status information")
+async def _server_info(server: Server, q: dict[str, str]) -> AdminResponse:
+    uptime = int(time.time() - server.start_time)
+    return _json(
+        {
+            "version": f"trioproxy/{server.version}",
+            "state": server.state,
+            "hostname": server.hostname,
+            "uptime_current_epoch": f"{uptime}s",
+            "uptime_all_epochs": f"{uptime}s",
+            "command_line_options": server.options,
+            "node": {"id": server.hostname},
+        }
+    )
+
+
+def _stat_filter(q: dict[str, str]) -> re.Pattern[str] | None:
+    f = q.get("filter")
+    return re.compile(f) if f else None
+
+
+@endpoint("/stats", "print server stats (?filter=REGEX, ?usedonly, ?format=json|prometheus)")
+async def _stats(server: Server, q: dict[str, str]) -> AdminResponse:
+    try:
+        flt = _stat_filter(q)
+    except re.error as exc:
+        return AdminResponse(f"invalid filter regex: {exc}\n", status=400)
+    used = "usedonly" in q
+    store = server.stats
+    fmt = q.get("format", "text")
+    hists = [
+        h
+        for name, h in sorted(store.histograms.items())
+        if (not used or h.used) and (flt is None or flt.search(name))
+    ]
+    if fmt == "json":
+        stats: list[dict[str, Any]] = [
+            {"name": n, "value": v} for n, v in store.iter_values(filter=flt, used_only=used)
+        ]
+        stats.append(
+            {
+                "histograms": {
+                    "supported_quantiles": [q * 100 for q in QUANTILES],
+                    "computed_quantiles": [
+                        {
+                            "name": h.name,
+                            "values": [
+                                {"interval": h.quantile(x), "cumulative": h.quantile(x)}
+                                for x in QUANTILES
+                            ],
+                        }
+                        for h in hists
+                    ],
+                }
+            }
+        )
+        return _json({"stats": stats})
+    if fmt == "prometheus":
+        return await _prometheus(server, q)
+    if fmt != "text":
+        return AdminResponse(f"unknown format {fmt!r}; use json, prometheus or text\n", status=400)
+    lines = [f"{n}: {v}" for n, v in store.iter_values(filter=flt, used_only=used)]
+    lines += [f"{h.name}: {h.summary()}" for h in hists]
+    return AdminResponse("\n".join(lines) + "\n")
+
+
+def _prom_name(name: str) -> str:
+    return "envoy_" + re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+@endpoint("/stats/prometheus", "print server stats in prometheus format")
+async def _prometheus(server: Server, q: dict[str, str]) -> AdminResponse:
+    # Untagged names for now (the tagged form arrives with the observability work).
+    store = server.stats
+    out: list[str] = []
+    for c in sorted(store.counters.values(), key=lambda c: c.name):
+        n = _prom_name(c.name)
+        out += [f"# TYPE {n} counter", f"{n} {c.value}"]
+    for g in sorted(store.gauges.values(), key=lambda g: g.name):
+        n = _prom_name(g.name)
+        out += [f"# TYPE {n} gauge", f"{n} {g.value}"]
+    for h in sorted(store.histograms.values(), key=lambda h: h.name):
+        n = _prom_name(h.name)
+        out.append(f"# TYPE {n} histogram")
+        cum = 0
+        for bound, count in zip(h.bucket_bounds(), h.buckets, strict=False):
+            cum += count
+            out.append(f'{n}_bucket{{le="{bound:g}"}} {cum}')
+        out.append(f'{n}_bucket{{le="+Inf"}} {h.count}')
+        out.append(f"{n}_sum {h.sum:g}")
+        out.append(f"{n}_count {h.count}")
+    return AdminResponse("\n".join(out) + "\n", content_type="text/plain; version=0.0.4")
+
+
+@endpoint("/clusters", "upstream cluster status (?format=json)")
+async def _clusters(server: Server, q: dict[str, str]) -> AdminResponse:
+    if q.get("format") == "json":
+        statuses = []
+        for name, c in server.clusters.clusters.items():
+            hosts = []
+            for h in c.hosts:
+                host, _, port = h.address.rpartition(":")
+                hosts.append(
+                    {
+                        "address": {"socket_address": {"address": host, "port_value": int(port)}},
+                        "stats": [
+                            {"name": "cx_active", "value": h.pool.active},
+                            {"name": "rq_active", "value": h.active_requests},
+                            {"name": "rq_total", "value": h.rq_total},
+                            {"name": "rq_success", "value": h.rq_success},
+                            {"name": "rq_error", "value": h.rq_error},
+                        ],
+                        "health_status": {
+                            "eds_health_status": "HEALTHY" if h.healthy else "UNHEALTHY"
+                        },
+                        "weight": h.weight,
+                    }
+                )
+            statuses.append({"name": name, "host_statuses": hosts})
+        return _json({"cluster_statuses": statuses})
+    lines: list[str] = []
+    for name, c in server.clusters.clusters.items():
+        for h in c.hosts:
+            p = f"{name}::{h.address}::"
+            lines += [
+                f"{p}cx_active::{h.pool.active}",
+                f"{p}rq_active::{h.active_requests}",
+                f"{p}rq_error::{h.rq_error}",
+                f"{p}rq_success::{h.rq_success}",
+                f"{p}rq_total::{h.rq_total}",
+                f"{p}health_flags::{'healthy' if h.healthy else '/failed_active_hc'}",
+                f"{p}weight::{h.weight}",
+            ]
+    return AdminResponse("\n".join(lines) + "\n")
+
+
+@endpoint("/config_dump", "dump current trioproxy configuration")
+async def _config_dump(server: Server, q: dict[str, str]) -> AdminResponse:
+    from trioproxy.config.dump import to_jsonable
+
+    return _json(to_jsonable(server.mesh))
+
+
+@endpoint("/listeners", "print listener info (?format=json)")
+async def _listeners(server: Server, q: dict[str, str]) -> AdminResponse:
+    if q.get("format") == "json":
+        return _json(
+            {
+                "listener_statuses": [
+                    {
+                        "name": name,
+                        "local_address": {
+                            "socket_address": {
+                                "address": lr.bound.host if lr.bound else "",
+                                "port_value": lr.bound.port if lr.bound else 0,
+                            }
+                        },
+                    }
+                    for name, lr in server.listeners.items()
+                ]
+            }
+        )
+    return AdminResponse(
+        "".join(f"{name}::{lr.bound}\n" for name, lr in server.listeners.items())
+    )
+
+
+@endpoint("/reset_counters", "reset all counters to zero", mutating=True)
+async def _reset_counters(server: Server, q: dict[str, str]) -> AdminResponse:
+    server.stats.reset_counters()
+    return AdminResponse("OK\n")
+
+
+@endpoint("/quitquitquit", "exit the server", mutating=True)
+async def _quit(server: Server, q: dict[str, str]) -> AdminResponse:
+    server.shutdown()
+    return AdminResponse("OK\n")
+
+
+@endpoint("/logging", "change the log level (?level=debug|info|warning|error)", mutating=True)
+async def _logging(server: Server, q: dict[str, str]) -> AdminResponse:
+    level = q.get("level")
+    root = logging.getLogger("trioproxy")
+    if level:
+        value = logging.getLevelName(level.upper())
+        if not isinstance(value, int):
+            return AdminResponse(f"unknown level {level!r}\n", status=400)
+        root.setLevel(value)
+    return AdminResponse(f"active loggers:\n  trioproxy: {logging.getLevelName(root.level).lower()}\n")
+
+
+# --------------------------------------------------------------------------- server
+
+
+async def serve_admin(
+    server: Server,
+    address: SocketAddress,
+    *,
+    task_status: trio.TaskStatus[SocketAddress] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    listener, (host, port) = await server.network.listen_tcp(address.host, address.port)
+    bound = SocketAddress(host=host, port=port)
+    log.info("admin listening on %s", bound)
+    task_status.started(bound)
+    async with listener, trio.open_nursery() as nursery:
+        while True:
+            stream = await listener.accept()
+            nursery.start_soon(_serve_conn, server, stream)
+
+
+async def _serve_conn(server: Server, stream: trio.abc.Stream) -> None:
+    conn = h11.Connection(h11.SERVER)
+    async with stream:
+        try:
+            while True:
+                ev = conn.next_event()
+                if ev is h11.NEED_DATA:
+                    with trio.move_on_after(60) as idle:
+                        data = await stream.receive_some(65536)
+                    if idle.cancelled_caught:
+                        return
+                    conn.receive_data(data)
+                    continue
+                if type(ev) is not h11.Request:
+                    if type(ev) in (h11.Data, h11.EndOfMessage):
+                        continue
+                    return
+                resp = await _dispatch(server, ev)
+                headers = [
+                    (b"content-type", resp.content_type.encode()),
+                    (b"content-length", str(len(resp.body)).encode()),
+                    (b"cache-control", b"no-cache, max-age=0"),
+                    (b"x-content-type-options", b"nosniff"),
+                ]
+                out = conn.send(h11.Response(status_code=resp.status, headers=headers)) or b""
+                if ev.method != b"HEAD":
+                    out += conn.send(h11.Data(data=resp.body)) or b""
+                # Drain a request body we do not use so the connection can be reused.
+                while conn.their_state is h11.SEND_BODY:
+                    nxt = conn.next_event()
+                    if nxt is h11.NEED_DATA:
+                        conn.receive_data(await stream.receive_some(65536))
+                    elif type(nxt) is h11.ConnectionClosed:
+                        break
+                out += conn.send(h11.EndOfMessage()) or b""
+                await stream.send_all(out)
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return
+
+
+async def _dispatch(server: Server, req: h11.Request) -> AdminResponse:
+    target = bytes(req.target).decode("latin-1")
+    parts = urlsplit(target)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    ep = ENDPOINTS.get(parts.path)
+    if ep is None:
+        return AdminResponse(
+            f"no admin endpoint {parts.path!r}; see /help\n", status=404
+        )
+    method = bytes(req.method)
+    if ep.mutating and method != b"POST":
+        return AdminResponse(
+            f"{parts.path} changes the server; use POST (e.g. curl -X POST ...{parts.path})\n",
+            status=405,
+        )
+    if not ep.mutating and method not in (b"GET", b"HEAD"):
+        return AdminResponse(f"{parts.path} answers GET only\n", status=405)
+    try:
+        return await ep.handler(server, query)
+    except Exception as exc:  # an admin bug must not kill the admin server
+        log.exception("admin handler %s failed", parts.path)
+        return AdminResponse(f"internal error: {exc}\n", status=500)

@@ -1,0 +1,246 @@
+"""`Server`: the root of one worker's task tree.
+
+    trio.run(Server.run)
+    └─ server nursery
+       ├─ demo services (examples only)
+       ├─ access-log sinks (flushers)
+       ├─ admin listener
+       └─ one accept loop per listener socket
+          └─ connection task (one per downstream connection)
+
+The server owns the stats store, the cluster manager and the router. A
+connection task that raises an unexpected error is logged and counted; it
+never takes the server down. Accept loops survive EMFILE/ENFILE/ENOBUFS/ENOMEM
+by logging and backing off, as trio's own `serve_listeners` does.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import trio
+
+from trioproxy import __version__
+from trioproxy.config import HttpConnectionManager, Listener, Mesh, SocketAddress
+from trioproxy.http.conn_manager import ConnectionManager
+from trioproxy.http.router import Router
+from trioproxy.net.network import Network, TrioNetwork
+from trioproxy.observe.stats import StatsStore
+from trioproxy.runtime.demo import serve_demo_service
+from trioproxy.upstream.cluster_manager import ClusterManager
+
+__all__ = ["Server"]
+
+log = logging.getLogger("trioproxy")
+
+# Accept errors that mean "out of a resource, try again later" (trio's list).
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_ACCEPT_BACKOFF = 0.1
+
+
+class ListenerRuntime:
+    """One configured listener: its sockets, stats and connection manager."""
+
+    def __init__(self, config: Listener, hcm: ConnectionManager, stats: StatsStore) -> None:
+        self.config = config
+        self.hcm = hcm
+        p = f"listener.{config.stat_name}."
+        self.cx_total = stats.counter(p + "downstream_cx_total")
+        self.cx_active = stats.gauge(p + "downstream_cx_active")
+        self.cx_destroy = stats.counter(p + "downstream_cx_destroy")
+        self.cx_length = stats.histogram(p + "downstream_cx_length_ms")
+        self.sockets: list[trio.abc.Listener[trio.abc.Stream]] = []
+        self.bound: SocketAddress | None = None
+
+
+class Server:
+    """Runs a compiled `Mesh`.
+
+    Args:
+        mesh: the config graph.
+        network: the network door (real sockets by default).
+        admin_address: overrides the mesh's admin address (`--admin`).
+        options: command-line options shown by `/server_info`.
+    """
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        *,
+        network: Network | None = None,
+        admin_address: SocketAddress | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.mesh = mesh
+        self.network: Network = network or TrioNetwork()
+        self.stats = StatsStore()
+        self.options = dict(options or {})
+        self.version = __version__
+        self.hostname = socket.gethostname()
+        self.state = "PRE_INITIALIZING"
+        self.start_time = time.time()
+        self.admin_address = admin_address or (mesh.admin.address if mesh.admin else None)
+        self.admin_bound: SocketAddress | None = None
+        self.listeners: dict[str, ListenerRuntime] = {}
+        self.demo_ports: dict[str, int] = {}
+        self.clusters = ClusterManager(mesh.clusters, self.network, self.stats)
+        self.router = Router(self.clusters)
+        self._shutdown = trio.Event()
+        self._access_logs: Any = None
+        self.connection_errors = self.stats.counter("server.connection_task_errors")
+        self.stats.gauge("server.concurrency").set(1)
+        self.stats.gauge("server.live").set(0)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def shutdown(self) -> None:
+        """Ask `run()` to stop (e.g. from admin `POST /quitquitquit`)."""
+        self._shutdown.set()
+
+    def listener_address(self, name: str) -> SocketAddress:
+        """The address a listener is bound to (the real port if 0 was configured)."""
+        bound = self.listeners[name].bound
+        assert bound is not None, f"listener {name!r} is not bound"
+        return bound
+
+    async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        self.state = "INITIALIZING"
+        try:
+            async with trio.open_nursery() as nursery:
+                for svc in self.mesh.demo_services:
+                    self.demo_ports[svc.name] = await nursery.start(
+                        serve_demo_service, svc, self.network
+                    )
+                self._access_logs = self._make_access_logs()
+                if self._access_logs is not None:
+                    nursery.start_soon(self._access_logs.run)
+                for lc in self.mesh.listeners:
+                    await self._start_listener(nursery, lc)
+                if self.admin_address is not None:
+                    from trioproxy.observe.admin import serve_admin
+
+                    self.admin_bound = await nursery.start(serve_admin, self, self.admin_address)
+                nursery.start_soon(self._uptime)
+                self.state = "LIVE"
+                self.stats.gauge("server.live").set(1)
+                log.info(
+                    "trioproxy %s live: %s",
+                    self.version,
+                    ", ".join(
+                        f"{n} on {lr.bound}" for n, lr in self.listeners.items()
+                    ),
+                )
+                task_status.started(self)
+                await self._shutdown.wait()
+                self.state = "DRAINING"
+                nursery.cancel_scope.cancel()
+        finally:
+            self.clusters.close()
+            self.stats.gauge("server.live").set(0)
+
+    async def _uptime(self) -> None:
+        uptime = self.stats.gauge("server.uptime")
+        mem = self.stats.gauge("server.memory_allocated")
+        while True:
+            uptime.set(int(time.time() - self.start_time))
+            mem.set(_rss_bytes())
+            await trio.sleep(1)
+
+    def _make_access_logs(self) -> Any:
+        configs = [
+            al
+            for lc in self.mesh.listeners
+            for chain in lc.filter_chains
+            for f in chain.filters
+            if isinstance(f, HttpConnectionManager)
+            for al in f.access_logs
+        ]
+        if not configs:
+            return None
+        from trioproxy.observe.access_log import AccessLogManager
+
+        return AccessLogManager(hostname=self.hostname)
+
+    def _access_loggers_for(self, hcm: HttpConnectionManager) -> list[Any]:
+        if self._access_logs is None:
+            return []
+        return [self._access_logs.logger(al) for al in hcm.access_logs]
+
+    async def _start_listener(self, nursery: trio.Nursery, lc: Listener) -> None:
+        # Filter-chain matching (SNI, ALPN, source) comes with TLS; until then
+        # a listener's first chain serves every connection.
+        hcm_cfg = next(
+            f
+            for chain in lc.filter_chains
+            for f in chain.filters
+            if isinstance(f, HttpConnectionManager)
+        )
+        hcm = ConnectionManager(
+            hcm_cfg,
+            router=self.router,
+            stats=self.stats,
+            access_loggers=self._access_loggers_for(hcm_cfg),
+        )
+        lr = ListenerRuntime(lc, hcm, self.stats)
+        sock, (host, port) = await self.network.listen_tcp(lc.address.host, lc.address.port)
+        lr.sockets.append(sock)
+        lr.bound = SocketAddress(host=host, port=port)
+        self.listeners[lc.name] = lr
+        nursery.start_soon(self._accept_loop, lr, sock)
+
+    async def _accept_loop(
+        self, lr: ListenerRuntime, sock: trio.abc.Listener[trio.abc.Stream]
+    ) -> None:
+        async with sock, trio.open_nursery() as conns:
+            while True:
+                try:
+                    stream = await sock.accept()
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
+                        log.error(
+                            "accept on %s failed (%s); retrying in %.1fs",
+                            lr.bound,
+                            errno.errorcode.get(exc.errno or 0, exc),
+                            _ACCEPT_BACKOFF,
+                        )
+                        await trio.sleep(_ACCEPT_BACKOFF)
+                        continue
+                    raise
+                conns.start_soon(self._connection, lr, stream)
+
+    async def _connection(self, lr: ListenerRuntime, stream: trio.abc.Stream) -> None:
+        lr.cx_total.inc()
+        lr.cx_active.inc()
+        started = trio.current_time()
+        try:
+            try:
+                remote, local = self.network.addresses(stream)
+            except OSError:
+                return  # the peer left before we looked
+            await lr.hcm.serve_connection(stream, remote=remote, local=local)
+        except Exception:
+            # A bug must cost one connection, never the server.
+            self.connection_errors.inc()
+            log.exception("connection task on %s failed", lr.bound)
+        finally:
+            lr.cx_active.dec()
+            lr.cx_destroy.inc()
+            lr.cx_length.record((trio.current_time() - started) * 1000)
+            await trio.aclose_forcefully(stream)
+
+
+def _rss_bytes() -> int:
+    """Resident memory from procfs (a memory read, not disk I/O); 0 elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -1,0 +1,170 @@
+"""The cluster manager: the runtime side of `config.Cluster`.
+
+Per worker, one `ClusterRuntime` per cluster holds its hosts, their
+connection pools, its load balancer and its pre-built stat handles
+(`cluster.<name>.*`). The router asks for a host with `choose_host()` and
+accounts each request with `on_request_start()` / `on_response()` /
+`on_request_end()` so active-request counts and stats stay exact even when a
+request is cancelled (the router calls `on_request_end` in a `finally`).
+
+Discovery, health checks and outlier detection (later issues) run as tasks
+in the cluster manager's nursery and only flip `Host.healthy` and rebuild
+the balancer; the request path never waits on them.
+"""
+
+from __future__ import annotations
+
+import random
+
+from trioproxy.config import Cluster
+from trioproxy.net.network import Network
+from trioproxy.net.pool import Http1Pool, PoolStats
+from trioproxy.observe.stats import Counter, StatsStore
+from trioproxy.upstream.lb import BALANCERS, LoadBalancer
+
+__all__ = ["ClusterManager", "ClusterRuntime", "Host"]
+
+
+class Host:
+    __slots__ = (
+        "active_requests",
+        "address",
+        "healthy",
+        "pool",
+        "rq_error",
+        "rq_success",
+        "rq_total",
+        "weight",
+    )
+
+    def __init__(self, address: str, weight: int, pool: Http1Pool) -> None:
+        self.address = address  # "127.0.0.1:8081", as Envoy prints hosts
+        self.weight = weight
+        self.pool = pool
+        self.active_requests = 0
+        self.healthy = True
+        self.rq_total = 0
+        self.rq_success = 0
+        self.rq_error = 0
+
+
+class ClusterRuntime:
+    def __init__(
+        self, config: Cluster, network: Network, stats: StatsStore, rng: random.Random
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        p = f"cluster.{config.name}."
+        self._prefix = p
+        self._stats = stats
+        pool_stats = PoolStats(
+            cx_total=stats.counter(p + "upstream_cx_total"),
+            cx_active=stats.gauge(p + "upstream_cx_active"),
+            cx_connect_fail=stats.counter(p + "upstream_cx_connect_fail"),
+            cx_connect_timeout=stats.counter(p + "upstream_cx_connect_timeout"),
+            cx_destroy=stats.counter(p + "upstream_cx_destroy"),
+        )
+        self.hosts = [
+            Host(
+                str(ep.address),
+                ep.weight,
+                Http1Pool(
+                    network,
+                    ep.address.host,
+                    ep.address.port,
+                    stats=pool_stats,
+                    connect_timeout=config.connect_timeout,
+                    idle_timeout=config.idle_timeout,
+                    max_idle=config.max_idle_per_host,
+                ),
+            )
+            for ep in config.endpoints
+        ]
+        self._rng = rng
+        self.rq_total = stats.counter(p + "upstream_rq_total")
+        self.rq_active = stats.gauge(p + "upstream_rq_active")
+        self.rq_completed = stats.counter(p + "upstream_rq_completed")
+        self.rq_timeout = stats.counter(p + "upstream_rq_timeout")
+        self.rq_time = stats.histogram(p + "upstream_rq_time")
+        self.cx_none_healthy = stats.counter(p + "upstream_cx_none_healthy")
+        self.rq_rx_reset = stats.counter(p + "upstream_rq_rx_reset")
+        self.rq_tx_reset = stats.counter(p + "upstream_rq_tx_reset")
+        self.cx_protocol_error = stats.counter(p + "upstream_cx_protocol_error")
+        self.membership_total = stats.gauge(p + "membership_total")
+        self.membership_healthy = stats.gauge(p + "membership_healthy")
+        self._code_counters: dict[int, tuple[Counter, Counter]] = {}
+        self.lb: LoadBalancer
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        """Recompute the balancer and membership gauges after a health change."""
+        healthy = [h for h in self.hosts if h.healthy]
+        self.membership_total.set(len(self.hosts))
+        self.membership_healthy.set(len(healthy))
+        factory = BALANCERS[self.config.lb_policy]
+        self.lb = factory(healthy, rng=self._rng, choice_count=self.config.choice_count)
+
+    def choose_host(self) -> Host | None:
+        host = self.lb.choose()
+        if host is None:
+            self.cx_none_healthy.inc()
+        return host  # type: ignore[return-value]
+
+    def on_request_start(self, host: Host) -> None:
+        host.active_requests += 1
+        host.rq_total += 1
+        self.rq_total.inc()
+        self.rq_active.inc()
+
+    def on_request_end(self, host: Host) -> None:
+        host.active_requests -= 1
+        self.rq_active.dec()
+
+    def on_response(self, host: Host, status: int, elapsed_ms: float) -> None:
+        pair = self._code_counters.get(status)
+        if pair is None:
+            p = self._prefix
+            pair = (
+                self._stats.counter(f"{p}upstream_rq_{status}"),
+                self._stats.counter(f"{p}upstream_rq_{status // 100}xx"),
+            )
+            self._code_counters[status] = pair
+        pair[0].inc()
+        pair[1].inc()
+        self.rq_completed.inc()
+        self.rq_time.record(elapsed_ms)
+        if status >= 500:
+            host.rq_error += 1
+        else:
+            host.rq_success += 1
+
+    def close(self) -> None:
+        for h in self.hosts:
+            h.pool.close()
+
+
+class ClusterManager:
+    def __init__(
+        self,
+        clusters: tuple[Cluster, ...],
+        network: Network,
+        stats: StatsStore,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._rng = rng or random.Random()
+        self.clusters: dict[str, ClusterRuntime] = {
+            c.name: ClusterRuntime(c, network, stats, self._rng) for c in clusters
+        }
+        stats.gauge("cluster_manager.active_clusters").set(len(self.clusters))
+
+    def get(self, name: str) -> ClusterRuntime | None:
+        return self.clusters.get(name)
+
+    @property
+    def rng(self) -> random.Random:
+        return self._rng
+
+    def close(self) -> None:
+        for c in self.clusters.values():
+            c.close()
