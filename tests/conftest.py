@@ -59,9 +59,7 @@ def addr(text: str) -> SocketAddress:
 
 
 def cluster(name: str, *upstreams: Upstream | str, **kw: object) -> Cluster:
-    eps = tuple(
-        Endpoint(address=addr(u if isinstance(u, str) else u.address)) for u in upstreams
-    )
+    eps = tuple(Endpoint(address=addr(u if isinstance(u, str) else u.address)) for u in upstreams)
     return Cluster(name=name, endpoints=eps, **kw)  # type: ignore[arg-type]
 
 
@@ -118,3 +116,19 @@ async def start_proxy(nursery: trio.Nursery, mesh: Mesh, network: object = None)
 def proxy_url(server: Server, path: str = "/") -> str:
     a = server.listener_address("ingress")
     return f"http://127.0.0.1:{a.port}{path}"
+
+
+def counter(server: Server, name: str) -> int:
+    return server.stats.counters[name].value
+
+
+def gauge(server: Server, name: str) -> int:
+    return server.stats.gauges[name].value
+
+
+async def settle(server: Server, prefix: str = "ingress_http") -> None:
+    """Wait until no request is active: a client sees its response before the
+    proxy's `finally` blocks have counted it."""
+    with trio.fail_after(5):
+        while gauge(server, f"http.{prefix}.downstream_rq_active"):
+            await trio.sleep(0.001)

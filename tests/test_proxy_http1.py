@@ -14,22 +14,16 @@ import trio
 
 from tests.conftest import (
     cluster,
+    counter,
+    gauge,
     proxy_url,
     require_tool,
     route_to,
+    settle,
     simple_mesh,
     start_proxy,
     start_upstream,
 )
-from trioproxy.runtime.server import Server
-
-
-def counter(server: Server, name: str) -> int:
-    return server.stats.counters[name].value
-
-
-def gauge(server: Server, name: str) -> int:
-    return server.stats.gauges[name].value
 
 
 async def test_get_reaches_upstream_with_envoy_headers(nursery: trio.Nursery) -> None:
@@ -38,7 +32,11 @@ async def test_get_reaches_upstream_with_envoy_headers(nursery: trio.Nursery) ->
     async with httpx.AsyncClient() as c:
         r = await c.get(
             proxy_url(server, "/a/b?q=1"),
-            headers={"x-forwarded-for": "203.0.113.9", "connection": "keep-alive, x-secret", "x-secret": "1"},
+            headers={
+                "x-forwarded-for": "203.0.113.9",
+                "connection": "keep-alive, x-secret",
+                "x-secret": "1",
+            },
         )
     assert r.status_code == 200
     seen = r.json()
@@ -71,6 +69,7 @@ async def test_keep_alive_reuses_both_connections(nursery: trio.Nursery) -> None
             r = await c.post(proxy_url(server, f"/{i}"), content=b"x" * i)
             assert r.status_code == 200
             assert r.json()["body_length"] == i
+    await settle(server)
     assert counter(server, "http.ingress_http.downstream_cx_total") == 1
     assert counter(server, "cluster.svc.upstream_cx_total") == 1
     assert up.connections == 1
@@ -175,7 +174,12 @@ async def test_raw_pipelined_requests(nursery: trio.Nursery) -> None:
         (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
         (b"GET / HTTP/1.0\r\nHost: a\r\n\r\n", 426),
         (b"GET / HTTP/1.1\r\nHost: a\r\nx: " + b"v" * (61 * 1024) + b"\r\n\r\n", 431),
-        (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"h%d: v\r\n" % i for i in range(101)) + b"\r\n", 431),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\n"
+            + b"".join(b"h%d: v\r\n" % i for i in range(101))
+            + b"\r\n",
+            431,
+        ),
         (b"GET nope HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ],
 )
@@ -199,7 +203,9 @@ async def test_malformed_requests_get_status_and_clean_close(
 
 async def test_client_disconnect_mid_request_leaks_nothing(nursery: trio.Nursery) -> None:
     up = await start_upstream(nursery)
-    server = await start_proxy(nursery, simple_mesh([route_to("svc", timeout=0.0)], [cluster("svc", up)]))
+    server = await start_proxy(
+        nursery, simple_mesh([route_to("svc", timeout=0.0)], [cluster("svc", up)])
+    )
     port = server.listener_address("ingress").port
     # 1) The upstream hangs; the client gives up and closes.
     s = await trio.open_tcp_stream("127.0.0.1", port)
@@ -234,7 +240,9 @@ async def test_upstream_dies_mid_response_closes_downstream(nursery: trio.Nurser
     server = await start_proxy(nursery, simple_mesh([route_to("svc")], [cluster("svc", up)]))
     async with httpx.AsyncClient() as c:
         with pytest.raises(httpx.RemoteProtocolError):
-            await c.get(proxy_url(server), headers={"x-test-close-mid": "1", "x-test-body-size": "100000"})
+            await c.get(
+                proxy_url(server), headers={"x-test-close-mid": "1", "x-test-body-size": "100000"}
+            )
         # and the proxy keeps serving
         assert (await c.get(proxy_url(server))).status_code == 200
 

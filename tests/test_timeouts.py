@@ -87,11 +87,11 @@ async def test_request_headers_timeout_is_408(autojump_clock: trio.testing.MockC
     net = MemoryNetwork()
     async with trio.open_nursery() as n:
         up = await start_upstream(n, network=net)
-        mesh = simple_mesh(
-            [route_to("svc")], [cluster("svc", up)], request_headers_timeout=10.0
-        )
+        mesh = simple_mesh([route_to("svc")], [cluster("svc", up)], request_headers_timeout=10.0)
         server = await start_proxy(n, mesh, net)
-        stream = await net.connect_tcp("127.0.0.1", server.listener_address("ingress").port, timeout=0)
+        stream = await net.connect_tcp(
+            "127.0.0.1", server.listener_address("ingress").port, timeout=0
+        )
         t0 = trio.current_time()
         # A slowloris client: one header byte every 5 s, never finishing.
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
@@ -160,9 +160,13 @@ async def test_stream_idle_timeout_on_stalled_upload(
             [route_to("svc", timeout=0.0)], [cluster("svc", up)], stream_idle_timeout=30.0
         )
         server = await start_proxy(n, mesh, net)
-        stream = await net.connect_tcp("127.0.0.1", server.listener_address("ingress").port, timeout=0)
+        stream = await net.connect_tcp(
+            "127.0.0.1", server.listener_address("ingress").port, timeout=0
+        )
         # Promise 1000 bytes, send 10, then stall.
-        await stream.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
+        await stream.send_all(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789"
+        )
         t0 = trio.current_time()
         data = b""
         while chunk := await stream.receive_some(65536):

@@ -66,7 +66,11 @@ class Upstream:
                     if req is None:
                         return
                     keep = await self._answer(conn, stream, req, body)
-                    if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    if (
+                        not keep
+                        or conn.our_state is not h11.DONE
+                        or conn.their_state is not h11.DONE
+                    ):
                         return
                     conn.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError, OSError):
@@ -90,7 +94,10 @@ class Upstream:
         if "x-test-delay" in headers:
             await trio.sleep(float(headers["x-test-delay"]))
         if headers.get("x-test-hang"):
-            await trio.sleep_forever()
+            # Never answer, but notice when the proxy gives up on us.
+            while await stream.receive_some(65536):
+                pass
+            return False
         if headers.get("x-test-close"):
             return False
         status = int(headers.get("x-test-status", "200"))

@@ -190,11 +190,12 @@ class Http1ServerCodec(_Base):
         max_headers: header count (Envoy's `max_headers_count`, 100); past it, 431.
     """
 
-    __slots__ = ("_head_method",)
+    __slots__ = ("_head_method", "_max_header_bytes")
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100) -> None:
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
         self._max_headers = max_headers
+        self._max_header_bytes = max_header_bytes
         self._head_method = b""
 
     @property
@@ -218,6 +219,15 @@ class Http1ServerCodec(_Base):
                 f"too many headers ({len(raw)} > {self._max_headers})",
                 431,
                 "http1.too_many_headers",
+            )
+        # h11 only bounds a head that arrives in pieces; one that arrives
+        # whole is measured here, like Envoy's header map byte size.
+        size = len(ev.target) + sum(len(k) + len(v) for k, v in raw)
+        if size > self._max_header_bytes:
+            raise Http1Error(
+                f"request headers too large ({size} > {self._max_header_bytes} bytes)",
+                431,
+                "http1.headers_too_large",
             )
         if ev.http_version != b"1.1":
             # Envoy rejects HTTP/1.0 unless accept_http_10 is set: 426.

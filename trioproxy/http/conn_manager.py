@@ -210,6 +210,29 @@ class ActiveStream:
                 raise DownstreamReset("client closed mid-body")
             raise DownstreamProtocolError(f"unexpected event {ev!r}")  # pragma: no cover
 
+    async def watch_disconnect(self) -> bool:
+        """Wait, once the request is read, for the client to leave.
+
+        Returns True if the downstream closed (or reset) while the response was
+        pending, False if it sent more bytes instead (a pipelined request,
+        kept in the codec's buffer for the next cycle). Envoy resets the
+        upstream request when its client goes away; the router runs this
+        beside the exchange to do the same. Cancel-safe: trio's receive loses
+        nothing when cancelled.
+        """
+        try:
+            data = await self._conn.receive_some()
+        except DownstreamReset:
+            return True
+        if not data:
+            return True
+        self._hcm.stats.cx_rx_bytes_total.inc(len(data))
+        try:
+            self._codec.receive_data(data)
+        except Http1Error:
+            return True
+        return False
+
     # ------------------------------------------------------------- response
 
     async def _send(self, data: bytes) -> None:

@@ -214,12 +214,12 @@ class Router:
         await up.send_request_head(
             stream.head, body=stream.has_body, content_length=stream.content_length
         )
-        if not stream.has_body:
-            await self._relay_response(stream, cluster, host, up, started)
-            return True  # the pool still checks the codec state and partial writes
         relay_error: BaseException | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump_body, stream, up, fwd, nursery.cancel_scope)
+            if stream.has_body:
+                nursery.start_soon(self._pump_body, stream, up, fwd, nursery.cancel_scope)
+            else:
+                nursery.start_soon(self._watch_downstream, stream, fwd, nursery.cancel_scope)
             try:
                 await self._relay_response(stream, cluster, host, up, started)
             except (UpstreamReset, UpstreamProtocolError, DownstreamReset) as exc:
@@ -228,10 +228,20 @@ class Router:
                 # The upstream answered before the request body ended (e.g. 413):
                 # stop pumping; neither connection can be reused cleanly.
                 stream.close_connection = True
-                nursery.cancel_scope.cancel()
+            # Stops the pump (if the upstream answered early) and the watcher.
+            nursery.cancel_scope.cancel()
         if relay_error is not None:
             raise relay_error
         return fwd.downstream_error is None
+
+    async def _watch_downstream(
+        self, stream: ActiveStream, fwd: _Forward, relay_scope: trio.CancelScope
+    ) -> None:
+        """Abandon the exchange if the client leaves before the response ends."""
+        if await stream.watch_disconnect():
+            fwd.downstream_error = DownstreamReset("client closed before the response ended")
+            stream.close_connection = True
+            relay_scope.cancel()
 
     async def _pump_body(
         self,
@@ -251,10 +261,12 @@ class Router:
             fwd.downstream_error = exc
             stream.close_connection = True
             relay_scope.cancel()
+            return
         except UpstreamReset:
             # The upstream stopped reading; the relay sees its response or reset.
             fwd.request_done = True
             stream.close_connection = True
+        await self._watch_downstream(stream, fwd, relay_scope)
 
     async def _relay_response(
         self,
