@@ -214,6 +214,7 @@ class ClusterBuilder:
     _endpoints: tuple[object, ...] = ()
     _lb: Given[object] = Given("round_robin", None)
     _connect_timeout: Given[object] = Given(5.0, None)
+    _protocol: Given[object] = Given("http1", None)
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
@@ -233,6 +234,14 @@ class ClusterBuilder:
     def connect_timeout(self, d: Duration) -> ClusterBuilder:
         """Set the upstream connect timeout (seconds or a string like "250ms")."""
         return attrs.evolve(self, connect_timeout=Given(d, caller_location()))
+
+    def http2(self) -> ClusterBuilder:
+        """Speak HTTP/2 (h2c, prior knowledge) to this cluster's endpoints."""
+        return attrs.evolve(self, protocol=Given("http2", caller_location()))
+
+    def http1(self) -> ClusterBuilder:
+        """Speak HTTP/1.1 to this cluster's endpoints (the default)."""
+        return attrs.evolve(self, protocol=Given("http1", caller_location()))
 
 
 def cluster(

@@ -49,7 +49,14 @@ from trioproxy.config import (
     VirtualHost,
     WeightedCluster,
 )
-from trioproxy.config.graph import Action, CodecType, LbPolicy, PathKind, StringMatchKind
+from trioproxy.config.graph import (
+    Action,
+    CodecType,
+    LbPolicy,
+    PathKind,
+    StringMatchKind,
+    UpstreamProtocol,
+)
 
 from ._builders import (
     AdminBuilder,
@@ -311,10 +318,14 @@ class _Compiler:
         ct = cb._connect_timeout
         what = f"connect_timeout of cluster {name!r}"
         connect_timeout = self.duration(ct.value, what, ct.location, positive=True)
+        protocol = self.choice(
+            cb._protocol.value, get_args(UpstreamProtocol), "protocol", cb._protocol.location
+        )
         return Cluster(
             name=name,
             endpoints=tuple(endpoints),
             lb_policy=lb,
+            protocol=protocol,
             connect_timeout=connect_timeout,
             location=loc,
         )

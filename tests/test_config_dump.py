@@ -178,6 +178,7 @@ def test_jsonable_clusters() -> None:
             {"address": {"host": "api.internal", "port": 80}, "weight": 3},
         ],
         "lb_policy": "least_request",
+        "protocol": "http1",
         "connect_timeout": 5.0,
         "choice_count": 2,
         "idle_timeout": 3600.0,

@@ -273,3 +273,23 @@ async def test_ipv6_literal_upstream_is_reachable(nursery: trio.Nursery) -> None
     async with httpx.AsyncClient() as c:
         r = await c.get(proxy_url(server))
     assert json.loads(r.content)["server"] == "upstream"
+
+
+async def test_client_closing_after_full_response_is_not_a_reset(nursery: trio.Nursery) -> None:
+    up = await start_upstream(nursery)
+    server = await start_proxy(nursery, simple_mesh([route_to("svc")], [cluster("svc", up)]))
+    port = server.listener_address("ingress").port
+    for _ in range(20):
+        s = await trio.open_tcp_stream("127.0.0.1", port)
+        await s.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await s.receive_some(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += await s.receive_some(65536)
+        await s.aclose()
+    await settle(server)
+    assert counter(server, "http.ingress_http.downstream_rq_2xx") == 20
+    assert counter(server, "http.ingress_http.downstream_rq_rx_reset") == 0

@@ -37,6 +37,8 @@ async def test_route_timeout_is_504_ut(autojump_clock: trio.testing.MockClock) -
         # The next request on the same connection still works (fast upstream).
         resp = await client.request(headers=[("x-test-delay", "1")])
         assert resp.status == 200
+        # The client sees its response before the proxy's `finally` blocks ran.
+        await trio.testing.wait_all_tasks_blocked()
         assert _stat(server, "cluster.svc.upstream_rq_active") == 0
         n.cancel_scope.cancel()
 

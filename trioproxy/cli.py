@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import logging.handlers
+import queue
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,6 +21,8 @@ from trioproxy import __version__
 from trioproxy.config import Mesh, SocketAddress
 
 __all__ = ["main"]
+
+log = logging.getLogger("trioproxy")
 
 _EPILOG_SERVE = """\
 examples:
@@ -46,14 +50,18 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("mesh", metavar="MESH.py", help="the mesh file")
-    s.add_argument("--admin", metavar="ADDR", help="admin address, e.g. 127.0.0.1:9901 (overrides the mesh)")
+    s.add_argument(
+        "--admin", metavar="ADDR", help="admin address, e.g. 127.0.0.1:9901 (overrides the mesh)"
+    )
     s.add_argument(
         "--log-level",
         default="info",
         choices=["trace", "debug", "info", "warning", "warn", "error", "critical", "off"],
         help="application log level (default: info)",
     )
-    s.add_argument("--log-path", metavar="PATH", help="write the application log here instead of stderr")
+    s.add_argument(
+        "--log-path", metavar="PATH", help="write the application log here instead of stderr"
+    )
     s.add_argument(
         "--workers",
         type=int,
@@ -116,14 +124,29 @@ def _parse_addr(text: str) -> SocketAddress | None:
     return SocketAddress(host=host, port=int(port))
 
 
-def _setup_logging(level: str, path: str | None) -> None:
-    lvl = {"trace": "DEBUG", "warn": "WARNING", "off": "CRITICAL"}.get(level, level.upper())
+def _setup_logging(level: str, path: str | None) -> logging.handlers.QueueListener:
+    """Route the `trioproxy` logger to stderr or `path` through a writer thread.
+
+    The event loop only puts records on a queue; a thread does the (blocking)
+    writes, as Envoy's file flusher thread does. Stop the returned listener
+    to flush before exiting.
+
+    Raises:
+        OSError: `path` cannot be opened for appending.
+    """
+    lvl: int | str = {"trace": "DEBUG", "warn": "WARNING"}.get(level, level.upper())
+    if level == "off":
+        lvl = logging.CRITICAL + 1  # above every level: nothing is logged
     handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s][%(name)s] %(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    writer = logging.handlers.QueueListener(records, handler)
     root = logging.getLogger("trioproxy")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
     root.setLevel(lvl)
     root.propagate = False
+    writer.start()
+    return writer
 
 
 async def _serve(mesh: Mesh, admin: SocketAddress | None, options: dict[str, object]) -> None:
@@ -163,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             print(json.dumps(to_jsonable(mesh), indent=2))
         else:
-            print(to_tree(mesh), end="" if to_tree(mesh).endswith("\n") else "\n")
+            tree = to_tree(mesh)
+            print(tree, end="" if tree.endswith("\n") else "\n")
         return 0
     # serve
     if args.workers != 1:
@@ -176,12 +200,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.admin:
         admin = _parse_addr(args.admin)
         if admin is None:
-            print(f"trioproxy: bad --admin address {args.admin!r} (want HOST:PORT)", file=sys.stderr)
+            print(
+                f"trioproxy: bad --admin address {args.admin!r} (want HOST:PORT)", file=sys.stderr
+            )
             return 2
-    _setup_logging(args.log_level, args.log_path)
+    try:
+        writer = _setup_logging(args.log_level, args.log_path)
+    except OSError as exc:
+        print(f"trioproxy: cannot open --log-path: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _run_serve(args, admin)
+    except KeyboardInterrupt:  # Ctrl-C before the signal handler is in place
+        return 130
+    finally:
+        writer.stop()  # flushes the records still queued
+
+
+def _run_serve(args: argparse.Namespace, admin: SocketAddress | None) -> int:
     mesh = _load(args.mesh)
     if mesh is None:
         return 1
+    log.debug("loaded %s: %s", args.mesh, _summary(mesh))
     options = {
         "mesh": args.mesh,
         "concurrency": args.workers,
@@ -191,12 +231,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         trio.run(_serve, mesh, admin, options)
-    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
-        return 130
-    except OSError as exc:
-        print(f"trioproxy: {exc}", file=sys.stderr)
+    except BaseException as exc:  # sorted out below; re-raised if not ours
+        leaves = _leaves(exc)
+        if all(isinstance(e, KeyboardInterrupt) for e in leaves):
+            return 130  # a second Ctrl-C during shutdown
+        if not all(isinstance(e, OSError) for e in leaves):
+            raise
+        # Startup failures (a port in use, an address not on this host): one
+        # line each, never the nursery's exception-group traceback.
+        for e in leaves:
+            assert isinstance(e, OSError)
+            print(f"trioproxy: cannot start: {e.strerror or e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or `[exc]`."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
 
 if __name__ == "__main__":  # pragma: no cover

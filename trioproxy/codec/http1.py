@@ -65,6 +65,8 @@ class Http1Error(Exception):
         super().__init__(message)
         self.status = status
         self.details = details
+        # The rejected request was a HEAD: its answer must have no content.
+        self.head_only = False
 
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the legacy ones Envoy also strips.
@@ -122,18 +124,39 @@ REASONS: Final = {
 
 Event = RequestHead | ResponseHead | bytes | EndOfMessage | _Sentinel
 
+# The peer's end of stream, as seen by `_Base` (see its docstring).
+_OPEN, _EOF_PENDING, _EOF_FED, _EOF_BROKEN = range(4)
+_CONNECTION_CLOSED: Final = h11.ConnectionClosed()
+
 
 class _Base:
-    __slots__ = ("_conn", "_max_headers")
+    """What both sides share: feeding bytes, the end of the stream, cycles.
+
+    The peer's end of stream (`receive_data(b"")`) is handed to h11 only once
+    h11 has parsed every byte before it and asks for more. If h11 then finds
+    the message incomplete, the peer went away mid-message: that is `CLOSED`
+    (a reset: Envoy's UC upstream, DC downstream), not a protocol error (UPE,
+    400), because no byte the peer sent was invalid. A close-delimited body
+    still ends with `EndOfMessage`.
+    """
+
+    __slots__ = ("_conn", "_eof", "_max_headers")
 
     _conn: h11.Connection
     _max_headers: int
+    _eof: int  # _OPEN, _EOF_PENDING (not yet given to h11), _EOF_FED, _EOF_BROKEN
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the peer; `b""` means the peer closed its side."""
+        if not data:
+            if self._eof == _OPEN:
+                self._eof = _EOF_PENDING
+            return
+        if self._eof != _OPEN:
+            raise Http1Error("data received after the end of the stream")
         try:
             self._conn.receive_data(data)
-        except h11.RemoteProtocolError as exc:  # receiving after a close
+        except h11.RemoteProtocolError as exc:  # pragma: no cover - guarded above
             raise Http1Error(str(exc)) from None
 
     @property
@@ -156,10 +179,23 @@ class _Base:
         return True
 
     def _next(self) -> object:
+        if self._eof == _EOF_BROKEN:
+            return _CONNECTION_CLOSED
         try:
-            return self._conn.next_event()
+            ev = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
             raise Http1Error(str(exc), exc.error_status_hint, _details(exc)) from None
+        if ev is h11.NEED_DATA and self._eof == _EOF_PENDING:
+            # Every byte before the close is parsed: now the close itself.
+            self._eof = _EOF_FED
+            self._conn.receive_data(b"")
+            try:
+                ev = self._conn.next_event()
+            except h11.RemoteProtocolError:
+                # Closed mid-message (head or body): the peer left, nothing was invalid.
+                self._eof = _EOF_BROKEN
+                return _CONNECTION_CLOSED
+        return ev
 
     def _body_event(self, ev: object) -> Event:
         if type(ev) is h11.Data:
@@ -194,6 +230,7 @@ class Http1ServerCodec(_Base):
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100) -> None:
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self._eof = _OPEN
         self._max_headers = max_headers
         self._max_header_bytes = max_header_bytes
         self._head_method = b""
@@ -209,7 +246,11 @@ class Http1ServerCodec(_Base):
     def next_event(self) -> Event:
         ev = self._next()
         if type(ev) is h11.Request:
-            return self._request(ev)
+            try:
+                return self._request(ev)
+            except Http1Error as exc:
+                exc.head_only = ev.method == b"HEAD"
+                raise
         return self._body_event(ev)
 
     def _request(self, ev: h11.Request) -> RequestHead:
@@ -228,6 +269,17 @@ class Http1ServerCodec(_Base):
                 f"request headers too large ({size} > {self._max_header_bytes} bytes)",
                 431,
                 "http1.headers_too_large",
+            )
+        names = {k for k, _ in raw}
+        if b"content-length" in names and b"transfer-encoding" in names:
+            # h11 lets Transfer-Encoding win (RFC 9112 6.3), but the length
+            # would then travel upstream with a chunked body: the classic
+            # request-smuggling desync. Envoy rejects it unless
+            # `allow_chunked_length` is set; so do we.
+            raise Http1Error(
+                "both content-length and transfer-encoding",
+                400,
+                "http1.content_length_and_chunked_not_allowed",
             )
         if ev.http_version != b"1.1":
             # Envoy rejects HTTP/1.0 unless accept_http_10 is set: 426.
@@ -305,6 +357,7 @@ class Http1ClientCodec(_Base):
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100) -> None:
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
+        self._eof = _OPEN
         self._max_headers = max_headers
 
     def send_request_head(

@@ -61,6 +61,7 @@ LbPolicy = Literal["round_robin", "least_request", "random"]
 PathKind = Literal["prefix", "path", "regex"]
 StringMatchKind = Literal["exact", "prefix", "suffix", "contains", "regex", "present"]
 CodecType = Literal["auto", "http1", "http2"]
+UpstreamProtocol = Literal["http1", "http2"]
 
 
 @attrs.frozen(kw_only=True)
@@ -103,6 +104,8 @@ class Cluster:
     name: str
     endpoints: tuple[Endpoint, ...] = ()
     lb_policy: LbPolicy = "round_robin"
+    # Envoy: HTTP/1.1 to upstreams unless the cluster's protocol options say h2.
+    protocol: UpstreamProtocol = "http1"
     # Envoy: connect_timeout 5 s.
     connect_timeout: float = 5.0
     # Envoy: least_request choice_count 2.
@@ -254,6 +257,11 @@ class HttpConnectionManager(NetworkFilterConfig):
     use_remote_address: bool = True
     # Envoy: per_connection_buffer_limit_bytes 1 MiB; bounds a buffered body.
     buffer_limit_bytes: int = 1024 * 1024
+    # HTTP/2 (Envoy 1.36 http2_protocol_options defaults; the foundation of
+    # issue 3 asks for 1024 concurrent streams).
+    max_concurrent_streams: int = 1024
+    initial_stream_window_size: int = 16 * 1024 * 1024
+    initial_connection_window_size: int = 24 * 1024 * 1024
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
 

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
+import h2.connection
 import trio
 
 from trioproxy.codec.http1 import (
@@ -38,6 +39,7 @@ from trioproxy.codec.http1 import (
     Http1ServerCodec,
     strip_hop_by_hop,
 )
+from trioproxy.codec.http2 import PREFACE, Http2Settings, new_server_connection
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead, StreamInfo
 from trioproxy.config import HttpConnectionManager
 from trioproxy.filters.base import HTTP_FILTERS, FilterStatus, HttpFilter
@@ -85,6 +87,10 @@ class HcmStats:
         self.cx_http1_total = c(p + "downstream_cx_http1_total")
         self.cx_active = stats.gauge(p + "downstream_cx_active")
         self.cx_http1_active = stats.gauge(p + "downstream_cx_http1_active")
+        self.cx_http2_total = c(p + "downstream_cx_http2_total")
+        self.cx_http2_active = stats.gauge(p + "downstream_cx_http2_active")
+        self.rq_http2_total = c(p + "downstream_rq_http2_total")
+        self.rx_messaging_error = c(p + "rx_messaging_error")
         self.cx_destroy = c(p + "downstream_cx_destroy")
         self.cx_protocol_error = c(p + "downstream_cx_protocol_error")
         self.cx_idle_timeout = c(p + "downstream_cx_idle_timeout")
@@ -108,16 +114,16 @@ class HcmStats:
 
 
 class ActiveStream:
-    """One request/response exchange on a downstream connection.
+    """One request/response exchange, as filters and the router see it.
 
-    This is what filters and the router see. It hides the downstream codec:
-    the HTTP/2 connection manager provides the same methods.
+    The protocol-neutral part: stream info, the response-side filter hooks,
+    the `server` header, local replies and the idle-timeout touch. Each
+    downstream protocol supplies the I/O: `Http1Stream` here, `Http2Stream`
+    in `trioproxy.http.h2_conn_manager`.
     """
 
     __slots__ = (
         "_body_done",
-        "_codec",
-        "_conn",
         "_filters",
         "_hcm",
         "close_connection",
@@ -128,39 +134,36 @@ class ActiveStream:
         "info",
         "request_trailers",
         "response_complete",
+        "response_length",
         "response_started",
     )
 
     def __init__(
-        self,
-        hcm: ConnectionManager,
-        conn: Connection,
-        codec: Http1ServerCodec,
-        head: RequestHead,
-        info: StreamInfo,
+        self, hcm: ConnectionManager, head: RequestHead, *, protocol: str, remote: str, local: str
     ) -> None:
         self._hcm = hcm
-        self._conn = conn
-        self._codec = codec
         self.head = head
+        info = StreamInfo(
+            start_time=time.time(),
+            start_monotonic=trio.current_time(),
+            protocol=protocol,
+            downstream_remote_address=remote,
+            downstream_local_address=local,
+        )
+        info.request = head
         self.info = info
-        cl = head.get(b"content-length")
-        self.content_length = cl
-        self.has_body = (cl is not None and cl != b"0") or head.get(
-            b"transfer-encoding"
-        ) is not None
-        self._body_done = not self.has_body
-        if not self.has_body:
-            # h11 still yields the (empty) end of message: consume it now.
-            codec.next_event()
+        self.content_length: bytes | None = None
+        self.has_body = False
+        self._body_done = True
         self.request_trailers: Headers = []
         self.response_started = False
         self.response_complete = False
+        self.response_length: int | None = None  # the response's content-length
+        # Set when the exchange was abandoned half way: HTTP/1.1 closes the
+        # connection, HTTP/2 resets the stream.
         self.close_connection = False
         self.idle_scope: trio.CancelScope | None = None
         self._filters: tuple[HttpFilter, ...] = ()
-
-    # ------------------------------------------------------------- request body
 
     def _touch(self) -> None:
         scope = self.idle_scope
@@ -171,6 +174,8 @@ class ActiveStream:
     def body_done(self) -> bool:
         return self._body_done
 
+    # ------------------------------------------------------------- protocol I/O
+
     async def read_body(self) -> bytes | None:
         """The next request body chunk, or None at its end.
 
@@ -178,6 +183,140 @@ class ActiveStream:
             DownstreamReset: the client went away mid-body.
             DownstreamProtocolError: the body's framing is invalid.
         """
+        raise NotImplementedError
+
+    async def watch_disconnect(self) -> bool:
+        """Wait, once the request is read, for the client to leave; True if it did.
+
+        The router runs this beside the exchange so that a client that goes
+        away resets the upstream request, as in Envoy.
+        """
+        raise NotImplementedError
+
+    async def _write_head(self, head: ResponseHead, end_stream: bool) -> None:
+        raise NotImplementedError
+
+    async def _write_data(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def _write_end(self, trailers: Headers | None) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- response
+
+    async def send_response_head(self, head: ResponseHead, *, end_stream: bool = False) -> None:
+        """Send the response head (after running the filters' response hooks)."""
+        for f in reversed(self._filters):
+            await f.on_response_headers(self, head)
+        info = self.info
+        info.response = head
+        info.response_code = head.status
+        headers = [(k, v) for k, v in head.headers if k != b"server"]
+        headers.append((b"server", self._hcm.server_name))
+        head.headers = headers
+        self.response_started = True
+        cl = head.get(b"content-length")
+        if cl is not None and cl.isdigit():
+            self.response_length = int(cl)
+        # Complete as soon as the last bytes are handed over: the client may
+        # read them and close before this task runs again.
+        self.response_complete = end_stream
+        await self._write_head(head, end_stream)
+        self._touch()
+
+    @property
+    def response_body_sent(self) -> bool:
+        """True once every response byte was handed to the downstream socket
+        (the end of message may still be pending)."""
+        if self.response_complete:
+            return True
+        n = self.response_length
+        return n is not None and self.info.bytes_sent >= n
+
+    async def send_data(self, data: bytes) -> None:
+        if not data:
+            return
+        self.info.bytes_sent += len(data)
+        await self._write_data(data)
+        self._touch()
+
+    async def send_end(self, trailers: Headers | None = None) -> None:
+        self.response_complete = True
+        await self._write_end(trailers)
+
+    async def local_reply(
+        self,
+        status: int,
+        body: bytes = b"",
+        *,
+        flag: str | None = None,
+        details: str = "",
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        content_type: bytes = b"text/plain",
+    ) -> None:
+        """Answer the request from the proxy itself (Envoy's local reply).
+
+        If a response has already started, the only honest thing left is to
+        abandon the stream so the client sees a truncated response.
+        """
+        if flag:
+            self.info.add_flag(flag)
+        if details:
+            self.info.response_code_details = details
+        if self.response_started:
+            self.close_connection = True
+            raise DownstreamReset("local reply after the response started")
+        h: Headers = []
+        if body:
+            h.append((b"content-length", str(len(body)).encode()))
+            h.append((b"content-type", content_type))
+        else:
+            h.append((b"content-length", b"0"))
+        h.append((b"date", _DATE.get()))
+        h.extend(headers)
+        if not self._body_done:
+            # The request body was not read; the connection cannot be reused.
+            self.close_connection = True
+        resp = ResponseHead(status=status, headers=h, reason=reason_phrase(status))
+        if self.head.method == b"HEAD" or not body:
+            await self.send_response_head(resp, end_stream=True)
+        else:
+            await self.send_response_head(resp)
+            self.info.bytes_sent += len(body)
+            await self._write_data(body)
+            await self.send_end()
+
+
+class Http1Stream(ActiveStream):
+    """A request on an HTTP/1.1 downstream connection (one at a time)."""
+
+    __slots__ = ("_codec", "_conn")
+
+    def __init__(
+        self,
+        hcm: ConnectionManager,
+        conn: Connection,
+        codec: Http1ServerCodec,
+        head: RequestHead,
+        *,
+        remote: str,
+        local: str,
+    ) -> None:
+        super().__init__(hcm, head, protocol="HTTP/1.1", remote=remote, local=local)
+        self._conn = conn
+        self._codec = codec
+        cl = head.get(b"content-length")
+        self.content_length = cl
+        self.has_body = (cl is not None and cl != b"0") or head.get(
+            b"transfer-encoding"
+        ) is not None
+        self._body_done = not self.has_body
+        if not self.has_body:
+            # h11 still yields the (empty) end of message: consume it now.
+            codec.next_event()
+            self.info.last_downstream_rx_monotonic = self.info.start_monotonic
+
+    async def read_body(self) -> bytes | None:
         if self._body_done:
             return None
         codec = self._codec
@@ -211,14 +350,10 @@ class ActiveStream:
             raise DownstreamProtocolError(f"unexpected event {ev!r}")  # pragma: no cover
 
     async def watch_disconnect(self) -> bool:
-        """Wait, once the request is read, for the client to leave.
-
-        Returns True if the downstream closed (or reset) while the response was
+        """True if the downstream closed (or reset) while the response was
         pending, False if it sent more bytes instead (a pipelined request,
-        kept in the codec's buffer for the next cycle). Envoy resets the
-        upstream request when its client goes away; the router runs this
-        beside the exchange to do the same. Cancel-safe: trio's receive loses
-        nothing when cancelled.
+        kept in the codec's buffer for the next cycle). Cancel-safe: trio's
+        receive loses nothing when cancelled.
         """
         try:
             data = await self._conn.receive_some()
@@ -233,27 +368,16 @@ class ActiveStream:
             return True
         return False
 
-    # ------------------------------------------------------------- response
-
     async def _send(self, data: bytes) -> None:
         if data:
             self._hcm.stats.cx_tx_bytes_total.inc(len(data))
             await self._conn.send_all(data)
 
-    async def send_response_head(self, head: ResponseHead, *, end_stream: bool = False) -> None:
-        """Send the response head (after running the filters' response hooks)."""
-        for f in reversed(self._filters):
-            await f.on_response_headers(self, head)
-        info = self.info
-        info.response = head
-        info.response_code = head.status
+    async def _write_head(self, head: ResponseHead, end_stream: bool) -> None:
         headers = strip_hop_by_hop(head.headers)
-        headers = [(k, v) for k, v in headers if k != b"server"]
-        headers.append((b"server", self._hcm.server_name))
         if self.close_connection or self._hcm.draining:
             headers.append((b"connection", b"close"))
         head.headers = headers
-        self.response_started = True
         try:
             data = self._codec.send_response_head(head)
         except Http1Error:
@@ -263,62 +387,13 @@ class ActiveStream:
             raise DownstreamReset("response head could not be encoded") from None
         if end_stream:
             data += self._codec.send_end()
-            self.response_complete = True
         await self._send(data)
-        self._touch()
 
-    async def send_data(self, data: bytes) -> None:
-        if not data:
-            return
-        self.info.bytes_sent += len(data)
+    async def _write_data(self, data: bytes) -> None:
         await self._send(self._codec.send_data(data))
-        self._touch()
 
-    async def send_end(self, trailers: Headers | None = None) -> None:
+    async def _write_end(self, trailers: Headers | None) -> None:
         await self._send(self._codec.send_end(trailers))
-        self.response_complete = True
-
-    async def local_reply(
-        self,
-        status: int,
-        body: bytes = b"",
-        *,
-        flag: str | None = None,
-        details: str = "",
-        headers: Sequence[tuple[bytes, bytes]] = (),
-        content_type: bytes = b"text/plain",
-    ) -> None:
-        """Answer the request from the proxy itself (Envoy's local reply).
-
-        If a response has already started, the only honest thing left is to
-        close the connection so the client sees a truncated response.
-        """
-        if flag:
-            self.info.add_flag(flag)
-        if details:
-            self.info.response_code_details = details
-        if self.response_started:
-            self.close_connection = True
-            raise DownstreamReset("local reply after the response started")
-        h: Headers = []
-        if body:
-            h.append((b"content-length", str(len(body)).encode()))
-            h.append((b"content-type", content_type))
-        else:
-            h.append((b"content-length", b"0"))
-        h.append((b"date", _DATE.get()))
-        h.extend(headers)
-        if not self._body_done:
-            # The request body was not read; the connection cannot be reused.
-            self.close_connection = True
-        resp = ResponseHead(status=status, headers=h, reason=reason_phrase(status))
-        if self.head.method == b"HEAD" or not body:
-            await self.send_response_head(resp, end_stream=True)
-        else:
-            await self.send_response_head(resp)
-            self.info.bytes_sent += len(body)
-            await self._send(self._codec.send_data(body) + self._codec.send_end())
-            self.response_complete = True
 
 
 class ConnectionManager:
@@ -344,6 +419,12 @@ class ConnectionManager:
         self.idle_timeout = config.idle_timeout or math.inf
         self.headers_timeout = config.request_headers_timeout or math.inf
         self.draining = False
+        self.h2_settings = Http2Settings(
+            max_concurrent_streams=config.max_concurrent_streams,
+            initial_stream_window_size=config.initial_stream_window_size,
+            initial_connection_window_size=config.initial_connection_window_size,
+            max_header_list_size=config.max_request_headers_kb * 1024,
+        )
         self._filter_factories = tuple(
             (HTTP_FILTERS[type(f)], f) for f in config.http_filters
         )
@@ -351,37 +432,99 @@ class ConnectionManager:
     # ------------------------------------------------------------------ connection
 
     async def serve_connection(
-        self, stream: trio.abc.Stream, *, remote: str, local: str
+        self, stream: trio.abc.Stream, *, remote: str, local: str, alpn: str | None = None
     ) -> None:
-        """Serve one downstream HTTP/1.1 connection until it closes."""
+        """Serve one downstream connection until it closes.
+
+        The codec is the config's `codec`; with `auto` (the default) HTTP/2 is
+        chosen by ALPN `h2` on TLS, or by the client preface on cleartext
+        (h2c with prior knowledge), and HTTP/1.1 otherwise.
+        """
         stats = self.stats
         stats.cx_total.inc()
-        stats.cx_http1_total.inc()
         stats.cx_active.inc()
-        stats.cx_http1_active.inc()
         conn = Connection(stream, DownstreamReset)
+        try:
+            initial = b""
+            codec = self.config.codec
+            if codec == "auto":
+                if alpn == "h2":
+                    codec = "http2"
+                elif alpn is None:
+                    initial = await self._sniff(conn)
+                    if initial is None:
+                        return
+                    codec = "http2" if initial.startswith(PREFACE) else "http1"
+                else:
+                    codec = "http1"
+            if codec == "http2":
+                await self._serve_http2(conn, remote, local, initial)
+            else:
+                await self._serve_http1(conn, remote, local, initial)
+        except DownstreamReset:
+            pass
+        finally:
+            stats.cx_active.dec()
+            stats.cx_destroy.inc()
+            conn.close_nowait()
+
+    async def _sniff(self, conn: Connection) -> bytes | None:
+        """The first bytes of a cleartext connection: enough to tell the h2
+        preface from an HTTP/1.1 request line. None if the client left or
+        idled out first."""
+        buf = b""
+        with trio.move_on_after(self.idle_timeout) as idle:
+            while len(buf) < len(PREFACE) and PREFACE.startswith(buf):
+                data = await conn.receive_some()
+                if not data:
+                    break
+                self.stats.cx_rx_bytes_total.inc(len(data))
+                buf += data
+        if idle.cancelled_caught:
+            self.stats.cx_idle_timeout.inc()
+            return None
+        return buf if buf else None
+
+    async def _serve_http2(self, conn: Connection, remote: str, local: str, initial: bytes) -> None:
+        from trioproxy.http.h2_conn_manager import serve_h2
+
+        stats = self.stats
+        stats.cx_http2_total.inc()
+        stats.cx_http2_active.inc()
+        try:
+            await serve_h2(self, conn, remote=remote, local=local, initial=initial)
+        finally:
+            stats.cx_http2_active.dec()
+
+    def new_h2_connection(self) -> h2.connection.H2Connection:
+        return new_server_connection(self.h2_settings)
+
+    async def _serve_http1(self, conn: Connection, remote: str, local: str, initial: bytes) -> None:
+        stats = self.stats
+        stats.cx_http1_total.inc()
+        stats.cx_http1_active.inc()
         cfg = self.config
         codec = Http1ServerCodec(
             max_header_bytes=cfg.max_request_headers_kb * 1024,
             max_headers=cfg.max_headers_count,
         )
         try:
+            if initial:
+                codec.receive_data(initial)
             while not conn.closed:
                 head = await self._read_head(conn, codec)
                 if head is None:
                     break
-                keep = await self._serve_stream(conn, codec, head, remote, local)
+                stream = Http1Stream(self, conn, codec, head, remote=remote, local=local)
+                stats.rq_http1_total.inc()
+                await self.run_stream(stream)
+                keep = stream.response_complete and not stream.close_connection
                 if not keep or self.draining or not codec.keep_alive:
                     break
                 if not codec.start_next_cycle():
                     break
-        except DownstreamReset:
-            pass
         finally:
-            stats.cx_active.dec()
             stats.cx_http1_active.dec()
-            stats.cx_destroy.inc()
-            conn.close_nowait()
 
     async def _read_head(self, conn: Connection, codec: Http1ServerCodec) -> RequestHead | None:
         """The next request head, or None if the connection should end quietly."""
@@ -415,13 +558,16 @@ class ConnectionManager:
                 codec.receive_data(data)
         except Http1Error as exc:
             self.stats.cx_protocol_error.inc()
-            await self._reject(conn, exc.status, str(exc))
+            await self._reject(conn, exc.status, str(exc), head_only=exc.head_only)
             return None
 
-    async def _reject(self, conn: Connection, status: int, message: str) -> None:
+    async def _reject(
+        self, conn: Connection, status: int, message: str, *, head_only: bool = False
+    ) -> None:
         """Answer a request we could not parse, then let the caller close.
 
         The response is written by hand: the parser is in an error state.
+        `head_only`: the request was a HEAD, so the answer has no content.
         """
         body = reason_phrase(status) or b"Bad Request"
         data = b"".join(
@@ -430,7 +576,7 @@ class ConnectionManager:
                 b"content-length: %d\r\ncontent-type: text/plain\r\n" % len(body),
                 b"date: " + _DATE.get() + b"\r\nserver: " + self.server_name + b"\r\n",
                 b"connection: close\r\n\r\n",
-                body,
+                b"" if head_only else body,
             ]
         )
         try:
@@ -442,32 +588,17 @@ class ConnectionManager:
 
     # ------------------------------------------------------------------ stream
 
-    async def _serve_stream(
-        self,
-        conn: Connection,
-        codec: Http1ServerCodec,
-        head: RequestHead,
-        remote: str,
-        local: str,
-    ) -> bool:
-        """Handle one request; True if the connection may carry another."""
+    async def run_stream(self, stream: ActiveStream) -> None:
+        """Handle one request: filters, then the router, then the access log.
+
+        Protocol-neutral: HTTP/1.1 calls it once per request in its
+        connection task, HTTP/2 once per stream in a task of its own.
+        """
         stats = self.stats
         stats.rq_total.inc()
-        stats.rq_http1_total.inc()
         stats.rq_active.inc()
-        info = StreamInfo(
-            start_time=time.time(),
-            start_monotonic=trio.current_time(),
-            protocol="HTTP/1.1",
-            downstream_remote_address=remote,
-            downstream_local_address=local,
-        )
-        info.request = head
-        stream = ActiveStream(self, conn, codec, head, info)
-        if not stream.has_body:
-            info.last_downstream_rx_monotonic = info.start_monotonic
-        self._prepare_request(head, remote)
-        ok = False
+        info = stream.info
+        self._prepare_request(stream.head, info.downstream_remote_address)
         try:
             with trio.CancelScope(
                 deadline=trio.current_time() + self.stream_idle_timeout
@@ -480,13 +611,14 @@ class ConnectionManager:
                 if not stream.response_started:
                     await stream.local_reply(408, b"stream timeout", details="stream_idle_timeout")
                 stream.close_connection = True
-            ok = stream.response_complete and not stream.close_connection
         except DownstreamReset:
             stats.rq_rx_reset.inc()
             info.add_flag("DC")
+            stream.close_connection = True
         except DownstreamProtocolError:
             stats.cx_protocol_error.inc()
             info.add_flag("DPE")
+            stream.close_connection = True
             if not stream.response_started:
                 try:
                     await stream.local_reply(400, b"Bad Request", details="codec_error")
@@ -501,7 +633,6 @@ class ConnectionManager:
             stats.rq_time.record((info.end_monotonic - info.start_monotonic) * 1000)
             for logger in self.access_loggers:
                 logger.log(info)  # type: ignore[attr-defined]
-        return ok
 
     def _prepare_request(self, head: RequestHead, remote: str) -> None:
         """Edit the request as Envoy's HCM does before routing."""

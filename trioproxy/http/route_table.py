@@ -9,9 +9,18 @@ Matching is case-insensitive and ignores the port; a wildcard never matches
 the empty string.
 
 Within a virtual host, routes are tried in order and the first match wins.
-Path matching follows Envoy: `prefix` compares against the whole `:path`
-(query included); `path` and `regex` compare against the path without the
-query; `regex` must match the whole path. Regexes are compiled here, once.
+Path matching follows Envoy (its `PathMatcher`): `prefix`, `path` and `regex`
+all compare against the `:path` with the query string (and any fragment)
+removed; `regex` must match that whole path. `case_sensitive` applies to
+`prefix` and `path` only; Envoy ignores it for regexes. Regexes are compiled
+here, once.
+
+Header matchers follow Envoy's `HeaderUtility::matchHeaders`: several values
+of one header are joined with "," before matching; a missing header matches
+only "absent" (`present` inverted), never an inverted value matcher.
+Query-parameter matchers follow `ConfigUtility::QueryParameterMatcher`: the
+query is split on "&" and "=" without percent-decoding, and only the first
+value of a repeated parameter counts.
 
 This module does no I/O and keeps no per-request state.
 """
@@ -20,7 +29,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from urllib.parse import parse_qsl
 
 from trioproxy.codec.stream import RequestHead
 from trioproxy.config import (
@@ -63,15 +71,57 @@ def _string_matcher(kind: str, value: str, *, case_sensitive: bool = True) -> Ca
     raise ValueError(f"unknown string match kind {kind!r}")
 
 
+def _path_only(path: str) -> str:
+    """The path without its query string and fragment (Envoy's removeQueryAndFragment)."""
+    end = len(path)
+    for sep in ("?", "#"):
+        i = path.find(sep)
+        if 0 <= i < end:
+            end = i
+    return path[:end]
+
+
+def _query_params(path: str) -> dict[str, str]:
+    """The query parameters of `path`, first value of each name, not decoded.
+
+    Envoy's `QueryParamsMulti::parseQueryString`: split on "&", then on the
+    first "="; a name without "=" has the value "".
+    """
+    _, sep, query = path.partition("?")
+    params: dict[str, str] = {}
+    if not sep:
+        return params
+    query = query.partition("#")[0]
+    for part in query.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        params.setdefault(name, value)
+    return params
+
+
+def _header_value(req: RequestHead, name: bytes) -> bytes | None:
+    """Every value of header `name` joined with "," (Envoy matches the joined string)."""
+    if name[:1] == b":" or name == b"host":
+        return req.get(name)
+    values = [v for k, v in req.headers if k == name]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else b",".join(values)
+
+
 def _header_matcher(m: HeaderMatcher) -> Callable[[RequestHead], bool]:
     name = m.name.lower().encode("latin-1")
     test = _string_matcher(m.kind, m.value)
     invert = m.invert
+    # Envoy: a missing header matches only an inverted present matcher
+    # ("absent"); an inverted value matcher needs the header to be there.
+    when_missing = invert and m.kind == "present"
 
     def match(req: RequestHead) -> bool:
-        raw = req.get(name)
+        raw = _header_value(req, name)
         if raw is None:
-            return invert
+            return when_missing
         return test(raw.decode("latin-1")) != invert
 
     return match
@@ -100,30 +150,32 @@ class CompiledRoute:
 
     @staticmethod
     def _path_matcher(m: RouteMatch) -> Callable[[str], bool]:
+        """A test of the path without its query (see `_path_only`)."""
         value = m.value
         if m.path_kind == "prefix":
-            if value == "/":
-                return lambda p: True
             if m.case_sensitive:
                 return lambda p: p.startswith(value)
             low = value.lower()
             return lambda p: p.lower().startswith(low)
         if m.path_kind == "path":
             if m.case_sensitive:
-                return lambda p: p.partition("?")[0] == value
+                return lambda p: p == value
             low = value.lower()
-            return lambda p: p.partition("?")[0].lower() == low
-        rx = re.compile(value, 0 if m.case_sensitive else re.IGNORECASE)
-        return lambda p: rx.fullmatch(p.partition("?")[0]) is not None
+            return lambda p: p.lower() == low
+        # Envoy ignores case_sensitive for safe_regex: the regex decides.
+        rx = re.compile(value)
+        return lambda p: rx.fullmatch(p) is not None
 
-    def matches(self, req: RequestHead, path: str) -> bool:
-        if not self._path(path):
+    def matches(self, req: RequestHead, path: str, path_only: str | None = None) -> bool:
+        """Does `req` match? `path` is the whole `:path`; `path_only` is
+        `_path_only(path)` when the caller computed it once for all routes."""
+        if not self._path(_path_only(path) if path_only is None else path_only):
             return False
         for h in self._headers:
             if not h(req):
                 return False
         if self._query:
-            params = dict(parse_qsl(path.partition("?")[2], keep_blank_values=True))
+            params = _query_params(path)
             for q in self._query:
                 if not q(params):
                     return False
@@ -131,13 +183,14 @@ class CompiledRoute:
 
     def why_not(self, req: RequestHead, path: str) -> str | None:
         """Why this route does not match (for `explain`), or None if it does."""
-        if not self._path(path):
-            return f"path {path!r} does not match {self.route.match.path_kind} {self.route.match.value!r}"
+        if not self._path(_path_only(path)):
+            m = self.route.match
+            return f"path {path!r} does not match {m.path_kind} {m.value!r}"
         for h, cfg in zip(self._headers, self.route.match.headers, strict=True):
             if not h(req):
                 return f"header {cfg.name!r} does not match ({cfg.kind} {cfg.value!r})"
         if self._query:
-            params = dict(parse_qsl(path.partition("?")[2], keep_blank_values=True))
+            params = _query_params(path)
             for q, qcfg in zip(self._query, self.route.match.query_parameters, strict=True):
                 if not q(params):
                     return f"query parameter {qcfg.name!r} does not match"
@@ -153,8 +206,9 @@ class CompiledVirtualHost:
 
     def match(self, req: RequestHead) -> Route | None:
         path = req.path.decode("latin-1")
+        path_only = _path_only(path)
         for r in self.routes:
-            if r.matches(req, path):
+            if r.matches(req, path, path_only):
                 return r.route
         return None
 

@@ -239,6 +239,11 @@ class Router:
     ) -> None:
         """Abandon the exchange if the client leaves before the response ends."""
         if await stream.watch_disconnect():
+            stream.close_connection = True
+            if stream.response_body_sent:
+                # A client that closes right after reading the whole response
+                # (curl does) is not a reset; the relay finishes normally.
+                return
             fwd.downstream_error = DownstreamReset("client closed before the response ended")
             stream.close_connection = True
             relay_scope.cancel()
@@ -294,46 +299,83 @@ class Router:
 
 
 def _rewrite(head: RequestHead, route: Route, action: RouteAction) -> None:
+    """Envoy's prefix_rewrite and host_rewrite_literal, applied before forwarding.
+
+    prefix_rewrite replaces the matched part of the path: the prefix for a
+    prefix route, the whole path for a path route, the whole path without the
+    query for a regex route; the query is kept. Whenever a path rewrite is
+    configured the original path goes to `x-envoy-original-path` (Envoy sets
+    it even if the new path happens to equal the old one).
+    """
     if action.prefix_rewrite is not None:
         original = head.path
         m = route.match
         new_prefix = action.prefix_rewrite.encode()
-        if m.path_kind == "prefix":
-            head.path = new_prefix + original[len(m.value.encode()) :]
-        else:
-            path, sep, query = original.partition(b"?")
+        if m.path_kind == "regex":
+            _, sep, query = original.partition(b"?")
             head.path = new_prefix + sep + query
-        if head.path != original:
-            head.set(b"x-envoy-original-path", original)
+        else:
+            # A prefix or path route matched m.value (case-insensitively, maybe):
+            # replace that many bytes.
+            head.path = new_prefix + original[len(m.value.encode()) :]
+        head.set(b"x-envoy-original-path", original)
     if action.host_rewrite is not None:
         head.authority = action.host_rewrite.encode()
 
 
 def _redirect_location(head: RequestHead, route: Route, action: RedirectAction) -> bytes:
-    scheme = (action.scheme or head.scheme.decode()).lower()
-    authority = head.authority.decode("latin-1")
-    host, _, port = authority.rpartition(":") if _has_port(authority) else (authority, "", "")
+    """The `location` of a redirect, computed as Envoy's `Http::Utility::newUri`.
+
+    - scheme: the redirect's, else the request's.
+    - authority: the redirect host if set (the request's port is then dropped),
+      else the request's Host; `:port` is appended when the redirect sets a port
+      (replacing the request's, even 80/443). Without a new port, the request's
+      port is dropped only when the scheme changes and the port is the default
+      one of the request's original protocol (x-forwarded-proto, else the
+      scheme): `http://h:80` -> `https://h`, `https://h:443` -> `http://h`.
+    - path: `path` replaces the path and keeps the request's query unless it
+      has its own query (then `strip_query` does not apply to it);
+      `prefix_rewrite` replaces the matched part as when forwarding.
+    """
+    scheme = action.scheme or head.scheme.decode("latin-1")
+    port = f":{action.port}" if action.port is not None else ""
     if action.host is not None:
         host = action.host
-    if action.port is not None:
-        port = str(action.port)
-    elif action.scheme is not None and port in ("80", "443"):
-        # Envoy drops a default port when the scheme changes.
-        port = ""
-    if (scheme == "http" and port == "80") or (scheme == "https" and port == "443"):
-        port = ""
-    path, sep, query = head.path.decode("latin-1").partition("?")
+    else:
+        host = head.authority.decode("latin-1")
+        if _has_port(host):
+            colon = host.rfind(":")
+            request_port = host[colon:]
+            xfp = head.get(b"x-forwarded-proto")
+            original = (xfp if xfp is not None else head.scheme).decode("latin-1").lower()
+            remove = bool(port)
+            if scheme.lower() != original:
+                remove |= original == "https" and request_port == ":443"
+                remove |= original == "http" and request_port == ":80"
+            if remove:
+                host = host[:colon]
+    path = head.path.decode("latin-1")
+    path_has_query = False
     if action.path is not None:
-        new_path, qsep, new_query = action.path.partition("?")
-        path = new_path
-        if qsep:
-            query, sep = new_query, "?"
-    elif action.prefix_rewrite is not None and route.match.path_kind == "prefix":
-        path = action.prefix_rewrite + path[len(route.match.value) :]
-    if action.strip_query:
-        sep = query = ""
-    netloc = f"{host}:{port}" if port else host
-    return f"{scheme}://{netloc}{path}{sep}{query}".encode("latin-1")
+        path_has_query = "?" in action.path
+        if path_has_query:
+            path = action.path
+        else:
+            _, sep, query = path.partition("?")
+            path = action.path + sep + query
+    elif action.prefix_rewrite is not None:
+        m = route.match
+        if m.path_kind == "regex":
+            _, sep, query = path.partition("?")
+            path = action.prefix_rewrite + sep + query
+        else:
+            # `path` is latin-1 text: one character per byte of the request.
+            path = action.prefix_rewrite + path[len(m.value.encode()) :]
+    if not path.startswith("/"):
+        path = "/" + path
+    if action.strip_query and not path_has_query:
+        path = path.partition("?")[0]
+    return f"{scheme}://{host}{port}{path}".encode("latin-1")
 
 
 def _has_port(authority: str) -> bool:

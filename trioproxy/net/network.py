@@ -113,9 +113,11 @@ class Connection:
 
     async def receive_some(self) -> bytes:
         try:
-            return await self.stream.receive_some(RECEIVE_SIZE)
+            data = await self.stream.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise self._error(str(exc) or type(exc).__name__) from None
+        # trio's socket streams return bytes; memory streams may not.
+        return data if type(data) is bytes else bytes(data)
 
     async def send_all(self, data: bytes) -> None:
         try:

@@ -13,34 +13,45 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import h11
 import trio
 
 from trioproxy.config import SocketAddress
-from trioproxy.observe.stats import QUANTILES
+from trioproxy.observe.stats import QUANTILES, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from trioproxy.runtime.server import Server
 
-__all__ = ["ENDPOINTS", "AdminResponse", "serve_admin"]
+__all__ = ["ENDPOINTS", "AdminResponse", "parse_query", "serve_admin"]
 
 log = logging.getLogger("trioproxy.admin")
 
 
 class AdminResponse:
-    __slots__ = ("body", "content_type", "status")
+    __slots__ = ("body", "content_type", "headers", "status")
 
-    def __init__(self, body: str | bytes, *, status: int = 200, content_type: str = "text/plain") -> None:
+    def __init__(
+        self,
+        body: str | bytes,
+        *,
+        status: int = 200,
+        content_type: str = "text/plain",
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
         self.body = body.encode() if isinstance(body, str) else body
         self.status = status
         self.content_type = content_type
+        self.headers = headers  # extra response headers, e.g. `allow` on a 405
 
 
 def _json(obj: Any, status: int = 200) -> AdminResponse:
-    return AdminResponse(json.dumps(obj, indent=2) + "\n", status=status, content_type="application/json")
+    return AdminResponse(
+        json.dumps(obj, indent=2) + "\n", status=status, content_type="application/json"
+    )
 
 
 Handler = Callable[["Server", dict[str, str]], Awaitable[AdminResponse]]
@@ -159,25 +170,35 @@ async def _stats(server: Server, q: dict[str, str]) -> AdminResponse:
         return AdminResponse(f"unknown format {fmt!r}; use json, prometheus or text\n", status=400)
     lines = [f"{n}: {v}" for n, v in store.iter_values(filter=flt, used_only=used)]
     lines += [f"{h.name}: {h.summary()}" for h in hists]
-    return AdminResponse("\n".join(lines) + "\n")
+    return AdminResponse("\n".join(lines) + "\n" if lines else "")
 
 
 def _prom_name(name: str) -> str:
     return "envoy_" + re.sub(r"[^a-zA-Z0-9_]", "_", name)
 
 
-@endpoint("/stats/prometheus", "print server stats in prometheus format")
+@endpoint("/stats/prometheus", "print server stats in prometheus format (?filter=REGEX, ?usedonly)")
 async def _prometheus(server: Server, q: dict[str, str]) -> AdminResponse:
     # Untagged names for now (the tagged form arrives with the observability work).
+    # ?filter matches the Envoy (dotted) name, as Envoy's handler does.
+    try:
+        flt = _stat_filter(q)
+    except re.error as exc:
+        return AdminResponse(f"invalid filter regex: {exc}\n", status=400)
+    used = "usedonly" in q
     store = server.stats
+
+    def shown(stat: Counter | Gauge | Histogram) -> bool:
+        return (not used or stat.used) and (flt is None or flt.search(stat.name) is not None)
+
     out: list[str] = []
-    for c in sorted(store.counters.values(), key=lambda c: c.name):
+    for c in sorted(filter(shown, store.counters.values()), key=lambda c: c.name):
         n = _prom_name(c.name)
         out += [f"# TYPE {n} counter", f"{n} {c.value}"]
-    for g in sorted(store.gauges.values(), key=lambda g: g.name):
+    for g in sorted(filter(shown, store.gauges.values()), key=lambda g: g.name):
         n = _prom_name(g.name)
         out += [f"# TYPE {n} gauge", f"{n} {g.value}"]
-    for h in sorted(store.histograms.values(), key=lambda h: h.name):
+    for h in sorted(filter(shown, store.histograms.values()), key=lambda h: h.name):
         n = _prom_name(h.name)
         out.append(f"# TYPE {n} histogram")
         cum = 0
@@ -187,7 +208,8 @@ async def _prometheus(server: Server, q: dict[str, str]) -> AdminResponse:
         out.append(f'{n}_bucket{{le="+Inf"}} {h.count}')
         out.append(f"{n}_sum {h.sum:g}")
         out.append(f"{n}_count {h.count}")
-    return AdminResponse("\n".join(out) + "\n", content_type="text/plain; version=0.0.4")
+    body = "\n".join(out) + "\n" if out else ""
+    return AdminResponse(body, content_type="text/plain; version=0.0.4")
 
 
 @endpoint("/clusters", "upstream cluster status (?format=json)")
@@ -198,15 +220,16 @@ async def _clusters(server: Server, q: dict[str, str]) -> AdminResponse:
             hosts = []
             for h in c.hosts:
                 host, _, port = h.address.rpartition(":")
+                host = host.removeprefix("[").removesuffix("]")  # "[::1]:80" -> "::1"
                 hosts.append(
                     {
                         "address": {"socket_address": {"address": host, "port_value": int(port)}},
                         "stats": [
-                            {"name": "cx_active", "value": h.pool.active},
-                            {"name": "rq_active", "value": h.active_requests},
-                            {"name": "rq_total", "value": h.rq_total},
-                            {"name": "rq_success", "value": h.rq_success},
-                            {"name": "rq_error", "value": h.rq_error},
+                            {"name": "cx_active", "type": "GAUGE", "value": h.pool.active},
+                            {"name": "rq_active", "type": "GAUGE", "value": h.active_requests},
+                            {"name": "rq_total", "type": "COUNTER", "value": h.rq_total},
+                            {"name": "rq_success", "type": "COUNTER", "value": h.rq_success},
+                            {"name": "rq_error", "type": "COUNTER", "value": h.rq_error},
                         ],
                         "health_status": {
                             "eds_health_status": "HEALTHY" if h.healthy else "UNHEALTHY"
@@ -214,10 +237,20 @@ async def _clusters(server: Server, q: dict[str, str]) -> AdminResponse:
                         "weight": h.weight,
                     }
                 )
-            statuses.append({"name": name, "host_statuses": hosts})
+            statuses.append(
+                {
+                    "name": name,
+                    "observability_name": name,
+                    "added_via_api": False,
+                    "host_statuses": hosts,
+                }
+            )
         return _json({"cluster_statuses": statuses})
     lines: list[str] = []
     for name, c in server.clusters.clusters.items():
+        # Cluster-level lines first, as Envoy prints them: a cluster with no
+        # hosts (yet) still appears.
+        lines += [f"{name}::observability_name::{name}", f"{name}::added_via_api::false"]
         for h in c.hosts:
             p = f"{name}::{h.address}::"
             lines += [
@@ -229,7 +262,7 @@ async def _clusters(server: Server, q: dict[str, str]) -> AdminResponse:
                 f"{p}health_flags::{'healthy' if h.healthy else '/failed_active_hc'}",
                 f"{p}weight::{h.weight}",
             ]
-    return AdminResponse("\n".join(lines) + "\n")
+    return AdminResponse("\n".join(lines) + "\n" if lines else "")
 
 
 @endpoint("/config_dump", "dump current trioproxy configuration")
@@ -258,9 +291,7 @@ async def _listeners(server: Server, q: dict[str, str]) -> AdminResponse:
                 ]
             }
         )
-    return AdminResponse(
-        "".join(f"{name}::{lr.bound}\n" for name, lr in server.listeners.items())
-    )
+    return AdminResponse("".join(f"{name}::{lr.bound}\n" for name, lr in server.listeners.items()))
 
 
 @endpoint("/reset_counters", "reset all counters to zero", mutating=True)
@@ -284,7 +315,9 @@ async def _logging(server: Server, q: dict[str, str]) -> AdminResponse:
         if not isinstance(value, int):
             return AdminResponse(f"unknown level {level!r}\n", status=400)
         root.setLevel(value)
-    return AdminResponse(f"active loggers:\n  trioproxy: {logging.getLevelName(root.level).lower()}\n")
+    return AdminResponse(
+        f"active loggers:\n  trioproxy: {logging.getLevelName(root.level).lower()}\n"
+    )
 
 
 # --------------------------------------------------------------------------- server
@@ -296,7 +329,18 @@ async def serve_admin(
     *,
     task_status: trio.TaskStatus[SocketAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    listener, (host, port) = await server.network.listen_tcp(address.host, address.port)
+    # One admin per server, so no SO_REUSEPORT: a second trioproxy started
+    # with the same admin address must fail to bind, not share the port and
+    # answer half of the requests with the other process's stats.
+    try:
+        listener, (host, port) = await server.network.listen_tcp(
+            address.host, address.port, reuse_port=False
+        )
+    except OSError as exc:
+        # Same errno, a message that says what failed to bind where.
+        raise OSError(
+            exc.errno, f"admin cannot listen on {address}: {exc.strerror or exc}"
+        ) from exc
     bound = SocketAddress(host=host, port=port)
     log.info("admin listening on %s", bound)
     task_status.started(bound)
@@ -306,6 +350,20 @@ async def serve_admin(
             nursery.start_soon(_serve_conn, server, stream)
 
 
+# An idle admin connection (or a client that stops sending a request
+# mid-way) is closed after this long. Envoy's admin uses the HTTP/1 idle
+# timeout; one minute is plenty for curl, scrapers and browsers.
+_ADMIN_IDLE_TIMEOUT = 60.0
+
+
+async def _receive(stream: trio.abc.Stream) -> bytes | None:
+    """The next bytes from the client; None if it stayed idle too long."""
+    with trio.move_on_after(_ADMIN_IDLE_TIMEOUT):
+        # bytes() is free for socket streams; memory streams give bytearrays.
+        return bytes(await stream.receive_some(65536))
+    return None
+
+
 async def _serve_conn(server: Server, stream: trio.abc.Stream) -> None:
     conn = h11.Connection(h11.SERVER)
     async with stream:
@@ -313,9 +371,8 @@ async def _serve_conn(server: Server, stream: trio.abc.Stream) -> None:
             while True:
                 ev = conn.next_event()
                 if ev is h11.NEED_DATA:
-                    with trio.move_on_after(60) as idle:
-                        data = await stream.receive_some(65536)
-                    if idle.cancelled_caught:
+                    data = await _receive(stream)
+                    if data is None:
                         return
                     conn.receive_data(data)
                     continue
@@ -329,15 +386,22 @@ async def _serve_conn(server: Server, stream: trio.abc.Stream) -> None:
                     (b"content-length", str(len(resp.body)).encode()),
                     (b"cache-control", b"no-cache, max-age=0"),
                     (b"x-content-type-options", b"nosniff"),
+                    *resp.headers,
                 ]
-                out = conn.send(h11.Response(status_code=resp.status, headers=headers)) or b""
+                head = h11.Response(
+                    status_code=resp.status, headers=headers, reason=_reason(resp.status)
+                )
+                out = conn.send(head) or b""
                 if ev.method != b"HEAD":
                     out += conn.send(h11.Data(data=resp.body)) or b""
                 # Drain a request body we do not use so the connection can be reused.
                 while conn.their_state is h11.SEND_BODY:
                     nxt = conn.next_event()
                     if nxt is h11.NEED_DATA:
-                        conn.receive_data(await stream.receive_some(65536))
+                        data = await _receive(stream)
+                        if data is None:
+                            return
+                        conn.receive_data(data)
                     elif type(nxt) is h11.ConnectionClosed:
                         break
                 out += conn.send(h11.EndOfMessage()) or b""
@@ -349,23 +413,59 @@ async def _serve_conn(server: Server, stream: trio.abc.Stream) -> None:
             return
 
 
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+def parse_query(query: str) -> dict[str, str]:
+    """`a=1&b&c=x%7Cy` -> {"a": "1", "b": "", "c": "x|y"}; the first value wins.
+
+    Percent-decoded, but `+` stays `+` (as in Envoy's admin): filters are
+    regexes, where `+` is far more common than a space (`%20`).
+    """
+    params: dict[str, str] = {}
+    for part in query.split("&"):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        params.setdefault(unquote(key), unquote(value))
+    return params
+
+
 async def _dispatch(server: Server, req: h11.Request) -> AdminResponse:
+    resp = await _answer(server, req)
+    log.debug(
+        "admin %s %s -> %d",
+        bytes(req.method).decode("latin-1"),
+        bytes(req.target).decode("latin-1"),
+        resp.status,
+    )
+    return resp
+
+
+async def _answer(server: Server, req: h11.Request) -> AdminResponse:
     target = bytes(req.target).decode("latin-1")
     parts = urlsplit(target)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    query = parse_query(parts.query)
     ep = ENDPOINTS.get(parts.path)
     if ep is None:
-        return AdminResponse(
-            f"no admin endpoint {parts.path!r}; see /help\n", status=404
-        )
+        return AdminResponse(f"no admin endpoint {parts.path!r}; see /help\n", status=404)
     method = bytes(req.method)
+    # 405 rather than Envoy's 400: the method is what is wrong, and RFC 9110
+    # requires the `allow` header that says which one to use.
     if ep.mutating and method != b"POST":
         return AdminResponse(
             f"{parts.path} changes the server; use POST (e.g. curl -X POST ...{parts.path})\n",
             status=405,
+            headers=((b"allow", b"POST"),),
         )
     if not ep.mutating and method not in (b"GET", b"HEAD"):
-        return AdminResponse(f"{parts.path} answers GET only\n", status=405)
+        return AdminResponse(
+            f"{parts.path} answers GET only\n", status=405, headers=((b"allow", b"GET, HEAD"),)
+        )
     try:
         return await ep.handler(server, query)
     except Exception as exc:  # an admin bug must not kill the admin server

@@ -50,7 +50,7 @@ async def _serve(stream: trio.abc.Stream, payload: bytes) -> None:
             while True:
                 ev = conn.next_event()
                 if ev is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
+                    conn.receive_data(bytes(await stream.receive_some(65536)))
                     continue
                 if type(ev) is h11.Request:
                     continue

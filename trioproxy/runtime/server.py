@@ -112,10 +112,18 @@ class Server:
         self.state = "INITIALIZING"
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.clusters.run)
                 for svc in self.mesh.demo_services:
-                    self.demo_ports[svc.name] = await nursery.start(
-                        serve_demo_service, svc, self.network
-                    )
+                    try:
+                        self.demo_ports[svc.name] = await nursery.start(
+                            serve_demo_service, svc, self.network
+                        )
+                    except OSError as exc:
+                        raise OSError(
+                            exc.errno,
+                            f"demo service {svc.name!r} cannot listen on {svc.address}: "
+                            f"{exc.strerror or exc}",
+                        ) from exc
                 self._access_logs = self._make_access_logs()
                 if self._access_logs is not None:
                     nursery.start_soon(self._access_logs.run)
@@ -187,7 +195,14 @@ class Server:
             access_loggers=self._access_loggers_for(hcm_cfg),
         )
         lr = ListenerRuntime(lc, hcm, self.stats)
-        sock, (host, port) = await self.network.listen_tcp(lc.address.host, lc.address.port)
+        try:
+            sock, (host, port) = await self.network.listen_tcp(lc.address.host, lc.address.port)
+        except OSError as exc:
+            # Same errno; a message naming the listener, for `trioproxy serve`.
+            raise OSError(
+                exc.errno,
+                f"listener {lc.name!r} cannot listen on {lc.address}: {exc.strerror or exc}",
+            ) from exc
         lr.sockets.append(sock)
         lr.bound = SocketAddress(host=host, port=port)
         self.listeners[lc.name] = lr

@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import random
 
-from trioproxy.config import Cluster
+import trio
+
+from trioproxy.config import Cluster, Endpoint
+from trioproxy.net.h2_pool import Http2Pool
 from trioproxy.net.network import Network
 from trioproxy.net.pool import Http1Pool, PoolStats
 from trioproxy.observe.stats import Counter, StatsStore
 from trioproxy.upstream.lb import BALANCERS, LoadBalancer
+
+UpstreamPool = Http1Pool | Http2Pool
 
 __all__ = ["ClusterManager", "ClusterRuntime", "Host"]
 
@@ -37,7 +42,7 @@ class Host:
         "weight",
     )
 
-    def __init__(self, address: str, weight: int, pool: Http1Pool) -> None:
+    def __init__(self, address: str, weight: int, pool: UpstreamPool) -> None:
         self.address = address  # "127.0.0.1:8081", as Envoy prints hosts
         self.weight = weight
         self.pool = pool
@@ -65,19 +70,7 @@ class ClusterRuntime:
             cx_destroy=stats.counter(p + "upstream_cx_destroy"),
         )
         self.hosts = [
-            Host(
-                str(ep.address),
-                ep.weight,
-                Http1Pool(
-                    network,
-                    ep.address.host,
-                    ep.address.port,
-                    stats=pool_stats,
-                    connect_timeout=config.connect_timeout,
-                    idle_timeout=config.idle_timeout,
-                    max_idle=config.max_idle_per_host,
-                ),
-            )
+            Host(str(ep.address), ep.weight, self._pool(network, config, ep, pool_stats))
             for ep in config.endpoints
         ]
         self._rng = rng
@@ -95,6 +88,29 @@ class ClusterRuntime:
         self._code_counters: dict[int, tuple[Counter, Counter]] = {}
         self.lb: LoadBalancer
         self.rebuild()
+
+    @staticmethod
+    def _pool(
+        network: Network, config: Cluster, ep: Endpoint, pool_stats: PoolStats
+    ) -> UpstreamPool:
+        if config.protocol == "http2":
+            return Http2Pool(
+                network,
+                ep.address.host,
+                ep.address.port,
+                stats=pool_stats,
+                connect_timeout=config.connect_timeout,
+                idle_timeout=config.idle_timeout,
+            )
+        return Http1Pool(
+            network,
+            ep.address.host,
+            ep.address.port,
+            stats=pool_stats,
+            connect_timeout=config.connect_timeout,
+            idle_timeout=config.idle_timeout,
+            max_idle=config.max_idle_per_host,
+        )
 
     def rebuild(self) -> None:
         """Recompute the balancer and membership gauges after a health change."""
@@ -160,6 +176,17 @@ class ClusterManager:
 
     def get(self, name: str) -> ClusterRuntime | None:
         return self.clusters.get(name)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the background tasks of the clusters (HTTP/2 connections today;
+        health checks and discovery later) until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for c in self.clusters.values():
+                for host in c.hosts:
+                    if isinstance(host.pool, Http2Pool):
+                        host.pool.nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
 
     @property
     def rng(self) -> random.Random:

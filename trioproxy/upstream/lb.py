@@ -5,12 +5,21 @@ manager looks the policy up in `BALANCERS` — there is no if/elif over kinds.
 
 - round_robin: smooth weighted round robin (nginx's algorithm): over any
   window of sum(weights) picks, each host is picked exactly weight times,
-  spread out rather than in bursts.
-- random: a weighted random host.
-- least_request: power of `choice_count` choices (Envoy's default 2): draw
-  that many hosts (weighted) and take the one with the least
-  active_requests / weight (Envoy weighs by weight/(active+1)^bias with
-  bias 1.0; ordering by (active+1)/weight is the same ordering).
+  spread out rather than in bursts. Equal weights rotate from a random
+  starting host (Envoy does the same so that workers do not all start on
+  host 0).
+- random: a weighted random host. (Envoy's RANDOM ignores endpoint weights;
+  we honour them, as the rest of the weighted policies do.)
+- least_request, as Envoy does it (load_balancers.rst, "Weighted least
+  request"):
+  * all weights equal: power of `choice_count` choices (Envoy's default 2):
+    draw that many hosts uniformly at random, with replacement, and take the
+    one with the fewest active requests (the first drawn wins a tie);
+  * weights differ: an earliest-deadline-first schedule in which a host's
+    weight is recomputed each time it is picked as
+    `weight / (active_requests + 1) ** active_request_bias` (bias 1.0).
+    With no load this gives exactly the configured proportions; a loaded
+    host is picked proportionally less.
 
 A balancer sees hosts through the `LbHost` protocol; it never does I/O.
 """
@@ -18,6 +27,7 @@ A balancer sees hosts through the `LbHost` protocol; it never does I/O.
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 import random
 from collections.abc import Callable, Sequence
@@ -89,7 +99,8 @@ class Random(LoadBalancer):
         self._cum = list(itertools.accumulate(h.weight for h in self.hosts))
 
     def _pick(self) -> LbHost:
-        x = self._rng.random() * self._cum[-1]
+        # An integer draw in [0, total): host i owns [cum[i-1], cum[i]).
+        x = self._rng.randrange(self._cum[-1])
         return self.hosts[bisect.bisect_right(self._cum, x)]
 
     def choose(self) -> LbHost | None:
@@ -99,17 +110,39 @@ class Random(LoadBalancer):
 
 
 @register("least_request")
-class LeastRequest(Random):
+class LeastRequest(LoadBalancer):
     def __init__(self, hosts: Sequence[LbHost], *, rng: random.Random, choice_count: int = 2):
         super().__init__(hosts, rng=rng)
         self._choices = max(1, choice_count)
+        self._uniform = len({h.weight for h in self.hosts}) <= 1
+        # EDF schedule for unequal weights: (deadline, insertion order, host index).
+        # The insertion order breaks deadline ties first-in first-out, as
+        # Envoy's EdfScheduler does.
+        self._now = 0.0
+        self._order = itertools.count()
+        self._queue: list[tuple[float, int, int]] = []
+        if not self._uniform:
+            for i in range(len(self.hosts)):
+                self._schedule(i)
+
+    def _schedule(self, i: int) -> None:
+        h = self.hosts[i]
+        weight = h.weight / (h.active_requests + 1)
+        heapq.heappush(self._queue, (self._now + 1.0 / weight, next(self._order), i))
 
     def choose(self) -> LbHost | None:
-        if not self.hosts:
+        hosts = self.hosts
+        if not hosts:
             return None
-        best = self._pick()
+        if not self._uniform:
+            deadline, _, i = heapq.heappop(self._queue)
+            self._now = deadline
+            self._schedule(i)
+            return hosts[i]
+        n = len(hosts)
+        best = hosts[self._rng.randrange(n)]
         for _ in range(self._choices - 1):
-            h = self._pick()
-            if (h.active_requests + 1) * best.weight < (best.active_requests + 1) * h.weight:
+            h = hosts[self._rng.randrange(n)]
+            if h.active_requests < best.active_requests:
                 best = h
         return best

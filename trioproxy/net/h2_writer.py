@@ -1,0 +1,94 @@
+"""`FrameWriter`: the one task that writes an HTTP/2 connection's output.
+
+h2 queues frames in memory; something must send them. If streams sent them
+themselves, a stream blocked on a full socket would block every other stream,
+and if the connection's reader sent its own acknowledgements it could
+deadlock against a peer that is itself blocked writing to us. So each HTTP/2
+connection (downstream and upstream) has a reader task that never waits on a
+write, and this writer task:
+
+- `kick()` (no checkpoint) asks for a write soon: the reader uses it for
+  SETTINGS/PING acks and WINDOW_UPDATEs;
+- `await flush()` asks for a write and waits until the bytes queued so far are
+  in the kernel: streams use it so a slow peer slows its writers (the memory
+  held is bounded by the peer's flow-control windows).
+
+If a write fails the writer records the error, wakes every waiter and ends;
+`flush()` then raises the connection's error type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import h2.connection
+import trio
+
+from trioproxy.net.errors import ProxyIOError
+from trioproxy.net.network import Connection
+
+__all__ = ["FrameWriter"]
+
+
+class FrameWriter:
+    def __init__(
+        self,
+        h2conn: h2.connection.H2Connection,
+        conn: Connection,
+        error: type[ProxyIOError],
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self._h2 = h2conn
+        self._conn = conn
+        self._error = error
+        self._on_bytes = on_bytes
+        self._wake = trio.Event()
+        self._done = trio.Event()
+        self._requested = 0
+        self._written = 0
+        self.failed: str | None = None
+        self.stopped = False
+
+    def kick(self) -> None:
+        """Ask for the queued frames to be sent; returns at once."""
+        self._requested += 1
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Send the queued frames and wait until they are written.
+
+        Raises:
+            the connection's error type if the connection failed.
+        """
+        self.kick()
+        target = self._requested
+        while self._written < target:
+            if self.failed is not None or self.stopped:
+                raise self._error(self.failed or "connection closed")
+            await self._done.wait()
+        if self.failed is not None:
+            raise self._error(self.failed)
+
+    async def run(self) -> None:
+        """Write until cancelled or the connection fails."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                target = self._requested
+                data = self._h2.data_to_send()
+                if data:
+                    try:
+                        await self._conn.send_all(data)
+                    except ProxyIOError as exc:
+                        self.failed = str(exc) or "write failed"
+                        return
+                    if self._on_bytes is not None:
+                        self._on_bytes(len(data))
+                self._written = target
+                done, self._done = self._done, trio.Event()
+                done.set()
+        finally:
+            self.stopped = True
+            self._done.set()
