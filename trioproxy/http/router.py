@@ -48,10 +48,21 @@ _CONNECT_FAILURE_BODY = (
     b"upstream connect error or disconnect/reset before headers. "
     b"reset reason: connection failure"
 )
-_RESET_BODY = (
-    b"upstream connect error or disconnect/reset before headers. "
-    b"reset reason: connection termination"
-)
+_RESET_PREFIX = b"upstream connect error or disconnect/reset before headers. reset reason: "
+
+
+def _reset_reason(message: str) -> tuple[str, str]:
+    """Envoy's response flag and reset reason for an upstream reset.
+
+    An HTTP/2 RST_STREAM is a "remote reset" (flag UR), REFUSED_STREAM a
+    "remote refused stream reset"; a closed connection is UC.
+    """
+    if message == "refused_stream":
+        return "UR", "remote refused stream reset"
+    if message.startswith("remote reset"):
+        return "UR", "remote reset"
+    return "UC", "connection termination"
+
 
 
 class _Forward:
@@ -175,9 +186,12 @@ class Router:
                 )
                 return
             reusable = await self._exchange(stream, cluster, host, up, fwd)
-        except UpstreamReset:
+        except UpstreamReset as exc:
             cluster.rq_rx_reset.inc()
-            await self._upstream_failed(stream, "UC", 503, _RESET_BODY, "connection_termination")
+            flag, reason = _reset_reason(str(exc))
+            await self._upstream_failed(
+                stream, flag, 503, _RESET_PREFIX + reason.encode(), reason.replace(" ", "_")
+            )
         except UpstreamProtocolError as exc:
             cluster.cx_protocol_error.inc()
             info.upstream_transport_failure_reason = str(exc)
@@ -286,6 +300,7 @@ class Router:
         stream.info.first_upstream_rx_monotonic = now
         elapsed_ms = (now - started) * 1000
         cluster.on_response(host, resp.status, elapsed_ms)
+        stream.info.response_code_details = "via_upstream"
         resp.headers.append((b"x-envoy-upstream-service-time", str(int(elapsed_ms)).encode()))
         no_body = stream.head.method == b"HEAD" or resp.status in (204, 304)
         if no_body:
