@@ -19,10 +19,11 @@ against
 
 and prints requests/s, the 50th and 99th percentile latencies, the errors wrk
 saw, the CPU each process used (percent of one core, from /proc and
-getrusage), and the ratio proxied/direct requests/s per body size. Each case
-is preceded by an unrecorded warm-up so connection pools are full. Before the
-load every URL is fetched once and its status and body checked. `--json`
-also writes the figures to benchmarks/results/ (gitignored).
+getrusage), trioproxy's CPU time per request, and the ratio proxied/direct
+requests/s per body size. Each case is preceded by an unrecorded warm-up so
+connection pools are full. Before the load every URL is fetched once and its
+status and body checked, and a warning is printed if the machine is already
+busy. `--json` also writes the figures to benchmarks/results/ (gitignored).
 
 Exit status: 0 when every request succeeded; 1 when any case saw socket
 errors, non-2xx/3xx answers or no requests at all (the table shows which),
@@ -49,7 +50,9 @@ no interrupts, MTU 65536), `-t1` keeps wrk on one core, the kernel's own
 work (softirqs) lands on whichever CPU it likes, and a virtual machine's
 "CPU" may share a physical core with its neighbour. Compare runs on the same
 machine only, and read the CPU columns before trusting a ratio: a proxy CPU
-near 100 % means trioproxy is the bottleneck, as it should be.
+near 100 % means trioproxy is the bottleneck, as it should be; well below it
+means something else (often another job on the machine) took its core, and
+then "proxy cpu/req" is the figure that still means something.
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ def fuzz_examples() -> int:
     try:
         return max(1, int(raw)) if raw else DEFAULT_EXAMPLES
     except ValueError:
-        raise pytest.UsageError(f"TRIOPROXY_FUZZ_EXAMPLES must be an integer, not {raw!r}") from None
+        raise pytest.UsageError(
+            f"TRIOPROXY_FUZZ_EXAMPLES must be an integer, not {raw!r}"
+        ) from None
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -88,6 +88,9 @@ class Upstream:
             "headers": headers,
             "header_list": [(k.decode(), v.decode("latin-1")) for k, v in req.headers.raw_items()],
             "body_length": len(body),
+            "trailers": [
+                (k.decode(), v.decode("latin-1")) for k, v in _TRAILERS.pop(id(req), [])
+            ],
             "server": self.name,
         }
         self.requests.append(record)
@@ -129,6 +132,10 @@ class Upstream:
         return True
 
 
+# Request trailers by request object id, picked up by `_answer`.
+_TRAILERS: dict[int, list[tuple[bytes, bytes]]] = {}
+
+
 async def _read_request(
     conn: h11.Connection, stream: trio.abc.Stream
 ) -> tuple[h11.Request | None, bytes]:
@@ -150,5 +157,7 @@ async def _read_request(
             body += ev.data
             continue
         if type(ev) is h11.EndOfMessage:
+            if req is not None and ev.headers:
+                _TRAILERS[id(req)] = [(bytes(k), bytes(v)) for k, v in ev.headers.raw_items()]
             return req, bytes(body)
         return None, b""

@@ -4,6 +4,7 @@ Same contract as `tests/upstream.py`: it records each request and answers
 with JSON describing it, steered by request headers:
 
 - `x-test-status: N`       respond with status N
+- `x-test-delay: S`        wait S seconds before answering
 - `x-test-echo: 1`         respond with the request body
 - `x-test-body-size: N`    respond with N bytes
 - `x-test-trailers: 1`     send trailers `x-trailer: yes`
@@ -26,6 +27,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 import trio
 
 
@@ -33,6 +35,7 @@ class _Stream:
     def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.headers = headers
         self.body = bytearray()
+        self.trailers: list[tuple[bytes, bytes]] = []
         self.ended = trio.Event()
         self.reset = False
         self.window = trio.Event()
@@ -64,7 +67,12 @@ class UpstreamH2:
         conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding=None)
         )
-        conn.local_settings.max_concurrent_streams = self.max_concurrent_streams
+        conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams
+            },
+        )
         conn.initiate_connection()
         lock = trio.Lock()
         streams: dict[int, _Stream] = {}
@@ -99,6 +107,9 @@ class UpstreamH2:
                             if sid in streams:
                                 streams[sid].body += ev.data or b""
                             conn.acknowledge_received_data(ev.flow_controlled_length or 0, sid)
+                        elif isinstance(ev, h2.events.TrailersReceived):
+                            if sid in streams:
+                                streams[sid].trailers = list(ev.headers or [])  # type: ignore[arg-type]
                         elif isinstance(ev, h2.events.StreamEnded):
                             if sid in streams:
                                 streams[sid].ended.set()
@@ -132,9 +143,13 @@ class UpstreamH2:
             "headers": {k: v for k, v in hdrs.items() if not k.startswith(":")},
             "header_list": [(k.decode(), v.decode("latin-1")) for k, v in s.headers],
             "body_length": len(s.body),
+            "body": bytes(s.body),
+            "trailers": [(k.decode(), v.decode("latin-1")) for k, v in s.trailers],
             "server": self.name,
         }
         self.requests.append(record)
+        if "x-test-delay" in hdrs:
+            await trio.sleep(float(hdrs["x-test-delay"]))
         if hdrs.get("x-test-hang"):
             return
         if hdrs.get("x-test-reset") or hdrs.get("x-test-refuse"):
@@ -153,7 +168,7 @@ class UpstreamH2:
             n = int(hdrs["x-test-body-size"])
             payload = (b"0123456789abcdef" * (n // 16 + 1))[:n]
         else:
-            payload = json.dumps(record).encode()
+            payload = json.dumps({k: v for k, v in record.items() if k != "body"}).encode()
         trailers = [(b"x-trailer", b"yes")] if hdrs.get("x-test-trailers") else []
         conn.send_headers(
             sid,

@@ -121,7 +121,8 @@ class Http2Stream(ActiveStream):
                 self._body_done = True
                 self.info.last_downstream_rx_monotonic = trio.current_time()
                 return None
-            self._data_ready = trio.Event()
+            if self._data_ready.is_set():
+                self._data_ready = trio.Event()
             await self._data_ready.wait()
 
     async def watch_disconnect(self) -> bool:
@@ -151,7 +152,8 @@ class Http2Stream(ActiveStream):
                 raise DownstreamReset("stream closed") from None
             n = min(window, conn.max_outbound_frame_size, len(view))
             if n <= 0:
-                self._window_open = trio.Event()
+                if self._window_open.is_set():
+                    self._window_open = trio.Event()
                 await self._window_open.wait()
                 continue
             conn.send_data(sid, bytes(view[:n]))
@@ -291,8 +293,7 @@ class _H2Downstream:
             assert isinstance(ev, h2.events.StreamReset)
             s = self.streams.get(ev.stream_id or 0)
             if s is not None:
-                self.hcm.stats.rq_rx_reset.inc()
-                s.on_reset()
+                s.on_reset()  # counted as downstream_rq_rx_reset by run_stream
         elif t is h2.events.WindowUpdated:
             assert isinstance(ev, h2.events.WindowUpdated)
             if ev.stream_id:

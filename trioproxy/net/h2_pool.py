@@ -38,7 +38,7 @@ from trioproxy.codec.http2 import (
     trailers_to_h2,
 )
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead
-from trioproxy.net.errors import UpstreamProtocolError, UpstreamReset
+from trioproxy.net.errors import ConnectFailure, UpstreamProtocolError, UpstreamReset
 from trioproxy.net.h2_writer import FrameWriter
 from trioproxy.net.network import Connection, Network
 from trioproxy.net.pool import PoolStats
@@ -99,9 +99,16 @@ class UpstreamHttp2:
         self._news.set()
 
     async def _wait(self) -> None:
-        """Wait for the reader to deliver something to this stream."""
-        self._news = trio.Event()
-        await self._news.wait()
+        """Wait for the reader to deliver something to this stream.
+
+        Two tasks may wait at once (the request body pump for a window, the
+        relay for the response); they share the event, so a waker wakes both
+        and each rechecks its own condition.
+        """
+        news = self._news
+        if news.is_set():
+            news = self._news = trio.Event()
+        await news.wait()
 
     def _raise_reset(self) -> None:
         code = self._reset_code
@@ -215,6 +222,9 @@ class H2UpstreamConnection:
         self.lent = 0  # streams lent out and not yet released
         self.idle_since = trio.current_time()
         self._scope = trio.CancelScope()
+        # Set by the server's first SETTINGS (or by the connection failing):
+        # streams are only opened once its stream limit is known.
+        self.ready = trio.Event()
 
     @staticmethod
     def describe(code: int | None) -> str:
@@ -317,6 +327,7 @@ class H2UpstreamConnection:
                 for other in self.streams.values():
                     other.wake()
         elif t is h2.events.RemoteSettingsChanged:
+            self.ready.set()
             for other in self.streams.values():
                 other.wake()
         elif t is h2.events.ConnectionTerminated:
@@ -348,6 +359,7 @@ class H2UpstreamConnection:
             return
         self.closed = True
         self.error = reason
+        self.ready.set()
         for s in self.streams.values():
             if not s._ended:
                 s.on_reset(_CONNECTION_FAILED)
@@ -448,8 +460,16 @@ class Http2Pool:
         self._stats.cx_active.inc()
         self.active += 1
         cx = H2UpstreamConnection(Connection(stream, UpstreamReset), self._settings)
-        self._connections.append(cx)
         await self.nursery.start(self._run, cx)
+        with trio.move_on_after(self._connect_timeout):
+            await cx.ready.wait()
+        if cx.closed or not cx.ready.is_set():
+            cx.close()
+            self._stats.cx_connect_fail.inc()
+            raise ConnectFailure(
+                f"no HTTP/2 SETTINGS from {self.host}:{self.port}: {cx.error or 'timeout'}"
+            )
+        self._connections.append(cx)
         return cx
 
     async def _run(
