@@ -25,7 +25,16 @@ nox.options.reuse_existing_virtualenvs = True
 
 ROOT = pathlib.Path(__file__).parent
 PYTHON = "3.11"
-LINT_PATHS = ["trioproxy", "dsl", "recipes", "tests", "fuzz", "benchmarks", "examples", "noxfile.py"]
+LINT_PATHS = [
+    "trioproxy",
+    "dsl",
+    "recipes",
+    "tests",
+    "fuzz",
+    "benchmarks",
+    "examples",
+    "noxfile.py",
+]
 
 
 @nox.session(python=PYTHON)

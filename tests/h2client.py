@@ -162,7 +162,9 @@ class H2Client:
         view = memoryview(body)
         p = self.pending[sid]
         while view:
-            window = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+            window = min(
+                self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size
+            )
             if p.response.reset_code is not None:
                 return
             if window <= 0:

@@ -95,7 +95,9 @@ def test_h1_request_to_h2_drops_connection_specific_headers() -> None:
 def test_response_translation() -> None:
     resp = response_from_h2([(b":status", b"204"), (b"x-a", b"1")])
     assert resp.status == 204 and resp.headers == [(b"x-a", b"1")]
-    out = response_to_h2(ResponseHead(status=200, headers=[(b"connection", b"close"), (b"a", b"b")]))
+    out = response_to_h2(
+        ResponseHead(status=200, headers=[(b"connection", b"close"), (b"a", b"b")])
+    )
     assert out == [(b":status", b"200"), (b"a", b"b")]
     for bad in ([(b"x", b"1")], [(b":status", b"abc")], [(b":status", b"200"), (b":path", b"/")]):
         with pytest.raises(Http2Error):
@@ -105,7 +107,9 @@ def test_response_translation() -> None:
     ]
 
 
-def _exchange(client: h2.connection.H2Connection, server: h2.connection.H2Connection) -> list[object]:
+def _exchange(
+    client: h2.connection.H2Connection, server: h2.connection.H2Connection
+) -> list[object]:
     events: list[object] = []
     for _ in range(4):
         events += server.receive_data(client.data_to_send())
@@ -129,19 +133,21 @@ header_value = st.binary(min_size=0, max_size=40).map(
     lambda b: bytes(c for c in b if c not in b"\r\n\x00").strip()
 )
 header_name = st.from_regex(rb"\A[a-z][a-z0-9-]{0,20}\Z").filter(
-    lambda n: n
-    not in {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-        b"te",
-        b"trailer",
-        b"proxy-authenticate",
-        b"host",
-        b"cookie",
-    }
+    lambda n: (
+        n
+        not in {
+            b"connection",
+            b"keep-alive",
+            b"proxy-connection",
+            b"transfer-encoding",
+            b"upgrade",
+            b"te",
+            b"trailer",
+            b"proxy-authenticate",
+            b"host",
+            b"cookie",
+        }
+    )
 )
 
 
@@ -172,7 +178,9 @@ def test_request_round_trip_through_real_h2_framing(headers: list[tuple[bytes, b
     client = new_client_connection(Http2Settings())
     server = new_server_connection(Http2Settings())
     _exchange(client, server)
-    head = RequestHead(method=b"GET", path=b"/x", authority=b"a.test", scheme=b"http", headers=headers)
+    head = RequestHead(
+        method=b"GET", path=b"/x", authority=b"a.test", scheme=b"http", headers=headers
+    )
     client.send_headers(1, request_to_h2(head), end_stream=True)
     events = server.receive_data(client.data_to_send())
     received = [e for e in events if isinstance(e, h2.events.RequestReceived)]

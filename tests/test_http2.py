@@ -41,7 +41,7 @@ async def h2_proxy_to_h1(nursery: trio.Nursery, **hcm: object) -> tuple[Server, 
 
 
 async def test_httpx_h2_prior_knowledge_to_h1_upstream(nursery: trio.Nursery) -> None:
-    server, up = await h2_proxy_to_h1(nursery)
+    server, _up = await h2_proxy_to_h1(nursery)
     url = f"http://127.0.0.1:{port_of(server)}"
     async with httpx.AsyncClient(http1=False, http2=True) as c:
         r = await c.get(url + "/a?b=1", headers={"cookie": "x=1"})
@@ -152,10 +152,10 @@ async def test_h2_upstream_multiplexes_one_connection(
         assert len(r.content) == i * 1000
         results.append(r.status_code)
 
-    async with httpx.AsyncClient(http1=downstream == "h1", http2=downstream == "h2") as c:
-        async with trio.open_nursery() as inner:
-            for i in range(30):
-                inner.start_soon(one, c, i)
+    client = httpx.AsyncClient(http1=downstream == "h1", http2=downstream == "h2")
+    async with client as c, trio.open_nursery() as inner:
+        for i in range(30):
+            inner.start_soon(one, c, i)
     assert results == [200] * 30
     assert up.connections == 1
     assert counter(server, "cluster.svc.upstream_cx_total") == 1
@@ -288,10 +288,9 @@ async def test_stream_limit_opens_more_upstream_connections(nursery: trio.Nurser
     async def one(c: httpx.AsyncClient) -> None:
         statuses.append((await c.get(url, headers={"x-test-delay": "0.2"})).status_code)
 
-    async with httpx.AsyncClient() as c:
-        async with trio.open_nursery() as inner:
-            for _ in range(6):
-                inner.start_soon(one, c)
+    async with httpx.AsyncClient() as c, trio.open_nursery() as inner:
+        for _ in range(6):
+            inner.start_soon(one, c)
     assert statuses == [200] * 6
     # Two streams per connection (the server's SETTINGS): three connections.
     assert up.connections == 3

@@ -88,9 +88,7 @@ class Upstream:
             "headers": headers,
             "header_list": [(k.decode(), v.decode("latin-1")) for k, v in req.headers.raw_items()],
             "body_length": len(body),
-            "trailers": [
-                (k.decode(), v.decode("latin-1")) for k, v in _TRAILERS.pop(id(req), [])
-            ],
+            "trailers": [(k.decode(), v.decode("latin-1")) for k, v in _TRAILERS.pop(id(req), [])],
             "server": self.name,
         }
         self.requests.append(record)

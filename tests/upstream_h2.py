@@ -55,7 +55,9 @@ class UpstreamH2:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def run(self, task_status: trio.TaskStatus[UpstreamH2] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, task_status: trio.TaskStatus[UpstreamH2] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         task_status.started(self)
@@ -119,7 +121,9 @@ class UpstreamH2:
                                 streams[sid].reset = True
                                 streams[sid].ended.set()
                                 streams[sid].window.set()
-                        elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+                        elif isinstance(
+                            ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged
+                        ):
                             for s in streams.values():
                                 s.window.set()
                     await flush()
@@ -130,7 +134,12 @@ class UpstreamH2:
             self.active_connections -= 1
 
     async def _answer(
-        self, conn: h2.connection.H2Connection, flush: Any, sid: int, s: _Stream, nursery: trio.Nursery
+        self,
+        conn: h2.connection.H2Connection,
+        flush: Any,
+        sid: int,
+        s: _Stream,
+        nursery: trio.Nursery,
     ) -> None:
         await s.ended.wait()
         if s.reset:

@@ -451,9 +451,10 @@ class ConnectionManager:
                 if alpn == "h2":
                     codec = "http2"
                 elif alpn is None:
-                    initial = await self._sniff(conn)
-                    if initial is None:
+                    sniffed = await self._sniff(conn)
+                    if sniffed is None:
                         return
+                    initial = sniffed
                     codec = "http2" if initial.startswith(PREFACE) else "http1"
                 else:
                     codec = "http1"

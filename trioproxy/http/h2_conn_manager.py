@@ -283,7 +283,7 @@ class _H2Downstream:
             assert isinstance(ev, h2.events.TrailersReceived)
             s = self.streams.get(ev.stream_id or 0)
             if s is not None:
-                s.on_end(list(ev.headers or []))  # type: ignore[arg-type]
+                s.on_end(list(ev.headers or []))
         elif t is h2.events.StreamEnded:
             assert isinstance(ev, h2.events.StreamEnded)
             s = self.streams.get(ev.stream_id or 0)
@@ -314,7 +314,7 @@ class _H2Downstream:
         sid = ev.stream_id or 0
         end = ev.stream_ended is not None
         try:
-            head = request_from_h2(ev.headers or [])  # type: ignore[arg-type]
+            head = request_from_h2(ev.headers or [])
         except Http2Error:
             self.hcm.stats.rx_messaging_error.inc()
             self.reset(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
@@ -359,4 +359,3 @@ async def serve_h2(
     with the client preface).
     """
     await _H2Downstream(hcm, conn, remote, local).run(initial)
-

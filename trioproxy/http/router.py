@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trioproxy.codec.stream import RequestHead, ResponseHead
+from trioproxy.codec.stream import RequestHead
 from trioproxy.config import DirectResponseAction, RedirectAction, Route, RouteAction
 from trioproxy.net.errors import (
     ConnectFailure,
@@ -39,14 +39,13 @@ from trioproxy.upstream.cluster_manager import ClusterManager, ClusterRuntime, H
 
 if TYPE_CHECKING:
     from trioproxy.http.conn_manager import ActiveStream, ConnectionManager
-    from trioproxy.net.pool import UpstreamHttp1
+    from trioproxy.net.upstream import UpstreamStream
 
 __all__ = ["Router"]
 
 # Envoy's local-reply bodies, so that users' grep patterns carry over.
 _CONNECT_FAILURE_BODY = (
-    b"upstream connect error or disconnect/reset before headers. "
-    b"reset reason: connection failure"
+    b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 )
 _RESET_PREFIX = b"upstream connect error or disconnect/reset before headers. reset reason: "
 
@@ -62,7 +61,6 @@ def _reset_reason(message: str) -> tuple[str, str]:
     if message.startswith("remote reset"):
         return "UR", "remote reset"
     return "UC", "connection termination"
-
 
 
 class _Forward:
@@ -171,7 +169,7 @@ class Router:
             return
         info.upstream_host = host.address
         cluster.on_request_start(host)
-        up: UpstreamHttp1 | None = None
+        up: UpstreamStream | None = None
         reusable = False
         try:
             try:
@@ -220,7 +218,7 @@ class Router:
         stream: ActiveStream,
         cluster: ClusterRuntime,
         host: Host,
-        up: UpstreamHttp1,
+        up: UpstreamStream,
         fwd: _Forward,
     ) -> bool:
         """Send the request and relay the response; True if `up` may be reused."""
@@ -265,7 +263,7 @@ class Router:
     async def _pump_body(
         self,
         stream: ActiveStream,
-        up: UpstreamHttp1,
+        up: UpstreamStream,
         fwd: _Forward,
         relay_scope: trio.CancelScope,
     ) -> None:
@@ -292,7 +290,7 @@ class Router:
         stream: ActiveStream,
         cluster: ClusterRuntime,
         host: Host,
-        up: UpstreamHttp1,
+        up: UpstreamStream,
         started: float,
     ) -> None:
         resp = await up.receive_response_head()

@@ -42,6 +42,7 @@ from trioproxy.net.errors import ConnectFailure, UpstreamProtocolError, Upstream
 from trioproxy.net.h2_writer import FrameWriter
 from trioproxy.net.network import Connection, Network
 from trioproxy.net.pool import PoolStats
+from trioproxy.net.upstream import UpstreamStream
 
 __all__ = ["Http2Pool", "UpstreamHttp2"]
 
@@ -228,6 +229,8 @@ class H2UpstreamConnection:
 
     @staticmethod
     def describe(code: int | None) -> str:
+        if code is None:
+            return "no error code"
         try:
             return h2.errors.ErrorCodes(code).name
         except ValueError:
@@ -473,7 +476,9 @@ class Http2Pool:
         return cx
 
     async def _run(
-        self, cx: H2UpstreamConnection, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        cx: H2UpstreamConnection,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         try:
             await cx.run(task_status=task_status)
@@ -484,7 +489,8 @@ class Http2Pool:
             self._stats.cx_destroy.inc()
             self.active -= 1
 
-    def release(self, up: UpstreamHttp2, *, reusable: bool) -> None:
+    def release(self, up: UpstreamStream, *, reusable: bool) -> None:
+        assert isinstance(up, UpstreamHttp2)
         cx = up.cx
         cx.release(up)
         if (self.closed or cx.goaway) and cx.lent == 0:

@@ -163,5 +163,3 @@ class Connection:
         poller = select.poll()
         poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
         return bool(poller.poll(0))
-
-

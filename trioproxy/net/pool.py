@@ -29,6 +29,7 @@ from trioproxy.codec.http1 import (
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead
 from trioproxy.net.errors import UpstreamProtocolError, UpstreamReset
 from trioproxy.net.network import Connection, Network
+from trioproxy.net.upstream import UpstreamStream
 from trioproxy.observe.stats import Counter, Gauge
 
 __all__ = ["Http1Pool", "PoolStats", "UpstreamHttp1"]
@@ -191,8 +192,9 @@ class Http1Pool:
         self.active += 1
         return UpstreamHttp1(Connection(stream, UpstreamReset))
 
-    def release(self, up: UpstreamHttp1, *, reusable: bool) -> None:
+    def release(self, up: UpstreamStream, *, reusable: bool) -> None:
         """Return a connection; it is kept only if its exchange finished cleanly."""
+        assert isinstance(up, UpstreamHttp1)
         if reusable and not self.closed and up.reusable() and len(self._idle) < self._max_idle:
             if up.codec.start_next_cycle():
                 up.idle_since = trio.current_time()

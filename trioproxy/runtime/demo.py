@@ -30,9 +30,7 @@ async def serve_demo_service(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `service` until cancelled; `task_status.started()` gets the bound port."""
-    listener, (_host, port) = await network.listen_tcp(
-        service.address.host, service.address.port
-    )
+    listener, (_host, port) = await network.listen_tcp(service.address.host, service.address.port)
     body = f"Hello from behind trioproxy ({service.name})! hostname: {socket.gethostname()}\n"
     payload = body.encode()
     log.info("demo service %r listening on %s:%d", service.name, service.address.host, port)

@@ -139,9 +139,7 @@ class Server:
                 log.info(
                     "trioproxy %s live: %s",
                     self.version,
-                    ", ".join(
-                        f"{n} on {lr.bound}" for n, lr in self.listeners.items()
-                    ),
+                    ", ".join(f"{n} on {lr.bound}" for n, lr in self.listeners.items()),
                 )
                 task_status.started(self)
                 await self._shutdown.wait()

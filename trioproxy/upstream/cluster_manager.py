@@ -22,10 +22,10 @@ from trioproxy.config import Cluster, Endpoint
 from trioproxy.net.h2_pool import Http2Pool
 from trioproxy.net.network import Network
 from trioproxy.net.pool import Http1Pool, PoolStats
+from trioproxy.net.upstream import UpstreamPool
 from trioproxy.observe.stats import Counter, StatsStore
 from trioproxy.upstream.lb import BALANCERS, LoadBalancer
 
-UpstreamPool = Http1Pool | Http2Pool
 
 __all__ = ["ClusterManager", "ClusterRuntime", "Host"]
 
