@@ -106,7 +106,12 @@ class MatchBuilder:
     _headers: tuple[HeaderSpec, ...] = ()
     _queries: tuple[QuerySpec, ...] = ()
     _case_sensitive: bool = True
+    _grpc: bool = False
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+    def grpc(self) -> MatchBuilder:
+        """Only gRPC requests (content-type application/grpc*), as Envoy's `grpc: {}`."""
+        return attrs.evolve(self, grpc=True)
 
     def header(
         self,
@@ -168,6 +173,13 @@ class MatchBuilder:
     def case_insensitive(self) -> MatchBuilder:
         """Match the path without regard to case (Envoy: case_sensitive false)."""
         return attrs.evolve(self, case_sensitive=False)
+
+
+def grpc(service: str | None = None) -> MatchBuilder:
+    """Match gRPC requests: all of them, or those of one fully qualified
+    service (`grpc("helloworld.Greeter")` is `prefix("/helloworld.Greeter/").grpc()`)."""
+    value = "/" if service is None else f"/{service}/"
+    return MatchBuilder(kind="prefix", value=value, grpc=True, location=caller_location())
 
 
 def prefix(p: str) -> MatchBuilder:

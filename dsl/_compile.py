@@ -644,6 +644,7 @@ class _Compiler:
             case_sensitive=mb._case_sensitive,
             headers=tuple(self.header(spec) for spec in mb._headers),
             query_parameters=tuple(self.query(spec) for spec in mb._queries),
+            grpc=mb._grpc,
         )
 
     def _string_match(

@@ -186,8 +186,10 @@ class EchoUpstream:
 def reference_requests(data: bytes) -> tuple[list[bytes], list[Seen]]:
     """What h11, as a server, reads from `data` before it would stop.
 
-    Returns the method of every request head (complete or not: the proxy
-    answers a head whose body never comes) and the complete requests.
+    Returns the method of every request begun, complete or not (the proxy
+    answers a head whose body never comes, or rejects one h11 cannot parse:
+    then the method is read from the request's first bytes, as the client
+    that sent them knows it), and the complete requests.
     """
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1024 * KIB)
     conn.receive_data(data)
@@ -195,12 +197,19 @@ def reference_requests(data: bytes) -> tuple[list[bytes], list[Seen]]:
     complete: list[Seen] = []
     req: h11.Request | None = None
     body = bytearray()
+
+    def begin() -> None:
+        start = conn.trailing_data[0].lstrip(b"\r\n")
+        if start:
+            methods.append(b"HEAD" if start.startswith(b"HEAD ") else b"?")
+
+    begin()
     try:
         while True:
             ev = conn.next_event()
             if type(ev) is h11.Request:
                 req, body = ev, bytearray()
-                methods.append(bytes(ev.method))
+                methods[-1] = bytes(ev.method)
             elif type(ev) is h11.Data:
                 body += ev.data
             elif type(ev) is h11.EndOfMessage:
@@ -209,6 +218,7 @@ def reference_requests(data: bytes) -> tuple[list[bytes], list[Seen]]:
                 conn.send(h11.Response(status_code=200, headers=[("content-length", "0")]))
                 conn.send(h11.EndOfMessage())
                 conn.start_next_cycle()
+                begin()
             else:
                 break
     except h11.ProtocolError:
@@ -506,8 +516,14 @@ def test_any_bytes(data: bytes, delivery: Delivery) -> None:
     b"a\r\n0123456789\r\n0\r\n\r\n",
     delivery=Delivery("whole"),
 )
-# Regression: a HEAD rejected before routing (426, 431, 400) was answered with
-# content, which a client reads as the start of the next response.
+# Regression: a HEAD rejected before routing (426, 431, 400, 408) was answered
+# with content, which a client reads as the start of the next response.
+@example(
+    data=b"HEAD / HTTP/1.1\r\nhost: a\r\nx-huge: " + b"v" * (61 * KIB) + b"\r\n\r\n",
+    delivery=Delivery("whole"),
+)
+@example(data=b"HEAD / HTTP/1.1\r\nbad name: x\r\n\r\n", delivery=Delivery("whole"))
+@example(data=b"HEAD / HTTP/1.1\r\nhost: a\r\n", delivery=Delivery("bytewise", half_close=False))
 @example(data=b"HEAD / HTTP/1.0\r\nhost: a\r\n\r\n", delivery=Delivery("whole", half_close=False))
 @example(
     data=b"HEAD / HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\ntransfer-encoding: chunked\r\n\r\n"

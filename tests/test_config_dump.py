@@ -209,6 +209,7 @@ def test_jsonable_routes_and_actions_are_typed() -> None:
             "case_sensitive": False,
             "headers": [{"name": "x-env", "kind": "exact", "value": "prod", "invert": True}],
             "query_parameters": [{"name": "debug", "kind": "present", "value": ""}],
+            "grpc": False,
         },
         "action": {
             "@type": "RouteAction",

@@ -65,8 +65,6 @@ class Http1Error(Exception):
         super().__init__(message)
         self.status = status
         self.details = details
-        # The rejected request was a HEAD: its answer must have no content.
-        self.head_only = False
 
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the legacy ones Envoy also strips.
@@ -127,6 +125,9 @@ Event = RequestHead | ResponseHead | bytes | EndOfMessage | _Sentinel
 # The peer's end of stream, as seen by `_Base` (see its docstring).
 _OPEN, _EOF_PENDING, _EOF_FED, _EOF_BROKEN = range(4)
 _CONNECTION_CLOSED: Final = h11.ConnectionClosed()
+# Bytes of a request's start kept to recognise its method without h11 (leading
+# blank lines, which h11 skips, included).
+_START_BYTES: Final = 64
 
 
 class _Base:
@@ -226,7 +227,7 @@ class Http1ServerCodec(_Base):
         max_headers: header count (Envoy's `max_headers_count`, 100); past it, 431.
     """
 
-    __slots__ = ("_head_method", "_max_header_bytes")
+    __slots__ = ("_head_method", "_max_header_bytes", "_start")
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100) -> None:
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
@@ -234,6 +235,10 @@ class Http1ServerCodec(_Base):
         self._max_headers = max_headers
         self._max_header_bytes = max_header_bytes
         self._head_method = b""
+        # The first bytes of the request being read, so that a request rejected
+        # before its head parses (431, 408, bad header) is still known as a
+        # HEAD, whose answer must carry no content (RFC 9110 9.3.2).
+        self._start = bytearray()
 
     @property
     def waiting_for_100_continue(self) -> bool:
@@ -243,17 +248,34 @@ class Http1ServerCodec(_Base):
     def has_buffered_data(self) -> bool:
         return bool(self._conn.trailing_data[0])
 
+    @property
+    def head_request(self) -> bool:
+        """The request being read (or just rejected) is a HEAD: answer without content."""
+        if self._head_method:
+            return self._head_method == b"HEAD"
+        return bytes(self._start).lstrip(b"\r\n").startswith(b"HEAD ")
+
+    def receive_data(self, data: bytes) -> None:
+        if self._conn.their_state is h11.IDLE and len(self._start) < _START_BYTES:
+            self._start += data[: _START_BYTES - len(self._start)]
+        super().receive_data(data)
+
+    def start_next_cycle(self) -> bool:
+        if not super().start_next_cycle():
+            return False
+        self._head_method = b""
+        # Pipelined bytes already buffered are the start of the next request.
+        self._start = bytearray(self._conn.trailing_data[0][:_START_BYTES])
+        return True
+
     def next_event(self) -> Event:
         ev = self._next()
         if type(ev) is h11.Request:
-            try:
-                return self._request(ev)
-            except Http1Error as exc:
-                exc.head_only = ev.method == b"HEAD"
-                raise
+            return self._request(ev)
         return self._body_event(ev)
 
     def _request(self, ev: h11.Request) -> RequestHead:
+        self._head_method = bytes(ev.method)
         raw = list(ev.headers)
         if len(raw) > self._max_headers:
             raise Http1Error(
@@ -304,7 +326,6 @@ class Http1ServerCodec(_Base):
                 target = b"/" if slash < 0 else rest[slash:]
             else:
                 raise Http1Error("invalid request target", 400, "http1.invalid_url")
-        self._head_method = bytes(ev.method)
         return RequestHead(
             method=self._head_method,
             path=target,

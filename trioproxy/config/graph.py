@@ -146,6 +146,8 @@ class RouteMatch:
     case_sensitive: bool = True
     headers: tuple[HeaderMatcher, ...] = ()
     query_parameters: tuple[QueryParameterMatcher, ...] = ()
+    # Envoy's `grpc: {}`: only requests whose content-type is application/grpc*.
+    grpc: bool = False
 
 
 @attrs.frozen(kw_only=True)

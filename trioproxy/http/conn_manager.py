@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from urllib.parse import quote_from_bytes
 from collections.abc import Sequence
 from email.utils import formatdate
 from typing import TYPE_CHECKING
@@ -39,6 +40,7 @@ from trioproxy.codec.http1 import (
     Http1ServerCodec,
     strip_hop_by_hop,
 )
+from trioproxy.codec.grpc import http_to_grpc_status, is_grpc
 from trioproxy.codec.http2 import PREFACE, Http2Settings, new_server_connection
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead, StreamInfo
 from trioproxy.config import HttpConnectionManager
@@ -136,6 +138,7 @@ class ActiveStream:
         "response_complete",
         "response_length",
         "response_started",
+        "response_trailers",
     )
 
     def __init__(
@@ -159,6 +162,7 @@ class ActiveStream:
         self.response_started = False
         self.response_complete = False
         self.response_length: int | None = None  # the response's content-length
+        self.response_trailers: Headers = []
         # Set when the exchange was abandoned half way: HTTP/1.1 closes the
         # connection, HTTP/2 resets the stream.
         self.close_connection = False
@@ -242,6 +246,8 @@ class ActiveStream:
 
     async def send_end(self, trailers: Headers | None = None) -> None:
         self.response_complete = True
+        if trailers:
+            self.response_trailers = trailers
         await self._write_end(trailers)
 
     async def local_reply(
@@ -253,11 +259,15 @@ class ActiveStream:
         details: str = "",
         headers: Sequence[tuple[bytes, bytes]] = (),
         content_type: bytes = b"text/plain",
+        grpc_status: int | None = None,
     ) -> None:
         """Answer the request from the proxy itself (Envoy's local reply).
 
-        If a response has already started, the only honest thing left is to
-        abandon the stream so the client sees a truncated response.
+        A gRPC request gets a trailers-only response instead: HTTP 200 with
+        `grpc-status` (from `grpc_status`, else mapped from `status` as Envoy
+        does) and `grpc-message` (the body) in one header block that ends the
+        stream. If a response has already started, the only honest thing
+        left is to abandon the stream so the client sees a truncated response.
         """
         if flag:
             self.info.add_flag(flag)
@@ -266,6 +276,9 @@ class ActiveStream:
         if self.response_started:
             self.close_connection = True
             raise DownstreamReset("local reply after the response started")
+        if is_grpc(self.head):
+            await self._grpc_local_reply(status, body, headers, grpc_status)
+            return
         h: Headers = []
         if body:
             h.append((b"content-length", str(len(body)).encode()))
@@ -285,6 +298,28 @@ class ActiveStream:
             self.info.bytes_sent += len(body)
             await self._write_data(body)
             await self.send_end()
+
+
+    async def _grpc_local_reply(
+        self,
+        status: int,
+        body: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        grpc_status: int | None,
+    ) -> None:
+        code = http_to_grpc_status(status) if grpc_status is None else grpc_status
+        h: Headers = [
+            (b"content-type", b"application/grpc"),
+            (b"grpc-status", b"%d" % code),
+        ]
+        if body:
+            h.append((b"grpc-message", quote_from_bytes(body, safe=b" ").encode()))
+        if not self._body_done:
+            self.close_connection = True
+        h.extend(headers)
+        if self.info.protocol != "HTTP/2":
+            h.append((b"content-length", b"0"))
+        await self.send_response_head(ResponseHead(status=200, headers=h), end_stream=True)
 
 
 class Http1Stream(ActiveStream):
@@ -553,13 +588,15 @@ class ConnectionManager:
                         data = await conn.receive_some()
                     if scope.cancelled_caught:
                         self.stats.rq_header_timeout.inc()
-                        await self._reject(conn, 408, "request header timeout")
+                        await self._reject(
+                            conn, 408, "request header timeout", head_only=codec.head_request
+                        )
                         return None
                 self.stats.cx_rx_bytes_total.inc(len(data))
                 codec.receive_data(data)
         except Http1Error as exc:
             self.stats.cx_protocol_error.inc()
-            await self._reject(conn, exc.status, str(exc), head_only=exc.head_only)
+            await self._reject(conn, exc.status, str(exc), head_only=codec.head_request)
             return None
 
     async def _reject(

@@ -138,6 +138,11 @@ def _query_matcher(m: QueryParameterMatcher) -> Callable[[dict[str, str]], bool]
     return match
 
 
+def _is_grpc(req: RequestHead) -> bool:
+    ct = req.get(b"content-type")
+    return ct is not None and ct.startswith(b"application/grpc")
+
+
 class CompiledRoute:
     __slots__ = ("_headers", "_path", "_query", "route")
 
@@ -145,7 +150,8 @@ class CompiledRoute:
         self.route = route
         m: RouteMatch = route.match
         self._path = self._path_matcher(m)
-        self._headers = tuple(_header_matcher(h) for h in m.headers)
+        grpc_only: tuple[Callable[[RequestHead], bool], ...] = (_is_grpc,) if m.grpc else ()
+        self._headers = grpc_only + tuple(_header_matcher(h) for h in m.headers)
         self._query = tuple(_query_matcher(q) for q in m.query_parameters)
 
     @staticmethod
@@ -186,7 +192,10 @@ class CompiledRoute:
         if not self._path(_path_only(path)):
             m = self.route.match
             return f"path {path!r} does not match {m.path_kind} {m.value!r}"
-        for h, cfg in zip(self._headers, self.route.match.headers, strict=True):
+        if self.route.match.grpc and not _is_grpc(req):
+            return "not a gRPC request (content-type is not application/grpc*)"
+        checks = self._headers[1:] if self.route.match.grpc else self._headers
+        for h, cfg in zip(checks, self.route.match.headers, strict=True):
             if not h(req):
                 return f"header {cfg.name!r} does not match ({cfg.kind} {cfg.value!r})"
         if self._query:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from trioproxy.codec.grpc import GRPC_STATUS, is_grpc, parse_timeout
 from trioproxy.codec.stream import RequestHead
 from trioproxy.config import DirectResponseAction, RedirectAction, Route, RouteAction
 from trioproxy.net.errors import (
@@ -140,20 +141,33 @@ class Router:
         if action.prefix_rewrite is not None or action.host_rewrite is not None:
             _rewrite(head, route, action)
         timeout = action.timeout if action.timeout > 0 else math.inf
-        with trio.CancelScope() as route_scope:
-            fwd = _Forward(route_scope, timeout)
-            if not stream.has_body:
-                fwd.start_route_timer()
-            await self._forward_once(stream, cluster, fwd)
-        if route_scope.cancelled_caught:
-            cluster.rq_timeout.inc()
-            stream.info.add_flag("UT")
-            if stream.response_started:
-                stream.close_connection = True
-            else:
-                await stream.local_reply(
-                    504, b"upstream request timeout", details="upstream_response_timeout"
-                )
+        grpc = is_grpc(head)
+        if grpc:
+            # `grpc-timeout` sets the deadline (Envoy with grpc_timeout_header_max 0).
+            deadline = parse_timeout(head.get(b"grpc-timeout"))
+            if deadline is not None:
+                timeout = deadline
+        try:
+            with trio.CancelScope() as route_scope:
+                fwd = _Forward(route_scope, timeout)
+                if not stream.has_body:
+                    fwd.start_route_timer()
+                await self._forward_once(stream, cluster, fwd)
+            if route_scope.cancelled_caught:
+                cluster.rq_timeout.inc()
+                stream.info.add_flag("UT")
+                if stream.response_started:
+                    stream.close_connection = True
+                else:
+                    await stream.local_reply(
+                        504,
+                        b"upstream request timeout",
+                        details="upstream_response_timeout",
+                        grpc_status=GRPC_STATUS["DEADLINE_EXCEEDED"],
+                    )
+        finally:
+            if grpc:
+                cluster.on_grpc_response(head.path, stream)
         if fwd.downstream_error is not None:
             raise fwd.downstream_error
 
@@ -301,8 +315,10 @@ class Router:
         stream.info.response_code_details = "via_upstream"
         resp.headers.append((b"x-envoy-upstream-service-time", str(int(elapsed_ms)).encode()))
         no_body = stream.head.method == b"HEAD" or resp.status in (204, 304)
-        if no_body:
-            await up.receive_data()  # the h11 end of message
+        if no_body or getattr(up, "ended_with_head", False):
+            # No body, or an HTTP/2 response that ended with its headers (a
+            # gRPC trailers-only response): keep it one header block.
+            await up.receive_data()  # the end of message
             await stream.send_response_head(resp, end_stream=True)
             return
         await stream.send_response_head(resp)

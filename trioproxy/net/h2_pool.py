@@ -198,6 +198,11 @@ class UpstreamHttp2:
             await self._wait()
 
     @property
+    def ended_with_head(self) -> bool:
+        """The response ended with its header block (no DATA, no trailers)."""
+        return self._ended and not self._chunks and not self.trailers
+
+    @property
     def complete(self) -> bool:
         return self._ended and self._sent_end and not self._chunks
 

@@ -15,9 +15,12 @@ the balancer; the request path never waits on them.
 from __future__ import annotations
 
 import random
+from typing import Protocol
 
 import trio
 
+from trioproxy.codec.grpc import grpc_status_of, service_and_method
+from trioproxy.codec.stream import Headers, StreamInfo
 from trioproxy.config import Cluster, Endpoint
 from trioproxy.net.h2_pool import Http2Pool
 from trioproxy.net.network import Network
@@ -26,8 +29,17 @@ from trioproxy.net.upstream import UpstreamPool
 from trioproxy.observe.stats import Counter, StatsStore
 from trioproxy.upstream.lb import BALANCERS, LoadBalancer
 
-
 __all__ = ["ClusterManager", "ClusterRuntime", "Host"]
+
+
+_GRPC_METHODS_MAX = 1000
+
+
+class GrpcOutcome(Protocol):
+    """What `on_grpc_response` reads from a finished stream."""
+
+    info: StreamInfo
+    response_trailers: Headers
 
 
 class Host:
@@ -86,6 +98,7 @@ class ClusterRuntime:
         self.membership_total = stats.gauge(p + "membership_total")
         self.membership_healthy = stats.gauge(p + "membership_healthy")
         self._code_counters: dict[int, tuple[Counter, Counter]] = {}
+        self._grpc: dict[tuple[str, str], tuple[Counter, Counter, Counter]] = {}
         self.lb: LoadBalancer
         self.rebuild()
 
@@ -153,6 +166,35 @@ class ClusterRuntime:
             host.rq_error += 1
         else:
             host.rq_success += 1
+
+    def on_grpc_response(self, path: bytes, stream: GrpcOutcome) -> None:
+        """Count a finished gRPC call: `cluster.<name>.grpc.<service>.<method>.
+        success|failure|total` (Envoy's grpc_stats names). Success is
+        grpc-status 0 in the trailers, or in the headers of a trailers-only
+        response. At most `_GRPC_METHODS_MAX` methods get their own stats;
+        the rest share `unknown_service.unknown_method`, so arbitrary paths
+        cannot grow the stats store without bound."""
+        sm = service_and_method(path)
+        key = sm if sm is not None else ("unknown_service", "unknown_method")
+        handles = self._grpc.get(key)
+        if handles is None:
+            if len(self._grpc) >= _GRPC_METHODS_MAX:
+                key = ("unknown_service", "unknown_method")
+                handles = self._grpc.get(key)
+            if handles is None:
+                p = f"{self._prefix}grpc.{key[0]}.{key[1]}."
+                handles = (
+                    self._stats.counter(p + "success"),
+                    self._stats.counter(p + "failure"),
+                    self._stats.counter(p + "total"),
+                )
+                self._grpc[key] = handles
+        resp = stream.info.response
+        status = None
+        if resp is not None:
+            status = grpc_status_of(stream.response_trailers, resp.headers)
+        handles[0 if status == 0 else 1].inc()
+        handles[2].inc()
 
     def close(self) -> None:
         for h in self.hosts:
