@@ -26,15 +26,19 @@ import attrs
 __all__ = [
     "AccessLog",
     "Admin",
+    "CertificateValidation",
     "Cluster",
     "DemoService",
     "DirectResponseAction",
+    "DownstreamTlsContext",
     "Endpoint",
     "FilterChain",
+    "FilterChainMatch",
     "HeaderMatcher",
     "HttpConnectionManager",
     "HttpFilterConfig",
     "Listener",
+    "ListenerFilterConfig",
     "Location",
     "Mesh",
     "NetworkFilterConfig",
@@ -44,7 +48,12 @@ __all__ = [
     "RouteAction",
     "RouteConfig",
     "RouteMatch",
+    "SanMatcher",
     "SocketAddress",
+    "TcpProxy",
+    "TlsCertificate",
+    "TlsInspector",
+    "UpstreamTlsContext",
     "VirtualHost",
     "WeightedCluster",
 ]
@@ -61,7 +70,19 @@ LbPolicy = Literal["round_robin", "least_request", "random"]
 PathKind = Literal["prefix", "path", "regex"]
 StringMatchKind = Literal["exact", "prefix", "suffix", "contains", "regex", "present"]
 CodecType = Literal["auto", "http1", "http2"]
-UpstreamProtocol = Literal["http1", "http2"]
+# "auto": HTTP/2 if the upstream's TLS ALPN says h2, else HTTP/1.1 (Envoy's auto_config).
+UpstreamProtocol = Literal["http1", "http2", "auto"]
+TlsVersion = Literal["TLSv1_2", "TLSv1_3"]
+# Envoy's SubjectAltNameMatcher san_type (DNS, URI, EMAIL, IP_ADDRESS), lower-case.
+SanType = Literal["dns", "uri", "email", "ip"]
+SanMatchKind = Literal["exact", "prefix", "suffix", "contains", "regex"]
+TransportProtocol = Literal["", "tls", "raw_buffer"]
+# Envoy's HttpConnectionManager.ForwardClientCertDetails, lower-case.
+ForwardClientCertDetails = Literal[
+    "sanitize", "forward_only", "append_forward", "sanitize_set", "always_forward_only"
+]
+# Envoy's SetCurrentClientCertDetails fields ("By" and "Hash" are always set).
+ClientCertDetail = Literal["subject", "cert", "chain", "dns", "uri"]
 
 
 @attrs.frozen(kw_only=True)

@@ -1,0 +1,159 @@
+"""gRPC's official interop cases through the proxy (h2c front).
+
+Debian's `ruby-grpc` ships grpc's own interop client and server
+(`src/ruby/pb/test/client.rb`, `server.rb`). The server binds 0.0.0.0; a
+small preload (`_LOOPBACK`) makes it bind 127.0.0.1. Each case runs the
+client against the proxy, which routes `grpc()` to the server over HTTP/2.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.conftest import IN_CI, cluster, start_proxy
+from trioproxy.config import (
+    FilterChain,
+    HttpConnectionManager,
+    Listener,
+    Mesh,
+    Route,
+    RouteAction,
+    RouteConfig,
+    RouteMatch,
+    SocketAddress,
+    VirtualHost,
+)
+
+CASES = [
+    "empty_unary",
+    "large_unary",
+    "client_streaming",
+    "server_streaming",
+    "ping_pong",
+    "empty_stream",
+    "timeout_on_sleeping_server",
+    "cancel_after_begin",
+    "cancel_after_first_response",
+    "status_code_and_message",
+    "custom_metadata",
+    "unimplemented_method",
+    "unimplemented_service",
+]
+
+_LOOPBACK = """\
+require 'grpc'
+module BindLoopback
+  def add_http2_port(host, creds)
+    super(host.sub('0.0.0.0', '127.0.0.1'), creds)
+  end
+end
+GRPC::RpcServer.prepend(BindLoopback)
+"""
+
+
+def _interop_dir() -> Path:
+    patterns = [
+        "/usr/lib/*/rubygems-integration/*/gems/grpc-*/src/ruby/pb/test",
+        "/usr/share/rubygems-integration/*/gems/grpc-*/src/ruby/pb/test",
+        "/var/lib/gems/*/gems/grpc-*/src/ruby/pb/test",
+    ]
+    for pattern in patterns:
+        for d in sorted(glob.glob(pattern)):
+            if os.path.exists(os.path.join(d, "client.rb")):
+                return Path(d)
+    msg = "gRPC's ruby interop client/server not found (apt-get install ruby-grpc)"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def interop_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
+    d = _interop_dir()
+    preload = tmp_path_factory.mktemp("interop") / "loopback.rb"
+    preload.write_text(_LOOPBACK)
+    port = _free_port()
+    proc = subprocess.Popen(
+        ["ruby", f"-r{preload}", str(d / "server.rb"), f"--port={port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    raise RuntimeError(f"interop server did not start: {err[-2000:]}") from None
+                time.sleep(0.1)
+        yield d, port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _mesh(backend_port: int) -> Mesh:
+    route = Route(
+        name="grpc",
+        match=RouteMatch(path_kind="prefix", value="/", grpc=True),
+        action=RouteAction(cluster="grpc_backend", timeout=0.0),
+    )
+    manager = HttpConnectionManager(
+        stat_prefix="ingress_http",
+        route_config=RouteConfig(
+            virtual_hosts=(VirtualHost(name="default", domains=("*",), routes=(route,)),)
+        ),
+    )
+    return Mesh(
+        listeners=(
+            Listener(
+                name="ingress",
+                address=SocketAddress(host="127.0.0.1", port=0),
+                filter_chains=(FilterChain(filters=(manager,)),),
+            ),
+        ),
+        clusters=(cluster("grpc_backend", f"127.0.0.1:{backend_port}", protocol="http2"),),
+    )
+
+
+@pytest.mark.parametrize("case", CASES)
+async def test_interop_case_through_h2c_front(
+    nursery: trio.Nursery, interop_server: tuple[Path, int], case: str
+) -> None:
+    d, backend_port = interop_server
+    server = await start_proxy(nursery, _mesh(backend_port))
+    port = server.listener_address("ingress").port
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [
+                "ruby",
+                str(d / "client.rb"),
+                "--server_host=127.0.0.1",
+                f"--server_port={port}",
+                f"--test_case={case}",
+            ],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    out = (result.stdout + result.stderr).decode(errors="replace")
+    assert result.returncode == 0, out[-3000:]
+    assert f'"OK: {case}"' in out
