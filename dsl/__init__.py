@@ -55,6 +55,7 @@ from ._builders import (
 from ._compile import compile_mesh
 from ._errors import MeshError, MeshIssue
 from ._load import load_mesh
+from ._tls_builders import SanBuilder, TcpProxyBuilder, TlsBuilder, san, tcp_proxy, tls
 from ._values import Duration
 
 __all__ = [
@@ -72,7 +73,10 @@ __all__ = [
     "MeshIssue",
     "MeshItem",
     "RedirectBuilder",
+    "SanBuilder",
     "Target",
+    "TcpProxyBuilder",
+    "TlsBuilder",
     "VhostBuilder",
     "WeightedBuilder",
     "admin",
@@ -90,6 +94,9 @@ __all__ = [
     "prefix",
     "redirect",
     "regex",
+    "san",
+    "tcp_proxy",
+    "tls",
     "vhost",
     "weighted",
 ]

@@ -16,14 +16,28 @@ Rules of this file:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 import attrs
 
 from trioproxy.config import HttpFilterConfig, Location, Mesh
-from trioproxy.config.graph import CodecType, LbPolicy
+from trioproxy.config.graph import (
+    ClientCertDetail,
+    CodecType,
+    ForwardClientCertDetails,
+    LbPolicy,
+)
 
 from ._errors import caller_location
+from ._tls_builders import (
+    ChainOptions,
+    SanSpec,
+    TcpProxyBuilder,
+    TlsBuilder,
+    UpstreamTlsSpec,
+    chain_options,
+)
 from ._values import Duration
 
 __all__ = [
@@ -227,6 +241,7 @@ class ClusterBuilder:
     _lb: Given[object] = Given("round_robin", None)
     _connect_timeout: Given[object] = Given(5.0, None)
     _protocol: Given[object] = Given("http1", None)
+    _tls: Given[object] | None = None
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
@@ -254,6 +269,51 @@ class ClusterBuilder:
     def http1(self) -> ClusterBuilder:
         """Speak HTTP/1.1 to this cluster's endpoints (the default)."""
         return attrs.evolve(self, protocol=Given("http1", caller_location()))
+
+    def auto_http(self) -> ClusterBuilder:
+        """Speak HTTP/2 or HTTP/1.1 per connection, as the upstream picks by
+        TLS ALPN (Envoy's auto_config). Needs `.tls(...)`."""
+        return attrs.evolve(self, protocol=Given("auto", caller_location()))
+
+    def tls(
+        self,
+        sni: str | None = None,
+        *,
+        ca: str | None = None,
+        san: Sequence[SanSpec] = (),
+        verify_hostname: bool = True,
+        cert: str | None = None,
+        key: str | None = None,
+        alpn: Sequence[str] | None = None,
+        min_version: str = "1.2",
+        max_version: str = "1.3",
+        watch_interval: Duration = 5.0,
+    ) -> ClusterBuilder:
+        """Originate TLS to this cluster's endpoints.
+
+        `sni` defaults to the endpoint's host when it is a DNS name. With `ca`
+        the upstream's certificate is verified: against `san` matchers if
+        given ("dns:api.internal", "uri:spiffe://...", or `san(...)`), else
+        its name against the SNI (`verify_hostname`). Without `ca` nothing is
+        verified (as in Envoy). `cert`/`key` present a client certificate
+        (mTLS). `alpn` defaults to the cluster's protocol: "h2" for `.http2()`
+        (which then must be negotiated), "h2,http/1.1" for `.auto_http()`,
+        "http/1.1" otherwise. Relative paths are relative to the mesh file.
+        """
+        spec = UpstreamTlsSpec(
+            sni=sni,
+            ca=ca,
+            san=tuple(san) if not isinstance(san, str) else (san,),
+            verify_hostname=verify_hostname,
+            cert=cert,
+            key=key,
+            alpn=None if alpn is None else (alpn,) if isinstance(alpn, str) else tuple(alpn),
+            min_version=min_version,
+            max_version=max_version,
+            watch_interval=watch_interval,
+            location=caller_location(),
+        )
+        return attrs.evolve(self, tls=Given(spec, spec.location))
 
 
 def cluster(
@@ -377,6 +437,7 @@ class RouteSpec:
     timeout: object = None
     prefix_rewrite: object = None
     host_rewrite: object = None
+    upgrades: object = None
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
 
@@ -387,6 +448,7 @@ def _route_spec(
     timeout: object,
     prefix_rewrite: object,
     host_rewrite: object,
+    upgrades: object = None,
 ) -> RouteSpec:
     return RouteSpec(
         match=match,
@@ -395,6 +457,7 @@ def _route_spec(
         timeout=timeout,
         prefix_rewrite=prefix_rewrite,
         host_rewrite=host_rewrite,
+        upgrades=upgrades,
         location=caller_location(),
     )
 
@@ -417,14 +480,16 @@ class VhostBuilder:
         timeout: Duration | None = None,
         prefix_rewrite: str | None = None,
         host_rewrite: str | None = None,
+        upgrades: bool | None = None,
     ) -> VhostBuilder:
         """Add a route; routes are tried in order and the first match wins.
 
-        `timeout` (default 15 s, 0 = none), `prefix_rewrite` and `host_rewrite`
-        apply only to routes forwarding to a cluster or `weighted()` clusters.
+        `timeout` (default 15 s, 0 = none), `prefix_rewrite`, `host_rewrite` and
+        `upgrades` (WebSocket upgrades allowed, default True) apply only to
+        routes forwarding to a cluster or `weighted()` clusters.
         `name` defaults to "<vhost>/<index>".
         """
-        spec = _route_spec(match, target, name, timeout, prefix_rewrite, host_rewrite)
+        spec = _route_spec(match, target, name, timeout, prefix_rewrite, host_rewrite, upgrades)
         return attrs.evolve(self, routes=(*self._routes, spec))
 
 
@@ -464,6 +529,8 @@ class HttpBuilder:
     _max_headers_count: object = 100
     _generate_request_id: object = True
     _use_remote_address: object = True
+    _forward_client_cert: object = "sanitize_set"
+    _client_cert_details: object = ("subject", "uri", "dns")
     _access_logs: tuple[AccessLogSpec, ...] = ()
     _filters: tuple[Given[object], ...] = ()
     _vhosts: tuple[Given[object], ...] = ()
@@ -492,10 +559,11 @@ class HttpBuilder:
         timeout: Duration | None = None,
         prefix_rewrite: str | None = None,
         host_rewrite: str | None = None,
+        upgrades: bool | None = None,
     ) -> HttpBuilder:
         """Add a route to the virtual host "default" (domains "*"), creating it
         if needed. See `VhostBuilder.route` for the options."""
-        spec = _route_spec(match, target, name, timeout, prefix_rewrite, host_rewrite)
+        spec = _route_spec(match, target, name, timeout, prefix_rewrite, host_rewrite, upgrades)
         vhosts = list(self._vhosts)
         for i, given in enumerate(vhosts):
             vh = given.value
@@ -521,13 +589,22 @@ def http(
     max_headers_count: int = 100,
     generate_request_id: bool = True,
     use_remote_address: bool = True,
+    forward_client_cert: ForwardClientCertDetails = "sanitize_set",
+    client_cert_details: Sequence[ClientCertDetail] = ("subject", "uri", "dns"),
 ) -> HttpBuilder:
     """An HTTP connection manager filter chain.
 
     `stat_prefix` defaults to the listener's name; `codec` is "auto", "http1"
     or "http2". Durations are seconds or strings like "250ms"; 0 disables.
-    Defaults follow Envoy except `request_headers_timeout` (10 s) and
-    `server_name` ("trioproxy").
+    Defaults follow Envoy except `request_headers_timeout` (10 s),
+    `server_name` ("trioproxy") and `forward_client_cert`.
+
+    `forward_client_cert` is Envoy's forward_client_cert_details for the
+    x-forwarded-client-cert header: "sanitize", "forward_only",
+    "append_forward", "sanitize_set" (our default: set for mTLS clients,
+    removed otherwise) or "always_forward_only"; `client_cert_details`
+    picks from "subject", "cert", "chain", "dns", "uri" (Hash and By are
+    always included).
     """
     return HttpBuilder(
         stat_prefix=stat_prefix,
@@ -541,6 +618,12 @@ def http(
         max_headers_count=max_headers_count,
         generate_request_id=generate_request_id,
         use_remote_address=use_remote_address,
+        forward_client_cert=forward_client_cert,
+        client_cert_details=(
+            (client_cert_details,)
+            if isinstance(client_cert_details, str)
+            else tuple(client_cert_details)
+        ),
         location=caller_location(),
     )
 
@@ -556,6 +639,11 @@ class ListenerBuilder:
     _address: object
     _chains: tuple[Given[object], ...] = ()
     _stat_prefix: Given[object] | None = None
+    # The TLS context and match of each chain, index for index with `_chains`.
+    _chain_options: tuple[ChainOptions, ...] = ()
+    _tls_inspector: Location | None = attrs.field(default=None, eq=False, repr=False)
+    _inspect: bool = False
+    _listener_filters_timeout: Given[object] | None = None
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
@@ -563,9 +651,61 @@ class ListenerBuilder:
         """The listener's name."""
         return str(self._name)
 
-    def chain(self, chain: HttpBuilder) -> ListenerBuilder:
-        """Add a filter chain, e.g. `http(...)`."""
-        return attrs.evolve(self, chains=(*self._chains, Given(chain, caller_location())))
+    def chain(
+        self,
+        chain: HttpBuilder | TcpProxyBuilder,
+        *,
+        tls: TlsBuilder | None = None,
+        server_names: Sequence[str] = (),
+        alpn: Sequence[str] = (),
+        source: Sequence[str] = (),
+        transport: str | None = None,
+        destination_port: int | None = None,
+        name: str | None = None,
+        handshake_timeout: Duration | None = None,
+    ) -> ListenerBuilder:
+        """Add a filter chain: `http(...)` or `tcp_proxy(...)`.
+
+        `tls=tls(...)` terminates TLS on it. The rest is Envoy's
+        filter_chain_match, most specific match wins: `server_names` (SNI,
+        "*.example.com" wildcards), `alpn` (protocols the client offers),
+        `source` (client CIDRs), `transport` ("tls" or "raw_buffer") and
+        `destination_port`. Matching on SNI, ALPN or transport, or mixing TLS
+        and plaintext chains, adds the tls_inspector listener filter.
+        `handshake_timeout` bounds the TLS handshake (default 15 s).
+        """
+        here = caller_location()
+        opts = chain_options(
+            tls=tls,
+            server_names=server_names,
+            transport=transport,
+            alpn=alpn,
+            source=source,
+            destination_port=destination_port,
+            name=name,
+            handshake_timeout=handshake_timeout,
+            location=here,
+        )
+        return attrs.evolve(
+            self,
+            chains=(*self._chains, Given(chain, here)),
+            chain_options=(*self._options(), opts),
+        )
+
+    def _options(self) -> tuple[ChainOptions, ...]:
+        """`_chain_options`, padded to one per chain."""
+        missing = len(self._chains) - len(self._chain_options)
+        return self._chain_options + (ChainOptions(),) * max(0, missing)
+
+    def tls_inspector(self) -> ListenerBuilder:
+        """Add Envoy's tls_inspector listener filter explicitly (it is added
+        by itself when a chain matches on SNI, ALPN or transport)."""
+        return attrs.evolve(self, inspect=True, tls_inspector=caller_location())
+
+    def listener_filters_timeout(self, d: Duration) -> ListenerBuilder:
+        """Time allowed to the listener filters, e.g. reading the ClientHello
+        (Envoy: 15 s; 0 = no limit)."""
+        return attrs.evolve(self, listener_filters_timeout=Given(d, caller_location()))
 
     def _with_last_chain(self, update: HttpBuilder) -> ListenerBuilder:
         return attrs.evolve(
@@ -578,7 +718,11 @@ class ListenerBuilder:
             return self, self._chains[-1].value
         here = caller_location()
         implicit = HttpBuilder(location=here)
-        return attrs.evolve(self, chains=(*self._chains, Given(implicit, here))), implicit
+        return attrs.evolve(
+            self,
+            chains=(*self._chains, Given(implicit, here)),
+            chain_options=(*self._options(), ChainOptions(location=here)),
+        ), implicit
 
     def route(
         self,
@@ -589,6 +733,7 @@ class ListenerBuilder:
         timeout: Duration | None = None,
         prefix_rewrite: str | None = None,
         host_rewrite: str | None = None,
+        upgrades: bool | None = None,
     ) -> ListenerBuilder:
         """Add a route to the "default" virtual host of the last chain (adding
         `http()` first if the listener has no chain). See `VhostBuilder.route`."""
@@ -600,6 +745,7 @@ class ListenerBuilder:
             timeout=timeout,
             prefix_rewrite=prefix_rewrite,
             host_rewrite=host_rewrite,
+            upgrades=upgrades,
         )
         return this._with_last_chain(updated)
 

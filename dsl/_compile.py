@@ -519,7 +519,7 @@ class _Compiler:
         target = spec.target
         if isinstance(target, RedirectBuilder | DirectResponseBuilder):
             what = "redirect()" if isinstance(target, RedirectBuilder) else "direct_response()"
-            for option in ("timeout", "prefix_rewrite", "host_rewrite"):
+            for option in ("timeout", "prefix_rewrite", "host_rewrite", "upgrades"):
                 if getattr(spec, option) is not None:
                     self.error(
                         loc,
@@ -536,12 +536,21 @@ class _Compiler:
         host_rewrite = None
         if spec.host_rewrite is not None:
             host_rewrite = self.name(spec.host_rewrite, "host_rewrite", loc)
+        upgrades = True
+        if spec.upgrades is not None:
+            if isinstance(spec.upgrades, bool):
+                upgrades = spec.upgrades
+            else:
+                self.error(
+                    loc, f"route option upgrades= must be True or False, got {_kind(spec.upgrades)}"
+                )
         if isinstance(target, WeightedBuilder):
             return RouteAction(
                 weighted_clusters=self.weighted(target),
                 timeout=timeout,
                 prefix_rewrite=prefix_rewrite,
                 host_rewrite=host_rewrite,
+                allow_upgrades=upgrades,
             )
         if not isinstance(target, ClusterBuilder | str):
             self.error(
@@ -555,6 +564,7 @@ class _Compiler:
             timeout=timeout,
             prefix_rewrite=prefix_rewrite,
             host_rewrite=host_rewrite,
+            allow_upgrades=upgrades,
         )
 
     def weighted(self, wb: WeightedBuilder) -> tuple[WeightedCluster, ...]:

@@ -183,6 +183,7 @@ def test_jsonable_clusters() -> None:
         "choice_count": 2,
         "idle_timeout": 3600.0,
         "max_idle_per_host": 128,
+        "tls": None,
     }
     assert canary["endpoints"] == []
     assert canary["connect_timeout"] == 0.5
@@ -218,6 +219,7 @@ def test_jsonable_routes_and_actions_are_typed() -> None:
             "timeout": 2.5,
             "prefix_rewrite": "/",
             "host_rewrite": None,
+            "allow_upgrades": True,
         },
     }
     assert routes[1]["action"]["weighted_clusters"] == [

@@ -19,6 +19,7 @@ import trio
 
 from tests.conftest import cluster, counter, settle, start_proxy
 from tests.h2client import H2Client
+from tests.upstream_h2 import start_upstream_h2
 from trioproxy.config import (
     FilterChain,
     HttpConnectionManager,
@@ -177,26 +178,33 @@ async def test_status_and_message_pass_through(nursery: trio.Nursery, grpc_serve
     assert counter(server, "cluster.grpc_backend.grpc.test.Echo.Fail.failure") == 1
 
 
-async def test_grpc_timeout_sets_the_deadline(nursery: trio.Nursery, grpc_server: int) -> None:
-    """The proxy enforces `grpc-timeout` with a trailers-only DEADLINE_EXCEEDED."""
-    server = await start_proxy(nursery, grpc_mesh(f"127.0.0.1:{grpc_server}"))
+async def test_grpc_timeout_sets_the_deadline(nursery: trio.Nursery) -> None:
+    """The proxy enforces `grpc-timeout` with a trailers-only DEADLINE_EXCEEDED.
+
+    The upstream is the h2 test server told to hang (a gRPC server would race
+    the proxy to enforce the same deadline)."""
+    up = await start_upstream_h2(nursery)
+    server = await start_proxy(nursery, grpc_mesh(up.address))
     async with await H2Client.connect(port_of(server)) as c:
-        r = await c.request(
-            "POST",
-            "/test.Echo/Sleep",
-            headers=[
-                (b"content-type", b"application/grpc"),
-                (b"te", b"trailers"),
-                (b"grpc-timeout", b"200m"),
-            ],
-            body=b"\x00\x00\x00\x00\x011",  # one message: "1" (sleep one second)
-        )
+        with trio.fail_after(5):
+            r = await c.request(
+                "POST",
+                "/test.Echo/Sleep",
+                headers=[
+                    (b"content-type", b"application/grpc"),
+                    (b"te", b"trailers"),
+                    (b"grpc-timeout", b"200m"),
+                    (b"x-test-hang", b"1"),
+                ],
+                body=b"\x00\x00\x00\x00\x00",
+            )
     assert r.status == 200
     assert r.header(b"grpc-status") == b"4"
     assert r.header(b"grpc-message") == b"upstream request timeout"
     assert r.body == b"" and r.trailers == []  # trailers-only
     await settle(server)
     assert counter(server, "cluster.grpc_backend.upstream_rq_timeout") == 1
+    assert counter(server, "cluster.grpc_backend.grpc.test.Echo.Sleep.failure") == 1
 
 
 async def test_grpcio_client_deadline(nursery: trio.Nursery, grpc_server: int) -> None:

@@ -171,6 +171,12 @@ class _Base:
         """The peer's current message has been read to its end."""
         return self._conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
 
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes received past the last parsed message (after a protocol
+        switch: the start of the new protocol)."""
+        return bytes(self._conn.trailing_data[0])
+
     def start_next_cycle(self) -> bool:
         """Reset for the next message on a kept-alive connection; False if impossible."""
         try:
@@ -335,6 +341,20 @@ class Http1ServerCodec(_Base):
         )
 
     # ------------------------------------------------------------------ output
+
+    def send_switching_protocols(self, headers: Headers) -> bytes:
+        """`101 Switching Protocols` for an upgrade the client asked for."""
+        try:
+            return (
+                self._conn.send(
+                    h11.InformationalResponse(
+                        status_code=101, headers=headers, reason=b"Switching Protocols"
+                    )
+                )
+                or b""
+            )
+        except h11.LocalProtocolError as exc:
+            raise Http1Error(f"cannot switch protocols: {exc}", 502, "upgrade_failed") from None
 
     def send_100_continue(self) -> bytes:
         return (

@@ -15,17 +15,44 @@ Translation rules (RFC 9113 section 8, and what Envoy does when bridging):
   HTTP/2; `te` only as `te: trailers` (gRPC needs it);
 - header names are lower case on both sides already (h11 and h2 both give
   lower-case names).
+
+`ServerConnection` is h2's server connection with RFC 9113's stream errors
+where h2 raises connection errors (h2 4.x closes the whole connection for
+any bad header block). Rules, in the order they are checked for a client's
+HEADERS frame (every header block is HPACK-decoded first, so the shared
+compression state stays in step whatever happens to the stream):
+
+  stream id / stream state wrong (h2's own checks) -> connection error
+  HPACK undecodable, or larger than the hard cap     -> connection error
+  new stream above the last id of our GOAWAY         -> RST_STREAM REFUSED_STREAM
+  new stream beyond SETTINGS_MAX_CONCURRENT_STREAMS  -> RST_STREAM REFUSED_STREAM
+  header list over max_header_list_size / count      -> RST_STREAM INTERNAL_ERROR
+                                                        (Envoy's header_overflow)
+  malformed block (RFC 9113 8.1.1, 8.2, 8.3)         -> RST_STREAM PROTOCOL_ERROR
+  trailers without END_STREAM                        -> RST_STREAM PROTOCOL_ERROR
+
+and for DATA: a body longer or shorter than its content-length (8.1.1) is
+RST_STREAM PROTOCOL_ERROR. Each of these yields a `StreamRejected` event so
+the runtime can count it and stop the stream's task. A GOAWAY from the client
+with NO_ERROR does not end the streams already open (6.8), and
+`send_goaway()` announces a drain without closing the connection either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Final, Literal
 
 import attrs
 import h2.config
 import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
 import h2.settings
+import h2.stream
+import h2.utilities
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, WindowUpdateFrame
 
 from trioproxy.codec.http1 import strip_hop_by_hop
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead
@@ -34,6 +61,8 @@ __all__ = [
     "PREFACE",
     "Http2Error",
     "Http2Settings",
+    "ServerConnection",
+    "StreamRejected",
     "new_client_connection",
     "new_server_connection",
     "request_from_h2",
@@ -62,7 +91,9 @@ class Http2Settings:
         initial_stream_window_size: per-stream receive window (16 MiB).
         initial_connection_window_size: connection receive window (24 MiB).
         max_frame_size: SETTINGS_MAX_FRAME_SIZE we accept (16 KiB, the RFC minimum).
-        max_header_list_size: SETTINGS_MAX_HEADER_LIST_SIZE we advertise.
+        max_header_list_size: SETTINGS_MAX_HEADER_LIST_SIZE we advertise and
+            enforce per request (Envoy's max_request_headers_kb, 60 KiB).
+        max_headers_count: header fields per block (Envoy's max_headers_count).
     """
 
     max_concurrent_streams: int = 1024
@@ -70,21 +101,229 @@ class Http2Settings:
     initial_connection_window_size: int = 24 * 1024 * 1024
     max_frame_size: int = 16384
     max_header_list_size: int = 60 * 1024
+    max_headers_count: int = 100
 
 
 _DEFAULT_WINDOW: Final = 65535
 
+# HPACK-decoded size past which a header block is a connection error rather
+# than a stream error: the block must be decoded whole to keep the shared
+# compression state, so this bounds the memory one block can make us spend
+# (an "HPACK bomb"). Four times the advertised list size, at least 256 KiB.
+_HPACK_HARD_CAP_FACTOR: Final = 4
+_HPACK_HARD_CAP_MIN: Final = 256 * 1024
 
-def _connection(settings: Http2Settings, *, client_side: bool) -> h2.connection.H2Connection:
-    config = h2.config.H2Configuration(
+RejectKind = Literal["refused", "draining", "too_large", "malformed"]
+
+
+class StreamRejected(h2.events.Event):
+    """We reset a client's stream ourselves (a stream error, RFC 9113 5.4.2).
+
+    Attributes:
+        stream_id: the stream.
+        error_code: the RST_STREAM code sent.
+        kind: `refused` (over SETTINGS_MAX_CONCURRENT_STREAMS), `draining`
+            (opened after our GOAWAY), `too_large` (header list over the
+            limits), `malformed` (RFC 9113 8.1.1).
+        reason: what was wrong, for logs.
+    """
+
+    def __init__(self, stream_id: int, error_code: int, kind: RejectKind, reason: str) -> None:
+        self.stream_id = stream_id
+        self.error_code = error_code
+        self.kind: RejectKind = kind
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return (
+            f"<StreamRejected stream_id:{self.stream_id}, error_code:{self.error_code}, "
+            f"kind:{self.kind}, reason:{self.reason}>"
+        )
+
+
+_REQUEST_FLAGS: Final = h2.utilities.HeaderValidationFlags(
+    is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
+)
+_TRAILER_FLAGS: Final = h2.utilities.HeaderValidationFlags(
+    is_client=False, is_trailer=True, is_response_header=False, is_push_promise=False
+)
+
+
+def _without_content_length(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in headers if k != b"content-length"]
+
+
+class ServerConnection(h2.connection.H2Connection):
+    """h2's server connection with stream errors for stream-level faults.
+
+    See the module docstring for the rules. Uses h2 internals
+    (`_receive_headers_frame`, `_receive_data_frame`, `_receive_goaway_frame`,
+    stream state machines) as of h2 4.x; `tests/test_h2_conformance.py`
+    pins the behaviour with raw frames.
+    """
+
+    def __init__(self, config: h2.config.H2Configuration, settings: Http2Settings) -> None:
+        super().__init__(config=config)
+        self._max_list = settings.max_header_list_size
+        self._max_count = settings.max_headers_count
+        self._hard_cap = max(_HPACK_HARD_CAP_MIN, _HPACK_HARD_CAP_FACTOR * self._max_list)
+        # The last stream id of the GOAWAY we sent (None: none sent).
+        self.goaway_last_stream_id: int | None = None
+        # Set when the client sent GOAWAY with NO_ERROR.
+        self.peer_goaway = False
+
+    # ------------------------------------------------------------ outbound
+
+    def send_goaway(self, last_stream_id: int, error_code: int = 0) -> None:
+        """Queue a GOAWAY that lets streams up to `last_stream_id` finish.
+
+        h2's `close_connection()` closes its state machine, after which no
+        response could be sent; a drain needs the connection to carry on.
+        Streams the client opens above `last_stream_id` are refused.
+        """
+        f = GoAwayFrame(0)
+        f.last_stream_id = last_stream_id
+        f.error_code = error_code
+        self.goaway_last_stream_id = last_stream_id
+        self._prepare_for_sending([f])
+
+    # ------------------------------------------------------------ inbound
+
+    def _receive_headers_frame(
+        self, frame: HeadersFrame
+    ) -> tuple[list[Frame], list[h2.events.Event]]:
+        sid = frame.stream_id
+        new = sid not in self.streams
+        refuse: tuple[RejectKind, str] | None = None
+        if new:
+            last = self.goaway_last_stream_id
+            if last is not None and sid > last:
+                refuse = ("draining", "stream opened after GOAWAY")
+            elif self.open_inbound_streams >= self.local_settings.max_concurrent_streams:
+                refuse = ("refused", "SETTINGS_MAX_CONCURRENT_STREAMS exceeded")
+        # Decode whatever happens next: HPACK state is shared by all streams.
+        self.decoder.max_header_list_size = self._hard_cap
+        try:
+            headers = list(h2.connection._decode_headers(self.decoder, frame.data))
+        except h2.exceptions.DenialOfServiceError:
+            raise  # over the hard cap: ENHANCE_YOUR_CALM
+        except h2.exceptions.ProtocolError as exc:
+            # RFC 9113 4.3: COMPRESSION_ERROR (h2 says PROTOCOL_ERROR).
+            err = h2.exceptions.ProtocolError(str(exc))
+            err.error_code = h2.errors.ErrorCodes.COMPRESSION_ERROR
+            raise err from exc
+        events = self.state_machine.process_input(h2.connection.ConnectionInputs.RECV_HEADERS)
+        stream = self._get_or_create_stream(sid, h2.connection.AllowedStreamIDs.ODD)
+        end_stream = "END_STREAM" in frame.flags
+        problem: tuple[int, RejectKind, str] | None = None
+        if refuse is not None:
+            problem = (h2.errors.ErrorCodes.REFUSED_STREAM, *refuse)
+        else:
+            problem = self._check_block(headers, trailers=not new, end_stream=end_stream)
+        try:
+            frames, stream_events = stream.receive_headers(
+                headers if problem is None else _without_content_length(headers),
+                end_stream,
+                self.config.header_encoding,
+            )
+        except h2.exceptions.ProtocolError as exc:
+            if stream.state_machine.state == h2.stream.StreamState.CLOSED:
+                raise  # a state violation: h2 made it a connection error
+            # A bad content-length value: malformed, a stream error.
+            problem = (h2.errors.ErrorCodes.PROTOCOL_ERROR, "malformed", str(exc))
+            frames, stream_events = [], []
+        if problem is None and end_stream:
+            # h2 checks content-length only against DATA frames; a stream that
+            # ends with its headers or trailers must match it too (8.1.1).
+            expected = stream._expected_content_length
+            if expected is not None and expected != stream._actual_content_length:
+                problem = (
+                    h2.errors.ErrorCodes.PROTOCOL_ERROR,
+                    "malformed",
+                    f"content-length {expected} but {stream._actual_content_length} body bytes",
+                )
+        if "PRIORITY" in frame.flags and problem is None and frame.depends_on == sid:
+            problem = (h2.errors.ErrorCodes.PROTOCOL_ERROR, "malformed", "depends on itself")
+        if problem is not None:
+            code, kind, reason = problem
+            frames = [*frames, *stream.reset_stream(code)]
+            return frames, [*events, StreamRejected(sid, code, kind, reason)]
+        if "PRIORITY" in frame.flags:
+            # Priority signals are deprecated (RFC 9113 5.3.2) and ignored.
+            self.state_machine.process_input(h2.connection.ConnectionInputs.RECV_PRIORITY)
+        return frames, events + stream_events
+
+    def _check_block(
+        self, headers: list[tuple[bytes, bytes]], *, trailers: bool, end_stream: bool
+    ) -> tuple[int, RejectKind, str] | None:
+        """Why the header block is to be rejected as a stream error, or None."""
+        if len(headers) > self._max_count:
+            return (h2.errors.ErrorCodes.INTERNAL_ERROR, "too_large", "too many header fields")
+        size = sum(len(k) + len(v) + 32 for k, v in headers)
+        if size > self._max_list:
+            return (h2.errors.ErrorCodes.INTERNAL_ERROR, "too_large", "header list too large")
+        if trailers and not end_stream:
+            return (h2.errors.ErrorCodes.PROTOCOL_ERROR, "malformed", "trailers without END_STREAM")
+        try:
+            for _ in h2.utilities.validate_headers(
+                headers, _TRAILER_FLAGS if trailers else _REQUEST_FLAGS
+            ):
+                pass
+        except h2.exceptions.ProtocolError as exc:
+            return (h2.errors.ErrorCodes.PROTOCOL_ERROR, "malformed", str(exc))
+        return None
+
+    def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        try:
+            return super()._receive_data_frame(frame)
+        except h2.exceptions.InvalidBodyLengthError as exc:
+            # The frame was counted against both windows and will never be
+            # read: give the connection's share back, then reset the stream.
+            frames: list[Frame] = []
+            increment = self._inbound_flow_control_window_manager.process_bytes(
+                frame.flow_controlled_length
+            )
+            if increment:
+                wu = WindowUpdateFrame(0)
+                wu.window_increment = increment
+                frames.append(wu)
+            code = h2.errors.ErrorCodes.PROTOCOL_ERROR
+            frames.extend(self.streams[frame.stream_id].reset_stream(code))
+            return frames, [StreamRejected(frame.stream_id, code, "malformed", str(exc))]
+
+    def _receive_goaway_frame(
+        self, frame: GoAwayFrame
+    ) -> tuple[list[Frame], list[h2.events.Event]]:
+        if frame.error_code:
+            return super()._receive_goaway_frame(frame)
+        # NO_ERROR: the client opens no more streams, but those it has open
+        # may still complete (RFC 9113 6.8); h2 would drop every response.
+        self.peer_goaway = True
+        ev = h2.events.ConnectionTerminated()
+        ev.error_code = h2.errors.ErrorCodes.NO_ERROR
+        ev.last_stream_id = frame.last_stream_id
+        ev.additional_data = frame.additional_data or None
+        return [], [ev]
+
+
+def _config(*, client_side: bool, validate_inbound: bool) -> h2.config.H2Configuration:
+    return h2.config.H2Configuration(
         client_side=client_side,
         header_encoding=None,
-        validate_inbound_headers=True,
+        validate_inbound_headers=validate_inbound,
         normalize_inbound_headers=True,
         validate_outbound_headers=False,
         normalize_outbound_headers=False,
     )
-    conn = h2.connection.H2Connection(config=config)
+
+
+def _connection(settings: Http2Settings, *, client_side: bool) -> h2.connection.H2Connection:
+    conn: h2.connection.H2Connection
+    if client_side:
+        conn = h2.connection.H2Connection(config=_config(client_side=True, validate_inbound=True))
+    else:
+        # ServerConnection validates request blocks itself, as stream errors.
+        conn = ServerConnection(_config(client_side=False, validate_inbound=False), settings)
     conn.local_settings = h2.settings.Settings(
         client=client_side,
         initial_values={
@@ -102,9 +341,11 @@ def _connection(settings: Http2Settings, *, client_side: bool) -> h2.connection.
     return conn
 
 
-def new_server_connection(settings: Http2Settings) -> h2.connection.H2Connection:
+def new_server_connection(settings: Http2Settings) -> ServerConnection:
     """A server-side h2 connection with our SETTINGS and window already queued."""
-    return _connection(settings, client_side=False)
+    conn = _connection(settings, client_side=False)
+    assert isinstance(conn, ServerConnection)
+    return conn
 
 
 def new_client_connection(settings: Http2Settings) -> h2.connection.H2Connection:

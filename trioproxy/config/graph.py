@@ -111,6 +111,86 @@ class SocketAddress:
         return f"{self.host}_{self.port}".replace(":", "_")
 
 
+# --------------------------------------------------------------------------- tls
+
+
+@attrs.frozen(kw_only=True)
+class TlsCertificate:
+    """A certificate chain and its private key, from PEM files (Envoy's
+    TlsCertificate with `filename` data sources). Reloaded when the files change."""
+
+    cert_chain_file: str
+    private_key_file: str
+
+
+@attrs.frozen(kw_only=True)
+class SanMatcher:
+    """Envoy's SubjectAltNameMatcher: a SAN type and a string matcher.
+
+    A `dns` matcher of kind "exact" also accepts a wildcard SAN that covers
+    the value (`*.example.com` matches "a.example.com"), as Envoy does.
+    """
+
+    san_type: SanType
+    kind: SanMatchKind = "exact"
+    value: str
+
+
+@attrs.frozen(kw_only=True)
+class CertificateValidation:
+    """Envoy's CertificateValidationContext, files only.
+
+    `trusted_ca_file` verifies the peer's chain; `match_subject_alt_names`
+    then requires one of the peer's SANs to match one matcher.
+    """
+
+    trusted_ca_file: str | None = None
+    match_subject_alt_names: tuple[SanMatcher, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class DownstreamTlsContext:
+    """TLS termination on a filter chain (Envoy's DownstreamTlsContext)."""
+
+    certificates: tuple[TlsCertificate, ...]
+    validation: CertificateValidation | None = None
+    # Envoy: require_client_certificate false (a client certificate is then
+    # requested and verified only if a CA is configured and one is sent).
+    require_client_certificate: bool = False
+    # Envoy: empty, no ALPN. The DSL fills in ("h2", "http/1.1") for an HTTP
+    # chain with codec auto (docs/decisions.md).
+    alpn_protocols: tuple[str, ...] = ()
+    # Envoy: servers accept TLSv1_2 .. TLSv1_3.
+    min_version: TlsVersion = "TLSv1_2"
+    max_version: TlsVersion = "TLSv1_3"
+    # Not an Envoy knob (Envoy watches files with inotify or takes them from
+    # SDS): how often the files' mtimes are polled; 0 turns reloading off.
+    watch_interval: float = 5.0
+
+
+@attrs.frozen(kw_only=True)
+class UpstreamTlsContext:
+    """TLS origination to a cluster's endpoints (Envoy's UpstreamTlsContext)."""
+
+    # None: the endpoint's host when it is a DNS name, else no SNI. (Envoy's
+    # `auto_sni` takes the request's Host instead; docs/decisions.md.)
+    sni: str | None = None
+    # None: the peer is not verified (Envoy verifies only with a validation context).
+    validation: CertificateValidation | None = None
+    # With a CA and no SAN matchers, check the certificate against the SNI
+    # (Envoy needs `auto_san_validation` for this; we default it on).
+    verify_hostname: bool = True
+    # A client certificate for mTLS to the upstream.
+    certificate: TlsCertificate | None = None
+    # Envoy: empty. The DSL fills in "h2" for HTTP/2 clusters, "h2,http/1.1"
+    # for auto and "http/1.1" for HTTP/1.1 clusters.
+    alpn_protocols: tuple[str, ...] = ()
+    # Envoy: clients TLSv1_2 .. TLSv1_2; we allow TLSv1_3 (docs/decisions.md).
+    min_version: TlsVersion = "TLSv1_2"
+    max_version: TlsVersion = "TLSv1_3"
+    watch_interval: float = 5.0
+
+
 # --------------------------------------------------------------------------- clusters
 
 
@@ -136,6 +216,8 @@ class Cluster:
     # Not an Envoy knob: idle connections kept per host. Envoy keeps every idle
     # connection until idle_timeout; we cap file descriptors held per host.
     max_idle_per_host: int = 128
+    # TLS to the endpoints (Envoy's transport_socket); None is plaintext.
+    tls: UpstreamTlsContext | None = None
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
 
@@ -187,6 +269,9 @@ class RouteAction:
     timeout: float = 15.0
     prefix_rewrite: str | None = None
     host_rewrite: str | None = None
+    # Envoy's per-route UpgradeConfig `enabled` (default true): upgrades the
+    # connection manager allows (`upgrade_types`) may be tunnelled here.
+    allow_upgrades: bool = True
 
 
 @attrs.frozen(kw_only=True)
@@ -280,18 +365,84 @@ class HttpConnectionManager(NetworkFilterConfig):
     use_remote_address: bool = True
     # Envoy: per_connection_buffer_limit_bytes 1 MiB; bounds a buffered body.
     buffer_limit_bytes: int = 1024 * 1024
+    # Envoy's upgrade_configs; Envoy has none by default, we allow WebSocket
+    # (docs/decisions.md). An upgrade not listed here is refused with 403.
+    upgrade_types: tuple[str, ...] = ("websocket",)
     # HTTP/2 (Envoy 1.36 http2_protocol_options defaults; the foundation of
     # issue 3 asks for 1024 concurrent streams).
     max_concurrent_streams: int = 1024
     initial_stream_window_size: int = 16 * 1024 * 1024
     initial_connection_window_size: int = 24 * 1024 * 1024
+    # x-forwarded-client-cert (XFCC). Envoy's default is "sanitize" with no
+    # details; ours sets the header for mTLS clients with Hash, Subject, URI
+    # and DNS (docs/decisions.md). "By" and "Hash" are always included.
+    forward_client_cert_details: ForwardClientCertDetails = "sanitize_set"
+    set_current_client_cert_details: tuple[ClientCertDetail, ...] = ("subject", "uri", "dns")
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class TcpProxy(NetworkFilterConfig):
+    """Envoy's tcp_proxy: bytes both ways to a host of one cluster (or one of
+    `weighted_clusters`, picked per connection by weight)."""
+
+    stat_prefix: str
+    cluster: str | None = None
+    weighted_clusters: tuple[WeightedCluster, ...] = ()
+    # Envoy: idle_timeout 1 h (0 disables); max_connect_attempts 1.
+    idle_timeout: float = 3600.0
+    max_connect_attempts: int = 1
+    access_logs: tuple[AccessLog, ...] = ()
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class FilterChainMatch:
+    """Envoy's filter_chain_match. Empty fields match anything.
+
+    Criteria are applied in Envoy's order (destination port, destination IP,
+    server name, transport protocol, application protocols, source IP,
+    source port); at each step the most specific matching chains are kept
+    and the rest dropped, with no backtracking.
+    """
+
+    destination_port: int | None = None
+    prefix_ranges: tuple[str, ...] = ()  # CIDRs such as "10.0.0.0/8"
+    # Lower-case; "*.example.com" matches any name ending in ".example.com".
+    server_names: tuple[str, ...] = ()
+    transport_protocol: TransportProtocol = ""
+    application_protocols: tuple[str, ...] = ()
+    source_prefix_ranges: tuple[str, ...] = ()
+    source_ports: tuple[int, ...] = ()
+
+    @property
+    def needs_inspection(self) -> bool:
+        """True if matching needs the TLS ClientHello (SNI, ALPN or TLS-ness)."""
+        return bool(self.server_names or self.transport_protocol or self.application_protocols)
 
 
 @attrs.frozen(kw_only=True)
 class FilterChain:
     filters: tuple[NetworkFilterConfig, ...]
+    match: FilterChainMatch = FilterChainMatch()
+    # TLS termination (Envoy's transport_socket); None is plaintext.
+    tls: DownstreamTlsContext | None = None
+    name: str = ""
+    # Envoy's transport_socket_connect_timeout (unset there: no limit); we
+    # bound the TLS handshake so a silent client cannot hold a connection.
+    transport_socket_connect_timeout: float = 15.0
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class ListenerFilterConfig:
+    """Base of every listener filter's config class. Filters register by type."""
+
+
+@attrs.frozen(kw_only=True)
+class TlsInspector(ListenerFilterConfig):
+    """Envoy's tls_inspector: read (without consuming) the ClientHello to
+    learn the SNI and ALPN used to choose a filter chain."""
 
 
 @attrs.frozen(kw_only=True)
@@ -301,6 +452,9 @@ class Listener:
     filter_chains: tuple[FilterChain, ...]
     # Envoy: stat names use the address unless stat_prefix is set.
     stat_prefix: str | None = None
+    listener_filters: tuple[ListenerFilterConfig, ...] = ()
+    # Envoy: listener_filters_timeout 15 s; the connection is closed on expiry.
+    listener_filters_timeout: float = 15.0
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
     @property

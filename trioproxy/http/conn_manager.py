@@ -59,6 +59,18 @@ def reason_phrase(status: int) -> bytes:
     return REASONS.get(status, b"")
 
 
+def _requested_upgrade(headers: Headers) -> bytes | None:
+    """The `Upgrade` value if the request asks for one (`Connection: upgrade`)."""
+    upgrade: bytes | None = None
+    asked = False
+    for k, v in headers:
+        if k == b"upgrade":
+            upgrade = v
+        elif k == b"connection" and b"upgrade" in v.lower():
+            asked = any(t.strip().lower() == b"upgrade" for t in v.split(b","))
+    return upgrade if asked and upgrade else None
+
+
 class _DateCache:
     """The `date` header value, formatted at most once per second."""
 
@@ -93,6 +105,8 @@ class HcmStats:
         self.cx_http2_active = stats.gauge(p + "downstream_cx_http2_active")
         self.rq_http2_total = c(p + "downstream_rq_http2_total")
         self.rx_messaging_error = c(p + "rx_messaging_error")
+        self.cx_upgrades_total = c(p + "downstream_cx_upgrades_total")
+        self.cx_upgrades_active = stats.gauge(p + "downstream_cx_upgrades_active")
         self.cx_destroy = c(p + "downstream_cx_destroy")
         self.cx_protocol_error = c(p + "downstream_cx_protocol_error")
         self.cx_idle_timeout = c(p + "downstream_cx_idle_timeout")
@@ -139,6 +153,7 @@ class ActiveStream:
         "response_length",
         "response_started",
         "response_trailers",
+        "upgrade",
     )
 
     def __init__(
@@ -163,11 +178,21 @@ class ActiveStream:
         self.response_complete = False
         self.response_length: int | None = None  # the response's content-length
         self.response_trailers: Headers = []
+        # The `Upgrade` the client asked for (e.g. b"websocket"), lower case.
+        self.upgrade: bytes | None = None
         # Set when the exchange was abandoned half way: HTTP/1.1 closes the
         # connection, HTTP/2 resets the stream.
         self.close_connection = False
         self.idle_scope: trio.CancelScope | None = None
         self._filters: tuple[HttpFilter, ...] = ()
+
+    @property
+    def hcm_stats(self) -> HcmStats:
+        return self._hcm.stats
+
+    def touch(self) -> None:
+        """Push the stream idle timeout forward (activity in either direction)."""
+        self._touch()
 
     def _touch(self) -> None:
         scope = self.idle_scope
@@ -198,6 +223,11 @@ class ActiveStream:
         raise NotImplementedError
 
     async def _write_head(self, head: ResponseHead, end_stream: bool) -> None:
+        raise NotImplementedError
+
+    async def accept_upgrade(self, head: ResponseHead) -> tuple[Connection, bytes]:
+        """Send the upstream's 101 and hand over the raw downstream connection
+        with the bytes already read past the request."""
         raise NotImplementedError
 
     async def _write_data(self, data: bytes) -> None:
@@ -427,6 +457,23 @@ class Http1Stream(ActiveStream):
     async def _write_data(self, data: bytes) -> None:
         await self._send(self._codec.send_data(data))
 
+    async def accept_upgrade(self, head: ResponseHead) -> tuple[Connection, bytes]:
+        info = self.info
+        info.response = head
+        info.response_code = head.status
+        headers = [(k, v) for k, v in head.headers if k != b"server"]
+        headers.append((b"server", self._hcm.server_name))
+        self.response_started = True
+        try:
+            data = self._codec.send_switching_protocols(headers)
+        except Http1Error:
+            self.close_connection = True
+            raise DownstreamReset("101 could not be encoded") from None
+        await self._send(data)
+        self.response_complete = True
+        self.close_connection = True  # the connection now belongs to the tunnel
+        return self._conn, self._codec.trailing_data
+
     async def _write_end(self, trailers: Headers | None) -> None:
         await self._send(self._codec.send_end(trailers))
 
@@ -636,6 +683,9 @@ class ConnectionManager:
         stats.rq_total.inc()
         stats.rq_active.inc()
         info = stream.info
+        if info.protocol == "HTTP/1.1":
+            up = _requested_upgrade(stream.head.headers)
+            stream.upgrade = up.lower() if up is not None else None
         self._prepare_request(stream.head, info.downstream_remote_address)
         try:
             with trio.CancelScope(
@@ -674,7 +724,11 @@ class ConnectionManager:
 
     def _prepare_request(self, head: RequestHead, remote: str) -> None:
         """Edit the request as Envoy's HCM does before routing."""
+        upgrade = _requested_upgrade(head.headers)
         headers = strip_hop_by_hop(head.headers)
+        if upgrade is not None:
+            # Hop-by-hop, but the upstream must see them to switch protocols.
+            headers += [(b"connection", b"upgrade"), (b"upgrade", upgrade)]
         cfg = self.config
         ip = remote.rsplit(":", 1)[0].strip("[]")
         out: Headers = []

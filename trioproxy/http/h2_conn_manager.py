@@ -1,6 +1,8 @@
 """HTTP/2 downstream connections for the HTTP connection manager.
 
     connection task (serve_h2)
+    ├─ writer task: the connection's `FrameWriter` (all output)
+    ├─ drain watcher: GOAWAY when the connection manager starts draining
     ├─ reader loop (this task): bytes → h2 events → per-stream state
     └─ stream nursery: one task per request stream, running the same
        `ConnectionManager.run_stream` as HTTP/1.1 (filters → router)
@@ -10,21 +12,37 @@ when the stream's consumer (the router's body pump) has taken it, so a slow
 upstream slows the client down, and response DATA is sent only inside the
 client's window, so a slow reader slows the upstream relay. Memory per stream
 is bounded by the stream window (16 MiB by default), per connection by the
-connection window (24 MiB).
+connection window (24 MiB); output waiting for a slow client by
+`_OUTPUT_BACKLOG` (the reader stops reading while that much is queued, so a
+client that floods PINGs without reading our answers cannot grow it).
 
-A stream reset by the client (RST_STREAM) wakes whatever its task waits on
-with `DownstreamReset`, which resets the upstream request; a stream that ends
-without a complete response is reset towards the client (the HTTP/2 way to
-say "truncated"), the connection carries on. All output goes through the
-connection's `FrameWriter` task; the reader loop never waits on a write.
+Errors (RFC 9113 5.4), with the protocol rules in `ServerConnection`:
+- stream errors (a malformed request, a content-length mismatch, a header
+  list over the limits, a stream over SETTINGS_MAX_CONCURRENT_STREAMS) reset
+  that stream only; its task, if it started, sees `DownstreamProtocolError`;
+- connection errors send GOAWAY with h2's error code and end the connection;
+- a stream reset by the client (RST_STREAM) wakes whatever its task waits on
+  with `DownstreamReset`, which resets the upstream request; a stream that ends
+  without a complete response is reset towards the client (the HTTP/2 way to
+  say "truncated").
+
+Connection lifetime, as Envoy:
+- idle timeout (`idle_timeout`, 1 h): armed while no stream is open (PINGs
+  do not keep a connection alive), then GOAWAY NO_ERROR and close;
+- drain (`begin_drain(hcm)`): GOAWAY with last-stream-id 2^31-1 at once (a
+  notice: streams in flight towards us are still served), then after
+  `DRAIN_NOTICE_SECONDS` a GOAWAY with the last stream id actually received;
+  streams above it are refused, the connection closes when its streams end;
+- a client's GOAWAY NO_ERROR: no new streams, the open ones finish.
 """
 
 from __future__ import annotations
 
+import math
+import weakref
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
-import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -32,20 +50,66 @@ import trio
 
 from trioproxy.codec.http2 import (
     Http2Error,
+    ServerConnection,
+    StreamRejected,
     request_from_h2,
     response_to_h2,
     trailers_to_h2,
 )
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead
 from trioproxy.http.conn_manager import ActiveStream
-from trioproxy.net.errors import DownstreamReset
+from trioproxy.net.errors import DownstreamProtocolError, DownstreamReset
 from trioproxy.net.h2_writer import FrameWriter
 from trioproxy.net.network import Connection
 
 if TYPE_CHECKING:
     from trioproxy.http.conn_manager import ConnectionManager
 
-__all__ = ["Http2Stream", "serve_h2"]
+__all__ = ["DRAIN_NOTICE_SECONDS", "Http2Stream", "begin_drain", "serve_h2"]
+
+# Envoy's HCM drain_timeout: the time between the GOAWAY notice and the final
+# GOAWAY, for requests already on the wire to arrive.
+DRAIN_NOTICE_SECONDS: Final = 5.0
+
+# The largest stream id: the last-stream-id of a GOAWAY that is only a notice.
+_MAX_STREAM_ID: Final = 2**31 - 1
+
+# Output queued for the client past which the reader stops reading (1 MiB):
+# every frame we answer with (PING and SETTINGS acks, RST_STREAM,
+# WINDOW_UPDATE) is caused by input, so not reading bounds the queue. Envoy
+# bounds the same queue by frame count (max_outbound_frames 10000) and closes
+# the connection instead; waiting is kinder to a client that is merely slow.
+_OUTPUT_BACKLOG: Final = 1024 * 1024
+
+
+class _DrainSignal:
+    __slots__ = ("event", "notice")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.notice = DRAIN_NOTICE_SECONDS
+
+
+_DRAIN: weakref.WeakKeyDictionary[ConnectionManager, _DrainSignal] = weakref.WeakKeyDictionary()
+
+
+def _drain_signal(hcm: ConnectionManager) -> _DrainSignal:
+    signal = _DRAIN.get(hcm)
+    if signal is None:
+        signal = _DRAIN[hcm] = _DrainSignal()
+    return signal
+
+
+def begin_drain(hcm: ConnectionManager, *, notice: float = DRAIN_NOTICE_SECONDS) -> None:
+    """Start draining every HTTP/2 connection of `hcm` (and mark it draining).
+
+    Each connection sends a GOAWAY notice now and its final GOAWAY after
+    `notice` seconds, then closes once its streams are done. No checkpoint.
+    """
+    hcm.draining = True
+    signal = _drain_signal(hcm)
+    signal.notice = notice
+    signal.event.set()
 
 
 class Http2Stream(ActiveStream):
@@ -55,6 +119,7 @@ class Http2Stream(ActiveStream):
         "_chunks",
         "_data_ready",
         "_h2c",
+        "_protocol_error",
         "_reset_event",
         "_window_open",
         "ended_by_peer",
@@ -72,7 +137,10 @@ class Http2Stream(ActiveStream):
         self._data_ready = trio.Event()
         self._window_open = trio.Event()
         self._reset_event = trio.Event()
+        # The client reset the stream, or the connection ended under it.
         self.reset_by_peer = False
+        # We reset the stream because of the client's fault (a stream error).
+        self._protocol_error: str | None = None
         self.ended_by_peer = end_stream
         cl = head.get(b"content-length")
         self.content_length = cl
@@ -80,6 +148,7 @@ class Http2Stream(ActiveStream):
         self._body_done = end_stream
 
     # ----------------------------------------------------------- reader side
+    # Called by the reader task; never checkpoint.
 
     def on_data(self, data: bytes, flow_controlled: int) -> None:
         self._chunks.append((data, flow_controlled))
@@ -93,12 +162,31 @@ class Http2Stream(ActiveStream):
 
     def on_reset(self) -> None:
         self.reset_by_peer = True
+        self._wake_all()
+
+    def on_protocol_error(self, reason: str) -> None:
+        """The codec reset the stream for a client fault (already sent)."""
+        self._protocol_error = reason
+        self._wake_all()
+
+    def on_window(self) -> None:
+        self._window_open.set()
+
+    def _wake_all(self) -> None:
         self._reset_event.set()
         self._data_ready.set()
         self._window_open.set()
 
-    def on_window(self) -> None:
-        self._window_open.set()
+    @property
+    def closed(self) -> bool:
+        """Reset either way: nothing more can be sent or received."""
+        return self.reset_by_peer or self._protocol_error is not None
+
+    def _check_open(self) -> None:
+        if self._protocol_error is not None:
+            raise DownstreamReset(f"stream reset: {self._protocol_error}")
+        if self.reset_by_peer:
+            raise DownstreamReset("client reset the stream")
 
     # ----------------------------------------------------------- request body
 
@@ -106,6 +194,8 @@ class Http2Stream(ActiveStream):
         if self._body_done:
             return None
         while True:
+            if self._protocol_error is not None:
+                raise DownstreamProtocolError(self._protocol_error)
             if self.reset_by_peer:
                 raise DownstreamReset("client reset the stream")
             if self._chunks:
@@ -132,10 +222,12 @@ class Http2Stream(ActiveStream):
     # ----------------------------------------------------------- response
 
     async def _write_head(self, head: ResponseHead, end_stream: bool) -> None:
-        if self.reset_by_peer:
-            raise DownstreamReset("client reset the stream")
+        self._check_open()
         h2c = self._h2c
-        h2c.h2.send_headers(self.stream_id, response_to_h2(head), end_stream=end_stream)
+        try:
+            h2c.h2.send_headers(self.stream_id, response_to_h2(head), end_stream=end_stream)
+        except h2.exceptions.ProtocolError:
+            raise DownstreamReset("stream closed") from None
         await h2c.flush()
 
     async def _write_data(self, data: bytes) -> None:
@@ -144,11 +236,10 @@ class Http2Stream(ActiveStream):
         sid = self.stream_id
         view = memoryview(data)
         while view:
-            if self.reset_by_peer:
-                raise DownstreamReset("client reset the stream")
+            self._check_open()
             try:
                 window = conn.local_flow_control_window(sid)
-            except h2.exceptions.StreamClosedError:
+            except h2.exceptions.ProtocolError:
                 raise DownstreamReset("stream closed") from None
             n = min(window, conn.max_outbound_frame_size, len(view))
             if n <= 0:
@@ -156,18 +247,28 @@ class Http2Stream(ActiveStream):
                     self._window_open = trio.Event()
                 await self._window_open.wait()
                 continue
-            conn.send_data(sid, bytes(view[:n]))
-            view = view[n:]
+            # Queue every frame the window allows, then wait once for the
+            # socket: one checkpoint per window's worth, not per frame.
+            try:
+                while n > 0:
+                    conn.send_data(sid, bytes(view[:n]))
+                    view = view[n:]
+                    n = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                    n = min(n, len(view))
+            except h2.exceptions.ProtocolError:
+                raise DownstreamReset("stream closed") from None
             await h2c.flush()
 
     async def _write_end(self, trailers: Headers | None) -> None:
-        if self.reset_by_peer:
-            raise DownstreamReset("client reset the stream")
+        self._check_open()
         h2c = self._h2c
-        if trailers:
-            h2c.h2.send_headers(self.stream_id, trailers_to_h2(trailers), end_stream=True)
-        else:
-            h2c.h2.end_stream(self.stream_id)
+        try:
+            if trailers:
+                h2c.h2.send_headers(self.stream_id, trailers_to_h2(trailers), end_stream=True)
+            else:
+                h2c.h2.end_stream(self.stream_id)
+        except h2.exceptions.ProtocolError:
+            raise DownstreamReset("stream closed") from None
         await h2c.flush()
 
     def _abort(self) -> None:
@@ -183,12 +284,24 @@ class _H2Downstream:
         self.conn = conn
         self.remote = remote
         self.local = local
-        self.h2: h2.connection.H2Connection = hcm.new_h2_connection()
+        h2conn = hcm.new_h2_connection()
+        assert isinstance(h2conn, ServerConnection)
+        self.h2: ServerConnection = h2conn
         self.writer = FrameWriter(
             self.h2, conn, DownstreamReset, on_bytes=hcm.stats.cx_tx_bytes_total.inc
         )
         self.streams: dict[int, Http2Stream] = {}
         self.closed = False
+        # The reader's scopes: `_idle` has the idle deadline while no stream
+        # is open; `_done` is cancelled when a draining connection (or one
+        # the client sent GOAWAY on) has no stream left.
+        self._idle = trio.CancelScope(deadline=trio.current_time() + hcm.idle_timeout)
+        self._done = trio.CancelScope()
+        self._draining = False
+        self._final_goaway = False
+        # The client sent GOAWAY NO_ERROR (set in event order, so streams it
+        # opened before the GOAWAY, in the same read, are still served).
+        self._peer_goaway = False
 
     async def flush(self) -> None:
         await self.writer.flush()
@@ -196,20 +309,23 @@ class _H2Downstream:
     def acknowledge(self, stream_id: int, size: int) -> None:
         try:
             self.h2.acknowledge_received_data(size, stream_id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except h2.exceptions.ProtocolError:
             return
         self.writer.kick()
 
     def reset(self, stream_id: int, code: int) -> None:
         try:
             self.h2.reset_stream(stream_id, code)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except h2.exceptions.ProtocolError:
             pass
         self.writer.kick()
 
+    # ----------------------------------------------------------- lifetime
+
     async def run(self, initial: bytes) -> None:
         async with trio.open_nursery() as writer_nursery:
-            writer_nursery.start_soon(self._write, writer_nursery.cancel_scope)
+            writer_nursery.start_soon(self._write)
+            writer_nursery.start_soon(self._watch_drain)
             try:
                 async with trio.open_nursery() as nursery:
                     try:
@@ -228,40 +344,87 @@ class _H2Downstream:
             finally:
                 writer_nursery.cancel_scope.cancel()
 
-    async def _write(self, scope: trio.CancelScope) -> None:
+    async def _write(self) -> None:
         await self.writer.run()
         if self.writer.failed is not None:
             # The client is gone: stop reading too.
             self.conn.close_nowait()
 
+    async def _watch_drain(self) -> None:
+        """GOAWAY notice when draining starts, the final GOAWAY after the notice
+        period; cancelled with the writer when the connection ends."""
+        signal = _drain_signal(self.hcm)
+        if not self.hcm.draining:
+            await signal.event.wait()
+        self._start_drain()
+        await trio.sleep(signal.notice)
+        self._send_final_goaway()
+
+    def _start_drain(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        self.h2.send_goaway(_MAX_STREAM_ID)
+        self.writer.kick()
+        self._check_done()
+
+    def _send_final_goaway(self) -> None:
+        if self._final_goaway or self.closed:
+            return
+        self._final_goaway = True
+        self.h2.send_goaway(self.h2.highest_inbound_stream_id)
+        self.writer.kick()
+        self._check_done()
+
+    def _check_done(self) -> None:
+        """End the reader once no stream is left on a connection that is ending."""
+        if self.streams:
+            return
+        if self._final_goaway or self._peer_goaway:
+            self._done.cancel()
+
+    # ----------------------------------------------------------- reading
+
     async def _read_loop(self, nursery: trio.Nursery, data: bytes) -> None:
         hcm = self.hcm
         stats = hcm.stats
-        while True:
-            if data:
-                stats.cx_rx_bytes_total.inc(len(data))
-                try:
-                    events = self.h2.receive_data(data)
-                except h2.exceptions.ProtocolError:
-                    stats.cx_protocol_error.inc()
-                    return
-                for ev in events:
-                    if not self._dispatch(nursery, ev):
-                        return
-                self.writer.kick()
-            if hcm.draining and not self.streams:
-                return
-            if self.streams:
-                data = await self.conn.receive_some()
-            else:
-                with trio.move_on_after(hcm.idle_timeout) as idle:
+        with self._done:
+            with self._idle:
+                while True:
+                    if data:
+                        stats.cx_rx_bytes_total.inc(len(data))
+                        try:
+                            events = self.h2.receive_data(data)
+                        except h2.exceptions.ProtocolError:
+                            # h2 queued GOAWAY with the error code.
+                            stats.cx_protocol_error.inc()
+                            return
+                        for ev in events:
+                            if not self._dispatch(nursery, ev):
+                                self.writer.kick()
+                                return
+                        self.writer.kick()
+                        if hcm.draining and not self._draining:
+                            # Draining was set without `begin_drain`.
+                            _drain_signal(hcm).event.set()
+                        self._check_done()
+                    if self.writer.backlog > _OUTPUT_BACKLOG:
+                        await self.writer.wait_backlog_below(_OUTPUT_BACKLOG)
                     data = await self.conn.receive_some()
-                if idle.cancelled_caught:
-                    stats.cx_idle_timeout.inc()
-                    self.h2.close_connection()
-                    return
-            if not data:
-                return
+                    if not data:
+                        return
+            if self._idle.cancelled_caught:
+                stats.cx_idle_timeout.inc()
+                self.h2.send_goaway(self.h2.highest_inbound_stream_id)
+                self.writer.kick()
+
+    def _stream_opened(self) -> None:
+        self._idle.deadline = math.inf
+
+    def _stream_closed(self) -> None:
+        if not self.streams:
+            self._idle.deadline = trio.current_time() + self.hcm.idle_timeout
+            self._check_done()
 
     def _dispatch(self, nursery: trio.Nursery, ev: h2.events.Event) -> bool:
         """Apply one h2 event; False ends the connection."""
@@ -273,12 +436,13 @@ class _H2Downstream:
             assert isinstance(ev, h2.events.DataReceived)
             sid = ev.stream_id or 0
             s = self.streams.get(sid)
-            if s is None:
+            flow = ev.flow_controlled_length or 0
+            if s is None or s.closed:
                 # A stream we already finished: give the window back at once.
-                if ev.flow_controlled_length:
-                    self.h2.acknowledge_received_data(ev.flow_controlled_length, sid)
+                if flow:
+                    self.h2.acknowledge_received_data(flow, sid)
             else:
-                s.on_data(ev.data or b"", ev.flow_controlled_length or 0)
+                s.on_data(ev.data or b"", flow)
         elif t is h2.events.TrailersReceived:
             assert isinstance(ev, h2.events.TrailersReceived)
             s = self.streams.get(ev.stream_id or 0)
@@ -294,6 +458,9 @@ class _H2Downstream:
             s = self.streams.get(ev.stream_id or 0)
             if s is not None:
                 s.on_reset()  # counted as downstream_rq_rx_reset by run_stream
+        elif t is StreamRejected:
+            assert isinstance(ev, StreamRejected)
+            self._rejected(ev)
         elif t is h2.events.WindowUpdated:
             assert isinstance(ev, h2.events.WindowUpdated)
             if ev.stream_id:
@@ -307,8 +474,18 @@ class _H2Downstream:
             for s in self.streams.values():
                 s.on_window()
         elif t is h2.events.ConnectionTerminated:
-            return False
+            # The client's GOAWAY: with NO_ERROR its open streams finish
+            # (ServerConnection keeps the connection usable), else it is over.
+            self._peer_goaway = self.h2.peer_goaway
+            return self._peer_goaway
         return True
+
+    def _rejected(self, ev: StreamRejected) -> None:
+        if ev.kind == "malformed":
+            self.hcm.stats.rx_messaging_error.inc()
+        s = self.streams.get(ev.stream_id)
+        if s is not None:
+            s.on_protocol_error(ev.reason)
 
     def _new_stream(self, nursery: trio.Nursery, ev: h2.events.RequestReceived) -> None:
         sid = ev.stream_id or 0
@@ -319,12 +496,14 @@ class _H2Downstream:
             self.hcm.stats.rx_messaging_error.inc()
             self.reset(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return
-        if self.hcm.draining:
+        if self._peer_goaway:
+            # RFC 9113 6.8: the client promised to open no more streams.
             self.reset(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         stream = Http2Stream(self, sid, head, end_stream=end)
         self.hcm.stats.rq_http2_total.inc()
         self.streams[sid] = stream
+        self._stream_opened()
         nursery.start_soon(self._run_stream, stream)
 
     async def _run_stream(self, stream: Http2Stream) -> None:
@@ -334,9 +513,11 @@ class _H2Downstream:
         finally:
             del self.streams[sid]
             if not self.closed and not self.conn.closed:
-                if not stream.response_complete and not stream.reset_by_peer:
+                if stream.closed:
+                    pass  # reset already, one way or the other
+                elif not stream.response_complete:
                     stream._abort()
-                elif not stream.ended_by_peer and not stream.reset_by_peer:
+                elif not stream.ended_by_peer:
                     # Answered before the request ended: stop the client sending.
                     self.reset(sid, h2.errors.ErrorCodes.NO_ERROR)
                 # Give back the window of request data nobody will read.
@@ -348,6 +529,7 @@ class _H2Downstream:
                             pass
                 stream._chunks.clear()
                 self.writer.kick()
+                self._stream_closed()
 
 
 async def serve_h2(

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from trioproxy.codec.grpc import GRPC_STATUS, is_grpc, parse_timeout
-from trioproxy.codec.stream import RequestHead
+from trioproxy.codec.stream import RequestHead, ResponseHead
 from trioproxy.config import DirectResponseAction, RedirectAction, Route, RouteAction
+from trioproxy.http.upgrade import tunnel
 from trioproxy.net.errors import (
     ConnectFailure,
     DownstreamProtocolError,
@@ -36,6 +37,7 @@ from trioproxy.net.errors import (
     UpstreamProtocolError,
     UpstreamReset,
 )
+from trioproxy.net.pool import UpstreamHttp1
 from trioproxy.upstream.cluster_manager import ClusterManager, ClusterRuntime, Host
 
 if TYPE_CHECKING:
@@ -67,13 +69,28 @@ def _reset_reason(message: str) -> tuple[str, str]:
 class _Forward:
     """The state of one forwarded request, shared by the relay and the pump."""
 
-    __slots__ = ("downstream_error", "request_done", "route_scope", "timeout")
+    __slots__ = (
+        "downstream_error",
+        "request_done",
+        "route_scope",
+        "timeout",
+        "watch_done",
+        "watch_scope",
+    )
 
     def __init__(self, route_scope: trio.CancelScope, timeout: float) -> None:
         self.route_scope = route_scope
         self.timeout = timeout
         self.request_done = False
         self.downstream_error: BaseException | None = None
+        # The downstream watcher's scope, and an event set once it has exited
+        # (an upgrade must take the socket over from it).
+        self.watch_scope = trio.CancelScope()
+        self.watch_done = trio.Event()
+
+    async def stop_watching(self) -> None:
+        self.watch_scope.cancel()
+        await self.watch_done.wait()
 
     def start_route_timer(self) -> None:
         # Envoy's route timeout starts once the whole request has been received.
@@ -138,6 +155,12 @@ class Router:
             await stream.local_reply(503, flag="NC", details="cluster_not_found")
             return
         head = stream.head
+        if stream.upgrade is not None and not (
+            action.allow_upgrades and stream.upgrade.decode("latin-1") in hcm.config.upgrade_types
+        ):
+            # Envoy refuses an upgrade it is not configured for.
+            await stream.local_reply(403, details="upgrade_failed")
+            return
         if action.prefix_rewrite is not None or action.host_rewrite is not None:
             _rewrite(head, route, action)
         timeout = action.timeout if action.timeout > 0 else math.inf
@@ -247,7 +270,7 @@ class Router:
             else:
                 nursery.start_soon(self._watch_downstream, stream, fwd, nursery.cancel_scope)
             try:
-                await self._relay_response(stream, cluster, host, up, started)
+                await self._relay_response(stream, cluster, host, up, started, fwd)
             except (UpstreamReset, UpstreamProtocolError, DownstreamReset) as exc:
                 relay_error = exc
             if not stream.body_done:
@@ -264,7 +287,13 @@ class Router:
         self, stream: ActiveStream, fwd: _Forward, relay_scope: trio.CancelScope
     ) -> None:
         """Abandon the exchange if the client leaves before the response ends."""
-        if await stream.watch_disconnect():
+        left = False
+        try:
+            with fwd.watch_scope:
+                left = await stream.watch_disconnect()
+        finally:
+            fwd.watch_done.set()
+        if left:
             stream.close_connection = True
             if stream.response_body_sent:
                 # A client that closes right after reading the whole response
@@ -291,12 +320,15 @@ class Router:
             # The client is gone or broke framing: abandon the exchange.
             fwd.downstream_error = exc
             stream.close_connection = True
+            fwd.watch_done.set()
             relay_scope.cancel()
             return
         except UpstreamReset:
             # The upstream stopped reading; the relay sees its response or reset.
             fwd.request_done = True
             stream.close_connection = True
+            fwd.watch_done.set()
+            return
         await self._watch_downstream(stream, fwd, relay_scope)
 
     async def _relay_response(
@@ -306,6 +338,7 @@ class Router:
         host: Host,
         up: UpstreamStream,
         started: float,
+        fwd: _Forward,
     ) -> None:
         resp = await up.receive_response_head()
         now = trio.current_time()
@@ -314,6 +347,9 @@ class Router:
         cluster.on_response(host, resp.status, elapsed_ms)
         stream.info.response_code_details = "via_upstream"
         resp.headers.append((b"x-envoy-upstream-service-time", str(int(elapsed_ms)).encode()))
+        if resp.status == 101:
+            await self._tunnel(stream, up, resp, fwd)
+            return
         no_body = stream.head.method == b"HEAD" or resp.status in (204, 304)
         if no_body or getattr(up, "ended_with_head", False):
             # No body, or an HTTP/2 response that ended with its headers (a
@@ -325,6 +361,42 @@ class Router:
         while (chunk := await up.receive_data()) is not None:
             await stream.send_data(chunk)
         await stream.send_end(up.trailers or None)
+
+    async def _tunnel(
+        self, stream: ActiveStream, up: UpstreamStream, resp: ResponseHead, fwd: _Forward
+    ) -> None:
+        """The upstream agreed to switch protocols: join the two sockets."""
+        if stream.upgrade is None or not isinstance(up, UpstreamHttp1):
+            raise UpstreamProtocolError("101 Switching Protocols without an upgrade request")
+        # The route timeout covered the handshake; the tunnel lives until
+        # either side closes or the stream idle timeout fires.
+        fwd.route_scope.deadline = math.inf
+        await fwd.stop_watching()
+        down_conn, down_buffered = await stream.accept_upgrade(resp)
+        hcm_stats = stream.hcm_stats
+        hcm_stats.cx_upgrades_total.inc()
+        hcm_stats.cx_upgrades_active.inc()
+        info = stream.info
+
+        def downstream_bytes(n: int) -> None:
+            info.bytes_received += n
+            stream.touch()
+
+        def upstream_bytes(n: int) -> None:
+            info.bytes_sent += n
+            stream.touch()
+
+        try:
+            await tunnel(
+                down_conn,
+                down_buffered,
+                up.conn,
+                up.codec.trailing_data,
+                on_downstream_bytes=downstream_bytes,
+                on_upstream_bytes=upstream_bytes,
+            )
+        finally:
+            hcm_stats.cx_upgrades_active.dec()
 
 
 def _rewrite(head: RequestHead, route: Route, action: RouteAction) -> None:

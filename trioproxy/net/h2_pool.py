@@ -17,6 +17,12 @@ the server's window.
 
 Cancellation safety: `release(stream, reusable=False)` resets an unfinished
 stream (RST_STREAM CANCEL) without a checkpoint; the connection carries on.
+A cancel or failure during a new connection's TLS handshake closes its
+socket in `connect_upstream` before any counter moved.
+
+TLS: with `tls`, connections are dialled with TLS; if ALPN is offered the
+upstream must negotiate h2, otherwise the connect fails (503 UF with the
+ALPN mismatch as the transport failure reason).
 """
 
 from __future__ import annotations
@@ -40,8 +46,9 @@ from trioproxy.codec.http2 import (
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead
 from trioproxy.net.errors import ConnectFailure, UpstreamProtocolError, UpstreamReset
 from trioproxy.net.h2_writer import FrameWriter
-from trioproxy.net.network import Connection, Network
+from trioproxy.net.network import Connection, Network, close_stream_nowait
 from trioproxy.net.pool import PoolStats
+from trioproxy.net.tls import ClientTls, connect_upstream
 from trioproxy.net.upstream import UpstreamStream
 
 __all__ = ["Http2Pool", "UpstreamHttp2"]
@@ -410,8 +417,10 @@ class Http2Pool:
         connect_timeout: float,
         idle_timeout: float,
         settings: Http2Settings | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         self._network = network
+        self._tls = tls
         self.host = host
         self.port = port
         self._stats = stats
@@ -452,18 +461,44 @@ class Http2Pool:
         cx.lent += 1
         return UpstreamHttp2(cx)
 
+    def has_room(self) -> bool:
+        """True if an open connection can take another stream now."""
+        return self._pick() is not None
+
+    async def adopt(self, stream: trio.abc.Stream) -> UpstreamHttp2:
+        """A stream on a new connection over `stream`, already dialled (and
+        TLS-handshaken with ALPN h2) by the caller, e.g. an `auto` pool.
+
+        Raises:
+            ConnectFailure: the upstream sent no SETTINGS in time.
+        """
+        cx = await self._start(stream)
+        cx.lent += 1
+        return UpstreamHttp2(cx)
+
     async def _connect(self) -> H2UpstreamConnection:
         if self.nursery is None:
             raise RuntimeError("Http2Pool.nursery is not set (ClusterManager.run not started)")
         try:
-            stream = await self._network.connect_tcp(
-                self.host, self.port, timeout=self._connect_timeout
+            stream = await connect_upstream(
+                self._network,
+                self.host,
+                self.port,
+                timeout=self._connect_timeout,
+                tls=self._tls,
+                accept_alpn=("h2",),
             )
         except Exception as exc:
             self._stats.cx_connect_fail.inc()
             if getattr(exc, "reason", "") == "connection_timeout":
                 self._stats.cx_connect_timeout.inc()
             raise
+        return await self._start(stream)
+
+    async def _start(self, stream: trio.abc.Stream) -> H2UpstreamConnection:
+        if self.nursery is None:
+            close_stream_nowait(stream)
+            raise RuntimeError("Http2Pool.nursery is not set (ClusterManager.run not started)")
         self._stats.cx_total.inc()
         self._stats.cx_active.inc()
         self.active += 1

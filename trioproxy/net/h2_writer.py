@@ -11,7 +11,14 @@ write, and this writer task:
   SETTINGS/PING acks and WINDOW_UPDATEs;
 - `await flush()` asks for a write and waits until the bytes queued so far are
   in the kernel: streams use it so a slow peer slows its writers (the memory
-  held is bounded by the peer's flow-control windows).
+  held is bounded by the peer's flow-control windows);
+- `backlog` is the number of bytes taken from h2 and not yet written, and
+  `await wait_backlog_below(n)` lets the reader stop reading while the peer
+  does not read what we answer (PING acks, RST_STREAM, WINDOW_UPDATE are all
+  caused by input, so this bounds them).
+
+`kick()` moves h2's queued bytes into the writer's own buffer at once, so the
+backlog is known without reaching into h2.
 
 If a write fails the writer records the error, wakes every waiter and ends;
 `flush()` then raises the connection's error type.
@@ -45,13 +52,25 @@ class FrameWriter:
         self._on_bytes = on_bytes
         self._wake = trio.Event()
         self._done = trio.Event()
+        self._queue: list[bytes] = []  # taken from h2, not yet handed to the socket
+        self._queued = 0
+        self._sending = 0  # bytes handed to the socket and not yet written
         self._requested = 0
         self._written = 0
         self.failed: str | None = None
         self.stopped = False
 
+    @property
+    def backlog(self) -> int:
+        """Bytes taken from h2 and not yet written to the socket."""
+        return self._queued + self._sending
+
     def kick(self) -> None:
         """Ask for the queued frames to be sent; returns at once."""
+        data = self._h2.data_to_send()
+        if data:
+            self._queue.append(data)
+            self._queued += len(data)
         self._requested += 1
         self._wake.set()
 
@@ -70,6 +89,12 @@ class FrameWriter:
         if self.failed is not None:
             raise self._error(self.failed)
 
+    async def wait_backlog_below(self, limit: int) -> None:
+        """Wait until fewer than `limit` bytes wait to be written (or the
+        writer stopped: the caller then finds the connection closed)."""
+        while self.backlog >= limit and not self.stopped:
+            await self._done.wait()
+
     async def run(self) -> None:
         """Write until cancelled or the connection fails."""
         try:
@@ -77,13 +102,22 @@ class FrameWriter:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 target = self._requested
-                data = self._h2.data_to_send()
-                if data:
+                more = self._h2.data_to_send()
+                if more:
+                    self._queue.append(more)
+                    self._queued += len(more)
+                if self._queue:
+                    queue, self._queue = self._queue, []
+                    data = queue[0] if len(queue) == 1 else b"".join(queue)
+                    self._queued = 0
+                    self._sending = len(data)
                     try:
                         await self._conn.send_all(data)
                     except ProxyIOError as exc:
                         self.failed = str(exc) or "write failed"
                         return
+                    finally:
+                        self._sending = 0
                     if self._on_bytes is not None:
                         self._on_bytes(len(data))
                 self._written = target

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import select
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -22,7 +22,7 @@ from trioproxy.net.errors import (
     ProxyIOError,
 )
 
-__all__ = ["Connection", "Network", "TrioNetwork"]
+__all__ = ["Connection", "Network", "TrioNetwork", "close_stream_nowait", "socket_of"]
 
 # One receive: 64 KiB, the same read size Envoy's socket reads use. It bounds
 # how much one `receive_some` can pull into memory.
@@ -81,8 +81,40 @@ class TrioNetwork:
         return trio.SocketListener(sock), (host, port)
 
     def addresses(self, stream: trio.abc.Stream) -> tuple[str, str]:
-        sock = stream.socket  # type: ignore[attr-defined]
+        sock: Any = socket_of(stream)
         return _fmt_addr(sock.getpeername()), _fmt_addr(sock.getsockname())
+
+
+def socket_of(stream: object) -> object | None:
+    """The OS socket under `stream`, looking through wrappers (TLS, replayed
+    bytes) by their `transport_stream`; None for memory streams."""
+    for _ in range(8):  # wrappers nest a few deep at most
+        sock = getattr(stream, "socket", None)
+        if sock is not None:
+            return sock
+        inner = getattr(stream, "transport_stream", None)
+        if inner is None:
+            return None
+        stream = inner
+    return None
+
+
+def close_stream_nowait(stream: object) -> None:
+    """Close `stream` at once, without a checkpoint (for `finally` blocks
+    under cancellation). A TLS stream is closed without close_notify."""
+    sock = socket_of(stream)
+    if sock is not None:
+        sock.close()  # type: ignore[attr-defined]
+        return
+    for _ in range(8):
+        close = getattr(stream, "close", None)  # trio's memory streams
+        if callable(close):
+            close()
+            return
+        inner = getattr(stream, "transport_stream", None)
+        if inner is None:
+            return
+        stream = inner
 
 
 def _fmt_addr(addr: tuple[str, int]) -> str:
@@ -125,6 +157,16 @@ class Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise self._error(str(exc) or type(exc).__name__) from None
 
+    async def send_eof(self) -> None:
+        """Shut our write half (half-close) if the stream can; TLS streams cannot."""
+        send_eof = getattr(self.stream, "send_eof", None)
+        if send_eof is None:
+            return
+        try:
+            await send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise self._error(str(exc) or type(exc).__name__) from None
+
     async def aclose(self) -> None:
         """Close at once (never waits on the peer); safe to call twice."""
         if self.closed:
@@ -137,13 +179,7 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        sock = getattr(self.stream, "socket", None)
-        if sock is not None:
-            sock.close()
-            return
-        close = getattr(self.stream, "close", None)  # trio's memory streams
-        if callable(close):
-            close()
+        close_stream_nowait(self.stream)
 
     def peer_closed(self) -> bool:
         """True if the peer has closed or sent unexpected bytes (idle-pool check).
@@ -151,11 +187,11 @@ class Connection:
         A pooled idle connection must have nothing to read; readable means EOF,
         a reset, or garbage, and in every case it must not be reused.
         """
-        sock = getattr(self.stream, "socket", None)
+        sock = socket_of(self.stream)
         if sock is None:
             return False
         try:
-            fd = sock.fileno()
+            fd = sock.fileno()  # type: ignore[attr-defined]
         except OSError:
             return True
         if fd < 0:

@@ -11,7 +11,13 @@ Cancellation safety: a stream cancelled anywhere between `acquire()` and
 `release()` must still call `release(conn, reusable=False)` (the router does
 so in a `finally`), which closes the socket without a checkpoint, so no
 socket or counter leaks. `acquire()` itself either returns a connection or
-raises; a cancel during connect closes the half-made socket inside trio.
+raises; a cancel during connect closes the half-made socket inside trio, and
+a cancel or failure during a TLS handshake closes it in `connect_upstream`.
+Counters move only after `dial()` returned a connected stream.
+
+TLS: with `tls`, a new connection is dialled and handshaken within the one
+connect timeout; if ALPN is offered, the upstream must pick http/1.1 (or
+nothing).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from trioproxy.codec.http1 import (
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead
 from trioproxy.net.errors import UpstreamProtocolError, UpstreamReset
 from trioproxy.net.network import Connection, Network
+from trioproxy.net.tls import ClientTls, connect_upstream
 from trioproxy.net.upstream import UpstreamStream
 from trioproxy.observe.stats import Counter, Gauge
 
@@ -153,8 +160,12 @@ class Http1Pool:
         connect_timeout: float,
         idle_timeout: float,
         max_idle: int,
+        tls: ClientTls | None = None,
+        accept_alpn: tuple[str | None, ...] = (None, "http/1.1"),
     ) -> None:
         self._network = network
+        self._tls = tls
+        self._accept_alpn = accept_alpn
         self.host = host
         self.port = port
         self._stats = stats
@@ -171,6 +182,13 @@ class Http1Pool:
         Raises:
             ConnectFailure / ConnectTimeout: a new connection could not be made.
         """
+        up = self.pop_idle()
+        if up is not None:
+            return up
+        return self.adopt(await self.dial())
+
+    def pop_idle(self) -> UpstreamHttp1 | None:
+        """An idle connection that is still usable, or None."""
         now = trio.current_time()
         while self._idle:
             up = self._idle.pop()
@@ -178,15 +196,31 @@ class Http1Pool:
                 self._destroy(up)
                 continue
             return up
+        return None
+
+    async def dial(self) -> trio.abc.Stream:
+        """A new connected (and, for TLS, handshaken) stream, not yet counted.
+
+        Raises:
+            ConnectFailure / ConnectTimeout: counted in `upstream_cx_connect_fail`.
+        """
         try:
-            stream = await self._network.connect_tcp(
-                self.host, self.port, timeout=self._connect_timeout
+            return await connect_upstream(
+                self._network,
+                self.host,
+                self.port,
+                timeout=self._connect_timeout,
+                tls=self._tls,
+                accept_alpn=self._accept_alpn,
             )
         except Exception as exc:
             self._stats.cx_connect_fail.inc()
             if getattr(exc, "reason", "") == "connection_timeout":
                 self._stats.cx_connect_timeout.inc()
             raise
+
+    def adopt(self, stream: trio.abc.Stream) -> UpstreamHttp1:
+        """Make a dialled stream one of this pool's connections (no checkpoint)."""
         self._stats.cx_total.inc()
         self._stats.cx_active.inc()
         self.active += 1

@@ -5,6 +5,7 @@
        ├─ demo services (examples only)
        ├─ access-log sinks (flushers)
        ├─ admin listener
+       ├─ certificate watchers (one per TLS context; poll file mtimes)
        └─ one accept loop per listener socket
           └─ connection task (one per downstream connection)
 
@@ -12,26 +13,59 @@ The server owns the stats store, the cluster manager and the router. A
 connection task that raises an unexpected error is logged and counted; it
 never takes the server down. Accept loops survive EMFILE/ENFILE/ENOBUFS/ENOMEM
 by logging and backing off, as trio's own `serve_listeners` does.
+
+A connection goes through the listener, as in Envoy:
+
+    listener filters (e.g. tls_inspector), all within listener_filters_timeout
+    → filter-chain selection (runtime.filter_chains; none: close, stat
+      `no_filter_chain_match`)
+    → the chain's TLS handshake, if it terminates TLS, within the chain's
+      transport_socket_connect_timeout (stats `listener.<addr>.ssl.*`)
+    → the chain's terminal network filter (HTTP connection manager, TCP proxy)
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
+import random
 import socket
 import time
 from typing import Any
 
 import trio
 
+# Built-in network and listener filters register themselves on import.
+import trioproxy.filters.network.http_connection_manager
+import trioproxy.filters.network.tcp_proxy
+import trioproxy.filters.network.tls_inspector  # noqa: F401
 from trioproxy import __version__
-from trioproxy.config import HttpConnectionManager, Listener, Mesh, SocketAddress
+from trioproxy.config import (
+    AccessLog,
+    FilterChain,
+    HttpConnectionManager,
+    Listener,
+    Mesh,
+    SocketAddress,
+    TcpProxy,
+)
+from trioproxy.filters.network.base import (
+    LISTENER_FILTERS,
+    NETWORK_FILTERS,
+    DownstreamConnection,
+    ListenerFilter,
+    NetworkFilter,
+)
+from trioproxy.filters.network.http_connection_manager import HttpConnectionManagerFilter
 from trioproxy.http.conn_manager import ConnectionManager
 from trioproxy.http.router import Router
 from trioproxy.net.network import Network, TrioNetwork
+from trioproxy.net.tls import DOWNSTREAM_TLS, HandshakeError, ServerTls, server_handshake
 from trioproxy.observe.stats import StatsStore
 from trioproxy.runtime.demo import serve_demo_service
+from trioproxy.runtime.filter_chains import ChainSelector, ConnectionFacts
 from trioproxy.upstream.cluster_manager import ClusterManager
 
 __all__ = ["Server"]
@@ -43,19 +77,49 @@ _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBU
 _ACCEPT_BACKOFF = 0.1
 
 
-class ListenerRuntime:
-    """One configured listener: its sockets, stats and connection manager."""
+class ChainRuntime:
+    """One filter chain of a listener: its TLS context and terminal filter."""
 
-    def __init__(self, config: Listener, hcm: ConnectionManager, stats: StatsStore) -> None:
+    def __init__(self, config: FilterChain, filter: NetworkFilter, tls: ServerTls | None) -> None:
         self.config = config
-        self.hcm = hcm
+        self.filter = filter
+        self.tls = tls
+
+
+class ListenerRuntime:
+    """One configured listener: its sockets, stats, listener filters and chains."""
+
+    def __init__(
+        self,
+        config: Listener,
+        chains: list[ChainRuntime],
+        listener_filters: list[ListenerFilter],
+        stats: StatsStore,
+    ) -> None:
+        self.config = config
+        self.chains = chains
+        self.listener_filters = listener_filters
+        self.selector = ChainSelector([(c.config.match, c) for c in chains])
         p = f"listener.{config.stat_name}."
         self.cx_total = stats.counter(p + "downstream_cx_total")
         self.cx_active = stats.gauge(p + "downstream_cx_active")
         self.cx_destroy = stats.counter(p + "downstream_cx_destroy")
         self.cx_length = stats.histogram(p + "downstream_cx_length_ms")
+        self.no_filter_chain_match = stats.counter(p + "no_filter_chain_match")
+        self.pre_cx_timeout = stats.counter(p + "downstream_pre_cx_timeout")
+        self.ssl_connection_error = stats.counter(p + "ssl.connection_error")
         self.sockets: list[trio.abc.Listener[trio.abc.Stream]] = []
         self.bound: SocketAddress | None = None
+
+    @property
+    def hcms(self) -> list[ConnectionManager]:
+        """The HTTP connection managers of this listener's chains (for drains)."""
+        return [c.filter.hcm for c in self.chains if isinstance(c.filter, HttpConnectionManagerFilter)]
+
+    @property
+    def hcm(self) -> ConnectionManager:
+        """The first chain's HTTP connection manager."""
+        return self.hcms[0]
 
 
 class Server:
@@ -163,7 +227,7 @@ class Server:
             for lc in self.mesh.listeners
             for chain in lc.filter_chains
             for f in chain.filters
-            if isinstance(f, HttpConnectionManager)
+            if isinstance(f, HttpConnectionManager | TcpProxy)
             for al in f.access_logs
         ]
         if not configs:
@@ -173,26 +237,42 @@ class Server:
         return AccessLogManager(hostname=self.hostname)
 
     def _access_loggers_for(self, hcm: HttpConnectionManager) -> list[Any]:
+        return self.access_loggers(hcm.access_logs)
+
+    def access_loggers(self, configs: tuple[AccessLog, ...]) -> list[Any]:
+        """Loggers for access-log configs (the filters' `FilterContext`)."""
         if self._access_logs is None:
             return []
-        return [self._access_logs.logger(al) for al in hcm.access_logs]
+        return [self._access_logs.logger(al) for al in configs]
+
+    async def _chain(self, lc: Listener, index: int, chain: FilterChain) -> ChainRuntime:
+        prefix = f"listener.{lc.stat_name}."
+        tls = None
+        if chain.tls is not None:
+            cfg = chain.tls
+            what = f"listener {lc.name!r} chain {chain.name or index}"
+            # Reading certificate files is disk I/O: off the event loop.
+            tls = await trio.to_thread.run_sync(
+                lambda: ServerTls(cfg, self.stats, prefix, what)
+            )
+        terminal = chain.filters[-1]
+        factory = NETWORK_FILTERS[type(terminal)]
+        return ChainRuntime(chain, factory(terminal, self, chain, prefix), tls)
 
     async def _start_listener(self, nursery: trio.Nursery, lc: Listener) -> None:
-        # Filter-chain matching (SNI, ALPN, source) comes with TLS; until then
-        # a listener's first chain serves every connection.
-        hcm_cfg = next(
-            f
-            for chain in lc.filter_chains
-            for f in chain.filters
-            if isinstance(f, HttpConnectionManager)
-        )
-        hcm = ConnectionManager(
-            hcm_cfg,
-            router=self.router,
-            stats=self.stats,
-            access_loggers=self._access_loggers_for(hcm_cfg),
-        )
-        lr = ListenerRuntime(lc, hcm, self.stats)
+        prefix = f"listener.{lc.stat_name}."
+        chains = [
+            await self._chain(lc, i, chain)
+            for i, chain in enumerate(lc.filter_chains)
+            if chain.filters
+        ]
+        listener_filters = [
+            LISTENER_FILTERS[type(lf)](lf, self, prefix) for lf in lc.listener_filters
+        ]
+        lr = ListenerRuntime(lc, chains, listener_filters, self.stats)
+        for c in chains:
+            if c.tls is not None:
+                nursery.start_soon(c.tls.watch)
         try:
             sock, (host, port) = await self.network.listen_tcp(lc.address.host, lc.address.port)
         except OSError as exc:
@@ -226,6 +306,10 @@ class Server:
                     raise
                 conns.start_soon(self._connection, lr, stream)
 
+    @property
+    def rng(self) -> random.Random:
+        return self.clusters.rng
+
     async def _connection(self, lr: ListenerRuntime, stream: trio.abc.Stream) -> None:
         lr.cx_total.inc()
         lr.cx_active.inc()
@@ -235,7 +319,47 @@ class Server:
                 remote, local = self.network.addresses(stream)
             except OSError:
                 return  # the peer left before we looked
-            await lr.hcm.serve_connection(stream, remote=remote, local=local)
+            conn = DownstreamConnection(remote=remote, local=local)
+            if lr.listener_filters:
+                with trio.move_on_after(lr.config.listener_filters_timeout or math.inf) as scope:
+                    for lf in lr.listener_filters:
+                        carry_on = await lf.on_accept(stream, conn)
+                        if carry_on is None:
+                            return
+                        stream = carry_on
+                if scope.cancelled_caught:
+                    lr.pre_cx_timeout.inc()
+                    return
+            chain = lr.selector.select(
+                ConnectionFacts(
+                    destination_ip=conn.local_ip,
+                    destination_port=conn.local_port,
+                    server_name=conn.server_name,
+                    transport_protocol=conn.transport_protocol,
+                    application_protocols=conn.requested_alpn,
+                    source_ip=conn.remote_ip,
+                    source_port=conn.remote_port,
+                )
+            )
+            if chain is None:
+                lr.no_filter_chain_match.inc()
+                return
+            if chain.tls is not None:
+                timeout = chain.config.transport_socket_connect_timeout or math.inf
+                with trio.move_on_after(timeout) as scope:
+                    try:
+                        stream, conn.tls = await server_handshake(
+                            stream, chain.tls, sni=conn.server_name
+                        )
+                    except HandshakeError as exc:
+                        lr.ssl_connection_error.inc()
+                        log.debug("TLS handshake from %s failed: %s", remote, exc)
+                        return
+                if scope.cancelled_caught:
+                    lr.ssl_connection_error.inc()
+                    return
+                DOWNSTREAM_TLS.set(conn.tls)
+            await chain.filter.serve(stream, conn)
         except Exception:
             # A bug must cost one connection, never the server.
             self.connection_errors.inc()

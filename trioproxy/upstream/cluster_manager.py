@@ -22,9 +22,11 @@ import trio
 from trioproxy.codec.grpc import grpc_status_of, service_and_method
 from trioproxy.codec.stream import Headers, StreamInfo
 from trioproxy.config import Cluster, Endpoint
+from trioproxy.net.auto_pool import AutoPool
 from trioproxy.net.h2_pool import Http2Pool
 from trioproxy.net.network import Network
 from trioproxy.net.pool import Http1Pool, PoolStats
+from trioproxy.net.tls import ClientTls, connect_upstream
 from trioproxy.net.upstream import UpstreamPool
 from trioproxy.observe.stats import Counter, StatsStore
 from trioproxy.upstream.lb import BALANCERS, LoadBalancer
@@ -81,8 +83,12 @@ class ClusterRuntime:
             cx_connect_timeout=stats.counter(p + "upstream_cx_connect_timeout"),
             cx_destroy=stats.counter(p + "upstream_cx_destroy"),
         )
+        self.pool_stats = pool_stats
+        self._network = network
+        # TLS origination (stats `cluster.<name>.ssl.*`); None for plaintext.
+        self.tls = ClientTls(config.tls, stats, p) if config.tls is not None else None
         self.hosts = [
-            Host(str(ep.address), ep.weight, self._pool(network, config, ep, pool_stats))
+            Host(str(ep.address), ep.weight, self._pool(network, config, ep, pool_stats, self.tls))
             for ep in config.endpoints
         ]
         self._rng = rng
@@ -104,8 +110,23 @@ class ClusterRuntime:
 
     @staticmethod
     def _pool(
-        network: Network, config: Cluster, ep: Endpoint, pool_stats: PoolStats
+        network: Network,
+        config: Cluster,
+        ep: Endpoint,
+        pool_stats: PoolStats,
+        tls: ClientTls | None,
     ) -> UpstreamPool:
+        if config.protocol == "auto" and tls is not None:
+            return AutoPool(
+                network,
+                ep.address.host,
+                ep.address.port,
+                stats=pool_stats,
+                tls=tls,
+                connect_timeout=config.connect_timeout,
+                idle_timeout=config.idle_timeout,
+                max_idle=config.max_idle_per_host,
+            )
         if config.protocol == "http2":
             return Http2Pool(
                 network,
@@ -114,7 +135,10 @@ class ClusterRuntime:
                 stats=pool_stats,
                 connect_timeout=config.connect_timeout,
                 idle_timeout=config.idle_timeout,
+                tls=tls,
             )
+        # "auto" without TLS has no ALPN to go by: HTTP/1.1 (the compiler
+        # rejects that combination; a hand-built graph gets HTTP/1.1).
         return Http1Pool(
             network,
             ep.address.host,
@@ -123,7 +147,40 @@ class ClusterRuntime:
             connect_timeout=config.connect_timeout,
             idle_timeout=config.idle_timeout,
             max_idle=config.max_idle_per_host,
+            tls=tls,
         )
+
+    async def connect(self, host: Host) -> trio.abc.Stream:
+        """A raw connection to `host` (TLS if the cluster has it), for the TCP
+        proxy. Counts `upstream_cx_total` / `upstream_cx_connect_fail`; the
+        caller calls `disconnected()` when it closes the stream.
+
+        Raises:
+            ConnectFailure / ConnectTimeout: the connection could not be made.
+        """
+        pool = host.pool
+        st = self.pool_stats
+        try:
+            stream = await connect_upstream(
+                self._network,
+                pool.host,
+                pool.port,
+                timeout=self.config.connect_timeout,
+                tls=self.tls,
+            )
+        except Exception as exc:
+            st.cx_connect_fail.inc()
+            if getattr(exc, "reason", "") == "connection_timeout":
+                st.cx_connect_timeout.inc()
+            raise
+        st.cx_total.inc()
+        st.cx_active.inc()
+        return stream
+
+    def disconnected(self) -> None:
+        """A connection from `connect()` was closed."""
+        self.pool_stats.cx_active.dec()
+        self.pool_stats.cx_destroy.inc()
 
     def rebuild(self) -> None:
         """Recompute the balancer and membership gauges after a health change."""
@@ -225,8 +282,10 @@ class ClusterManager:
         async with trio.open_nursery() as nursery:
             for c in self.clusters.values():
                 for host in c.hosts:
-                    if isinstance(host.pool, Http2Pool):
+                    if isinstance(host.pool, Http2Pool | AutoPool):
                         host.pool.nursery = nursery
+                if c.tls is not None:
+                    nursery.start_soon(c.tls.watch)
             task_status.started()
             await trio.sleep_forever()
 
