@@ -251,9 +251,7 @@ def start_proxy(
     return proc, f"http://127.0.0.1:{listen_h1}", f"http://127.0.0.1:{listen_h2}"
 
 
-def run_h2load(
-    url: str, n: int, opts: Options, cpu: int | None, procs: Processes
-) -> H2loadResult:
+def run_h2load(url: str, n: int, opts: Options, cpu: int | None, procs: Processes) -> H2loadResult:
     argv = ["h2load", "-c", str(opts.clients), "-m", str(opts.streams), "-n", str(n), url]
     proc = procs.start("h2load", argv, cpu=cpu)
     try:
@@ -315,13 +313,17 @@ def format_table(cases: list[Case]) -> str:
                 _pct(c.cpu.get("backend")),
                 _pct(c.cpu.get("h2load")),
                 _pct(c.cpu.get("trioproxy")) if "proxied" in c.name else "-",
-                "-" if c.proxy_cpu_us_per_request is None or "direct" in c.name
+                "-"
+                if c.proxy_cpu_us_per_request is None or "direct" in c.name
                 else f"{c.proxy_cpu_us_per_request:.0f}us",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
         for row in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
@@ -364,8 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         pin=not args.no_pin,
     )
     if shutil.which("h2load") is None:
-        print("h2bench: h2load is not installed (Debian: apt-get install nghttp2-client)",
-              file=sys.stderr)
+        print(
+            "h2bench: h2load is not installed (Debian: apt-get install nghttp2-client)",
+            file=sys.stderr,
+        )
         return EXIT_MISSING_TOOL
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     pinning = Pinning.choose(opts.pin)

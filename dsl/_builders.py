@@ -359,6 +359,46 @@ def weighted(*entries: tuple[str | ClusterBuilder, int]) -> WeightedBuilder:
 
 
 @attrs.frozen(kw_only=True)
+class RetryBuilder:
+    """A retry policy for a route's `retry=` option. Made by `retry()`."""
+
+    _on: object
+    _num_retries: object = 1
+    _per_try_timeout: object = None
+    _status_codes: object = ()
+    _max_replay_bytes: object = 1024 * 1024
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def retry(
+    on: str,
+    *,
+    num_retries: int = 1,
+    per_try_timeout: Duration | None = None,
+    status_codes: tuple[int, ...] = (),
+    max_replay_bytes: int = 1024 * 1024,
+) -> RetryBuilder:
+    """Retry a route's failed tries (Envoy's retry_policy).
+
+    `on` lists conditions, comma-separated: 5xx, gateway-error, reset,
+    connect-failure, refused-stream, retriable-4xx, retriable-status-codes
+    (with `status_codes`), and for gRPC cancelled, deadline-exceeded,
+    resource-exhausted, unavailable, internal. `num_retries` is the number of
+    retries after the first try (Envoy's default 1). `per_try_timeout` bounds
+    each try (the route timeout still covers them all). Request bodies up to
+    `max_replay_bytes` are kept for replay; a larger body is not retried.
+    """
+    return RetryBuilder(
+        on=on,
+        num_retries=num_retries,
+        per_try_timeout=per_try_timeout,
+        status_codes=status_codes,
+        max_replay_bytes=max_replay_bytes,
+        location=caller_location(),
+    )
+
+
+@attrs.frozen(kw_only=True)
 class RedirectBuilder:
     """Answer with an HTTP redirect. Made by `redirect()`."""
 
@@ -438,6 +478,7 @@ class RouteSpec:
     prefix_rewrite: object = None
     host_rewrite: object = None
     upgrades: object = None
+    retry: object = None
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
 
@@ -449,6 +490,7 @@ def _route_spec(
     prefix_rewrite: object,
     host_rewrite: object,
     upgrades: object = None,
+    retry: object = None,
 ) -> RouteSpec:
     return RouteSpec(
         match=match,
@@ -458,6 +500,7 @@ def _route_spec(
         prefix_rewrite=prefix_rewrite,
         host_rewrite=host_rewrite,
         upgrades=upgrades,
+        retry=retry,
         location=caller_location(),
     )
 
@@ -481,15 +524,19 @@ class VhostBuilder:
         prefix_rewrite: str | None = None,
         host_rewrite: str | None = None,
         upgrades: bool | None = None,
+        retry: RetryBuilder | None = None,
     ) -> VhostBuilder:
         """Add a route; routes are tried in order and the first match wins.
 
         `timeout` (default 15 s, 0 = none), `prefix_rewrite`, `host_rewrite` and
-        `upgrades` (WebSocket upgrades allowed, default True) apply only to
+        `upgrades` (WebSocket upgrades allowed, default True) and `retry`
+        (a `retry(...)` policy) apply only to
         routes forwarding to a cluster or `weighted()` clusters.
         `name` defaults to "<vhost>/<index>".
         """
-        spec = _route_spec(match, target, name, timeout, prefix_rewrite, host_rewrite, upgrades)
+        spec = _route_spec(
+            match, target, name, timeout, prefix_rewrite, host_rewrite, upgrades, retry
+        )
         return attrs.evolve(self, routes=(*self._routes, spec))
 
 
@@ -560,10 +607,13 @@ class HttpBuilder:
         prefix_rewrite: str | None = None,
         host_rewrite: str | None = None,
         upgrades: bool | None = None,
+        retry: RetryBuilder | None = None,
     ) -> HttpBuilder:
         """Add a route to the virtual host "default" (domains "*"), creating it
         if needed. See `VhostBuilder.route` for the options."""
-        spec = _route_spec(match, target, name, timeout, prefix_rewrite, host_rewrite, upgrades)
+        spec = _route_spec(
+            match, target, name, timeout, prefix_rewrite, host_rewrite, upgrades, retry
+        )
         vhosts = list(self._vhosts)
         for i, given in enumerate(vhosts):
             vh = given.value
@@ -734,6 +784,7 @@ class ListenerBuilder:
         prefix_rewrite: str | None = None,
         host_rewrite: str | None = None,
         upgrades: bool | None = None,
+        retry: RetryBuilder | None = None,
     ) -> ListenerBuilder:
         """Add a route to the "default" virtual host of the last chain (adding
         `http()` first if the listener has no chain). See `VhostBuilder.route`."""
@@ -746,6 +797,7 @@ class ListenerBuilder:
             prefix_rewrite=prefix_rewrite,
             host_rewrite=host_rewrite,
             upgrades=upgrades,
+            retry=retry,
         )
         return this._with_last_chain(updated)
 

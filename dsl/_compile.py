@@ -11,10 +11,11 @@ Rules of this file:
   types of `trioproxy.config.graph`, so the graph stays the one source of truth.
 
 Checks, in the order they run: mesh items; cluster definitions (including
-clusters used as builder objects in routes) and duplicate names; listeners
-(names, addresses, chains, vhosts, domains, routes, matches, targets,
-cluster references); admin and demo services; address clashes between
-everything that binds a port.
+clusters used as builder objects in routes and TCP proxies; upstream TLS)
+and duplicate names; listeners (names, addresses, chains, vhosts, domains,
+routes, matches, targets, cluster references; TLS files, filter-chain
+matches and the tls_inspector, in `_compile_tls`); admin and demo services;
+address clashes between everything that binds a port.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from trioproxy.config import (
     Mesh,
     QueryParameterMatcher,
     RedirectAction,
+    RetryPolicy,
     Route,
     RouteAction,
     RouteConfig,
@@ -50,6 +52,7 @@ from trioproxy.config import (
     WeightedCluster,
 )
 from trioproxy.config.graph import (
+    RETRY_ON,
     Action,
     CodecType,
     LbPolicy,
@@ -72,11 +75,21 @@ from ._builders import (
     MeshBuilder,
     QuerySpec,
     RedirectBuilder,
+    RetryBuilder,
     RouteSpec,
     VhostBuilder,
     WeightedBuilder,
 )
+from ._compile_tls import (
+    apply_chain_options,
+    default_alpn_for_codec,
+    finish_listener,
+    tcp_proxy_chain,
+    upstream_tls,
+    xfcc_options,
+)
 from ._errors import MeshError, MeshIssue
+from ._tls_builders import TcpProxyBuilder
 from ._values import BadValue, parse_bind_address, parse_duration, parse_endpoint_address
 
 __all__ = ["compile_mesh"]
@@ -132,6 +145,9 @@ def _walk_clusters(items: Iterable[object]) -> Iterator[ClusterBuilder]:
             yield item
         elif isinstance(item, ListenerBuilder):
             for chain in item._chains:
+                if isinstance(chain.value, TcpProxyBuilder):
+                    yield from _target_clusters(chain.value._target)
+                    continue
                 if not isinstance(chain.value, HttpBuilder):
                     continue
                 for vh in chain.value._vhosts:
@@ -147,6 +163,15 @@ def _walk_clusters(items: Iterable[object]) -> Iterator[ClusterBuilder]:
                                     first = entry[0]
                                     if isinstance(first, ClusterBuilder):
                                         yield first
+
+
+def _target_clusters(target: object) -> Iterator[ClusterBuilder]:
+    if isinstance(target, ClusterBuilder):
+        yield target
+    elif isinstance(target, WeightedBuilder):
+        for entry in target._entries:
+            if isinstance(entry, tuple | list) and entry and isinstance(entry[0], ClusterBuilder):
+                yield entry[0]
 
 
 class _Compiler:
@@ -321,12 +346,29 @@ class _Compiler:
         protocol = self.choice(
             cb._protocol.value, get_args(UpstreamProtocol), "protocol", cb._protocol.location
         )
+        tls = None
+        if cb._tls is not None:
+            tls = upstream_tls(
+                self,
+                cb._tls.value,
+                cb._tls.location,
+                name,
+                protocol,
+                [e.address.host for e in endpoints],
+            )
+        elif protocol == "auto":
+            self.error(
+                cb._protocol.location,
+                f"cluster {name!r}: auto_http() picks the protocol by TLS ALPN,"
+                " so it needs .tls(...)",
+            )
         return Cluster(
             name=name,
             endpoints=tuple(endpoints),
             lb_policy=lb,
             protocol=protocol,
             connect_timeout=connect_timeout,
+            tls=tls,
             location=loc,
         )
 
@@ -364,14 +406,28 @@ class _Compiler:
         name = self.name(lb._name, "listener", loc)
         address = self.bind_address(lb._address, f"listener {name!r}", loc)
         chains: list[FilterChain] = []
-        for given in lb._chains:
+        for i, (given, opts) in enumerate(zip(lb._chains, lb._options(), strict=True)):
+            what = f"listener {name!r} chain {i}"
             if isinstance(given.value, HttpBuilder):
-                chains.append(self.chain(given.value, name, given.location))
+                chain = self.chain(given.value, name, given.location)
+                codec = cast(HttpConnectionManager, chain.filters[0]).codec
+                alpn = default_alpn_for_codec(codec)
+            elif isinstance(given.value, TcpProxyBuilder):
+                chain = tcp_proxy_chain(self, given.value, name, given.location)
+                alpn = ()
             else:
                 self.error(
                     given.location,
-                    f"listener {name!r}: a chain must be http(...), got {_kind(given.value)}",
+                    f"listener {name!r}: a chain must be http(...) or tcp_proxy(...),"
+                    f" got {_kind(given.value)}",
                 )
+                continue
+            chains.append(apply_chain_options(self, chain, opts, what, alpn))
+        chains, listener_filters = finish_listener(self, name, chains, lb._inspect, loc)
+        filters_timeout = 15.0
+        if lb._listener_filters_timeout is not None:
+            g = lb._listener_filters_timeout
+            filters_timeout = self.duration(g.value, "listener_filters_timeout", g.location)
         stat_prefix = None
         if lb._stat_prefix is not None:
             stat_prefix = self.name(lb._stat_prefix.value, "stat_prefix", lb._stat_prefix.location)
@@ -380,6 +436,8 @@ class _Compiler:
             address=address,
             filter_chains=tuple(chains),
             stat_prefix=stat_prefix,
+            listener_filters=listener_filters,
+            listener_filters_timeout=filters_timeout,
             location=loc,
         )
 
@@ -410,6 +468,7 @@ class _Compiler:
                     given.location,
                     f"an HTTP filter must be an HttpFilterConfig, got {_kind(given.value)}",
                 )
+        xfcc = xfcc_options(self, hb._forward_client_cert, hb._client_cert_details, loc)
         hcm = HttpConnectionManager(
             stat_prefix=stat_prefix,
             route_config=RouteConfig(virtual_hosts=self.vhosts(hb._vhosts)),
@@ -435,6 +494,8 @@ class _Compiler:
             idle_timeout=self.duration(hb._idle_timeout, "idle_timeout", loc),
             stream_idle_timeout=self.duration(hb._stream_idle_timeout, "stream_idle_timeout", loc),
             request_timeout=self.duration(hb._request_timeout, "request_timeout", loc),
+            forward_client_cert_details=xfcc[0],
+            set_current_client_cert_details=xfcc[1],
             location=loc,
         )
         return FilterChain(filters=(hcm,), location=location)
@@ -519,7 +580,7 @@ class _Compiler:
         target = spec.target
         if isinstance(target, RedirectBuilder | DirectResponseBuilder):
             what = "redirect()" if isinstance(target, RedirectBuilder) else "direct_response()"
-            for option in ("timeout", "prefix_rewrite", "host_rewrite", "upgrades"):
+            for option in ("timeout", "prefix_rewrite", "host_rewrite", "upgrades", "retry"):
                 if getattr(spec, option) is not None:
                     self.error(
                         loc,
@@ -544,8 +605,15 @@ class _Compiler:
                 self.error(
                     loc, f"route option upgrades= must be True or False, got {_kind(spec.upgrades)}"
                 )
+        retry_policy = None
+        if spec.retry is not None:
+            if isinstance(spec.retry, RetryBuilder):
+                retry_policy = self.retry_policy(spec.retry)
+            else:
+                self.error(loc, f"route option retry= takes retry(...), got {_kind(spec.retry)}")
         if isinstance(target, WeightedBuilder):
             return RouteAction(
+                retry_policy=retry_policy,
                 weighted_clusters=self.weighted(target),
                 timeout=timeout,
                 prefix_rewrite=prefix_rewrite,
@@ -560,11 +628,53 @@ class _Compiler:
             )
         forwards = isinstance(target, ClusterBuilder | str)
         return RouteAction(
+            retry_policy=retry_policy,
             cluster=self.cluster_ref(target, loc) if forwards else "",
             timeout=timeout,
             prefix_rewrite=prefix_rewrite,
             host_rewrite=host_rewrite,
             allow_upgrades=upgrades,
+        )
+
+    def retry_policy(self, rb: RetryBuilder) -> RetryPolicy:
+        loc = rb._location
+        on: set[str] = set()
+        if not isinstance(rb._on, str) or not rb._on.strip():
+            self.error(loc, "retry(on=...) needs a comma-separated list of conditions")
+        else:
+            for cond in (c.strip().lower() for c in rb._on.split(",")):
+                if cond in RETRY_ON:
+                    on.add(cond)
+                else:
+                    hint = _did_you_mean(cond, tuple(sorted(RETRY_ON)))
+                    self.error(loc, f"unknown retry condition {cond!r}{hint}")
+        n = rb._num_retries
+        if not _is_int(n) or cast(int, n) < 0:
+            self.error(loc, f"bad num_retries {n!r} (expected an integer >= 0)")
+            n = 1
+        per_try = 0.0
+        if rb._per_try_timeout is not None:
+            per_try = self.duration(rb._per_try_timeout, "per_try_timeout", loc)
+        codes: list[int] = []
+        raw_codes = rb._status_codes
+        if not isinstance(raw_codes, tuple | list) or not all(
+            _is_int(c) and 100 <= cast(int, c) <= 599 for c in raw_codes
+        ):
+            self.error(loc, f"bad status_codes {raw_codes!r} (expected HTTP status codes)")
+        else:
+            codes = [cast(int, c) for c in raw_codes]
+        if codes and "retriable-status-codes" not in on:
+            on.add("retriable-status-codes")
+        replay = rb._max_replay_bytes
+        if not _is_int(replay) or cast(int, replay) < 0:
+            self.error(loc, f"bad max_replay_bytes {replay!r} (expected an integer >= 0)")
+            replay = 1024 * 1024
+        return RetryPolicy(
+            retry_on=frozenset(on),
+            num_retries=cast(int, n),
+            per_try_timeout=per_try,
+            retriable_status_codes=tuple(codes),
+            max_replay_bytes=cast(int, replay),
         )
 
     def weighted(self, wb: WeightedBuilder) -> tuple[WeightedCluster, ...]:

@@ -169,21 +169,24 @@ def _san(c: _Compiler, spec: object, what: str, location: Location | None) -> Sa
             return None
         return SanMatcher(san_type=cast(SanType, kind), kind="exact", value=value)
     if not isinstance(spec, SanBuilder):
-        c.error(location, f"{what}: a SAN matcher must be 'kind:value' or san(...), got {_kind(spec)}")
+        c.error(
+            location, f"{what}: a SAN matcher must be 'kind:value' or san(...), got {_kind(spec)}"
+        )
         return None
     loc = spec._location or location
     kind_raw = spec._kind
-    kind = kind_raw.lower() if isinstance(kind_raw, str) else kind_raw
+    kind = kind_raw.lower() if isinstance(kind_raw, str) else ""
     if kind not in kinds:
         c.error(loc, f"bad SAN kind {kind_raw!r} (expected {', '.join(kinds)})")
         return None
     if len(spec._given) != 1:
         c.error(loc, "san() takes exactly one of exact=, prefix=, suffix=, contains=, regex=")
         return None
-    match_kind, value = spec._given[0]
-    if not isinstance(value, str) or not value:
-        c.error(loc, f"san() {match_kind}= must be a non-empty string, got {value!r}")
+    match_kind, given_value = spec._given[0]
+    if not isinstance(given_value, str) or not given_value:
+        c.error(loc, f"san() {match_kind}= must be a non-empty string, got {given_value!r}")
         return None
+    value = given_value
     if match_kind == "regex":
         try:
             re.compile(value)
@@ -191,7 +194,9 @@ def _san(c: _Compiler, spec: object, what: str, location: Location | None) -> Sa
             c.error(loc, f"bad SAN regex {value!r}: {exc}")
             return None
     assert match_kind in get_args(SanMatchKind)
-    return SanMatcher(san_type=cast(SanType, kind), kind=cast(SanMatchKind, match_kind), value=value)
+    return SanMatcher(
+        san_type=cast(SanType, kind), kind=cast(SanMatchKind, match_kind), value=value
+    )
 
 
 def _sans(
@@ -274,7 +279,9 @@ def downstream_tls(
     )
 
 
-def _cidrs(c: _Compiler, raw: Sequence[object], what: str, location: Location | None) -> tuple[str, ...]:
+def _cidrs(
+    c: _Compiler, raw: Sequence[object], what: str, location: Location | None
+) -> tuple[str, ...]:
     out = []
     for r in raw:
         if not isinstance(r, str):
@@ -332,14 +339,20 @@ def apply_chain_options(
     transport: TransportProtocol = ""
     if opts.transport is not None:
         transport = c.choice(
-            opts.transport, cast(tuple[TransportProtocol, ...], ("tls", "raw_buffer")),
-            f"{what}: transport", loc,
+            opts.transport,
+            cast(tuple[TransportProtocol, ...], ("tls", "raw_buffer")),
+            f"{what}: transport",
+            loc,
         )
     if transport == "raw_buffer" and opts.tls is not None:
         c.error(loc, f"{what}: a chain that terminates TLS cannot match transport 'raw_buffer'")
     port = None
-    if opts.destination_port is not None:
-        port = c.count(opts.destination_port, f"{what}: destination_port", loc, low=1, high=65535)
+    raw_port = opts.destination_port
+    if raw_port is not None:
+        if isinstance(raw_port, int) and not isinstance(raw_port, bool) and 0 < raw_port < 65536:
+            port = raw_port
+        else:
+            c.error(loc, f"{what}: bad destination_port {raw_port!r} (expected 1..65535)")
     name = ""
     if opts.name is not None:
         name = c.name(opts.name, "chain", loc)
@@ -426,8 +439,7 @@ def tcp_proxy_chain(
     else:
         c.error(
             loc,
-            "tcp_proxy() needs a cluster, a cluster name or weighted(...),"
-            f" got {_kind(target)}",
+            f"tcp_proxy() needs a cluster, a cluster name or weighted(...), got {_kind(target)}",
         )
     access_logs = tuple(
         AccessLog(

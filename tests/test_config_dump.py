@@ -184,6 +184,14 @@ def test_jsonable_clusters() -> None:
         "idle_timeout": 3600.0,
         "max_idle_per_host": 128,
         "tls": None,
+        "circuit_breakers": {
+            "max_connections": 1024,
+            "max_pending_requests": 1024,
+            "max_requests": 1024,
+            "max_retries": 3,
+            "budget_percent": None,
+            "min_retry_concurrency": 3,
+        },
     }
     assert canary["endpoints"] == []
     assert canary["connect_timeout"] == 0.5
@@ -219,6 +227,7 @@ def test_jsonable_routes_and_actions_are_typed() -> None:
             "timeout": 2.5,
             "prefix_rewrite": "/",
             "host_rewrite": None,
+            "retry_policy": None,
             "allow_upgrades": True,
         },
     }

@@ -453,7 +453,7 @@ ERROR_CASES: list[tuple[str, Callable[[], MeshBuilder], list[str]]] = [
     (
         "bad-chain",
         lambda: mesh(listener("l", ":0").chain(vhost("v"))),  # type: ignore[arg-type]
-        ["listener 'l': a chain must be http(...), got VhostBuilder"],
+        ["listener 'l': a chain must be http(...) or tcp_proxy(...), got VhostBuilder"],
     ),
 ]
 
@@ -501,7 +501,10 @@ VALID_CASES: list[tuple[str, Callable[[], MeshBuilder]]] = [
     (
         "vhosts-in-different-chains",
         lambda: mesh(
-            listener("l", ":0").vhost(vhost("a")).chain(http()).vhost(vhost("a")),
+            listener("l", ":0")
+            .vhost(vhost("a"))
+            .chain(http(), source=["10.0.0.0/8"])
+            .vhost(vhost("a")),
             listener("m", ":0").vhost(vhost("a")),
         ),
     ),

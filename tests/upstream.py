@@ -34,6 +34,11 @@ class Upstream:
         self.requests: list[dict[str, Any]] = []
         self.connections = 0
         self.active_connections = 0
+        # Steer from a test: answer every request with `always_status`, or the
+        # next few with `next_statuses` (then normally).
+        self.always_status: int | None = None
+        self.next_statuses: list[int] = []
+        self.hang_all = False  # never answer any request
 
     @property
     def address(self) -> str:
@@ -94,7 +99,7 @@ class Upstream:
         self.requests.append(record)
         if "x-test-delay" in headers:
             await trio.sleep(float(headers["x-test-delay"]))
-        if headers.get("x-test-hang"):
+        if headers.get("x-test-hang") or self.hang_all:
             # Never answer, but notice when the proxy gives up on us.
             while await stream.receive_some(65536):
                 pass
@@ -102,6 +107,10 @@ class Upstream:
         if headers.get("x-test-close"):
             return False
         status = int(headers.get("x-test-status", "200"))
+        if self.always_status is not None:
+            status = self.always_status
+        elif self.next_statuses:
+            status = self.next_statuses.pop(0)
         if headers.get("x-test-echo"):
             payload = body
         elif "x-test-body-size" in headers:

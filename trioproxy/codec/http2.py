@@ -59,6 +59,7 @@ from trioproxy.codec.stream import Headers, RequestHead, ResponseHead
 
 __all__ = [
     "PREFACE",
+    "ClientConnection",
     "Http2Error",
     "Http2Settings",
     "ServerConnection",
@@ -153,7 +154,33 @@ def _without_content_length(headers: list[tuple[bytes, bytes]]) -> list[tuple[by
     return [(k, v) for k, v in headers if k != b"content-length"]
 
 
-class ServerConnection(h2.connection.H2Connection):
+class _Connection(h2.connection.H2Connection):
+    """h2's connection, except that the peer's GOAWAY with NO_ERROR lets the
+    streams already open finish (RFC 9113 6.8): h2 would close its state
+    machine and drop every queued frame, so no response or request body
+    could be sent any more. `peer_goaway` tells that one arrived; the
+    runtime opens no stream above its last-stream-id."""
+
+    peer_goaway = False
+
+    def _receive_goaway_frame(
+        self, frame: GoAwayFrame
+    ) -> tuple[list[Frame], list[h2.events.Event]]:
+        if frame.error_code:
+            return super()._receive_goaway_frame(frame)
+        self.peer_goaway = True
+        ev = h2.events.ConnectionTerminated()
+        ev.error_code = h2.errors.ErrorCodes.NO_ERROR
+        ev.last_stream_id = frame.last_stream_id
+        ev.additional_data = frame.additional_data or None
+        return [], [ev]
+
+
+class ClientConnection(_Connection):
+    """The upstream side: h2's client connection with a graceful GOAWAY."""
+
+
+class ServerConnection(_Connection):
     """h2's server connection with stream errors for stream-level faults.
 
     See the module docstring for the rules. Uses h2 internals
@@ -169,8 +196,6 @@ class ServerConnection(h2.connection.H2Connection):
         self._hard_cap = max(_HPACK_HARD_CAP_MIN, _HPACK_HARD_CAP_FACTOR * self._max_list)
         # The last stream id of the GOAWAY we sent (None: none sent).
         self.goaway_last_stream_id: int | None = None
-        # Set when the client sent GOAWAY with NO_ERROR.
-        self.peer_goaway = False
 
     # ------------------------------------------------------------ outbound
 
@@ -291,20 +316,6 @@ class ServerConnection(h2.connection.H2Connection):
             frames.extend(self.streams[frame.stream_id].reset_stream(code))
             return frames, [StreamRejected(frame.stream_id, code, "malformed", str(exc))]
 
-    def _receive_goaway_frame(
-        self, frame: GoAwayFrame
-    ) -> tuple[list[Frame], list[h2.events.Event]]:
-        if frame.error_code:
-            return super()._receive_goaway_frame(frame)
-        # NO_ERROR: the client opens no more streams, but those it has open
-        # may still complete (RFC 9113 6.8); h2 would drop every response.
-        self.peer_goaway = True
-        ev = h2.events.ConnectionTerminated()
-        ev.error_code = h2.errors.ErrorCodes.NO_ERROR
-        ev.last_stream_id = frame.last_stream_id
-        ev.additional_data = frame.additional_data or None
-        return [], [ev]
-
 
 def _config(*, client_side: bool, validate_inbound: bool) -> h2.config.H2Configuration:
     return h2.config.H2Configuration(
@@ -320,7 +331,7 @@ def _config(*, client_side: bool, validate_inbound: bool) -> h2.config.H2Configu
 def _connection(settings: Http2Settings, *, client_side: bool) -> h2.connection.H2Connection:
     conn: h2.connection.H2Connection
     if client_side:
-        conn = h2.connection.H2Connection(config=_config(client_side=True, validate_inbound=True))
+        conn = ClientConnection(config=_config(client_side=True, validate_inbound=True))
     else:
         # ServerConnection validates request blocks itself, as stream errors.
         conn = ServerConnection(_config(client_side=False, validate_inbound=False), settings)
@@ -348,9 +359,11 @@ def new_server_connection(settings: Http2Settings) -> ServerConnection:
     return conn
 
 
-def new_client_connection(settings: Http2Settings) -> h2.connection.H2Connection:
+def new_client_connection(settings: Http2Settings) -> ClientConnection:
     """A client-side h2 connection (preface, SETTINGS, window update queued)."""
-    return _connection(settings, client_side=True)
+    conn = _connection(settings, client_side=True)
+    assert isinstance(conn, ClientConnection)
+    return conn
 
 
 def request_from_h2(headers: Iterable[tuple[bytes, bytes]]) -> RequestHead:

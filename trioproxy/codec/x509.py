@@ -237,9 +237,7 @@ def parse_certificate(der: bytes) -> CertInfo:
         raise X509Error(str(exc)) from None
 
 
-_PEM_RE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.DOTALL
-)
+_PEM_RE = re.compile(rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.DOTALL)
 
 
 def pem_to_der(pem: bytes) -> list[bytes]:

@@ -15,10 +15,12 @@ import attrs
 from trioproxy.config.graph import (
     Cluster,
     DirectResponseAction,
+    FilterChain,
     HeaderMatcher,
     HttpConnectionManager,
     HttpFilterConfig,
     Listener,
+    ListenerFilterConfig,
     Location,
     Mesh,
     NetworkFilterConfig,
@@ -37,6 +39,7 @@ __all__ = ["to_jsonable", "to_tree"]
 _POLYMORPHIC = (
     HttpFilterConfig,
     NetworkFilterConfig,
+    ListenerFilterConfig,
     RouteAction,
     RedirectAction,
     DirectResponseAction,
@@ -126,14 +129,41 @@ def _listener(lis: Listener, ind: str) -> list[str]:
     lines = [f"{ind}listener {lis.name} {lis.address}{stat}"]
     if not lis.filter_chains:
         lines.append(f"{ind}  (no filter chains)")
+    if lis.listener_filters:
+        names = ", ".join(type(f).__name__ for f in lis.listener_filters)
+        lines.append(f"{ind}  listener_filters {names}")
     for i, chain in enumerate(lis.filter_chains):
-        lines.append(f"{ind}  chain {i}")
+        lines.append(f"{ind}  chain {chain.name or i}{_chain_extra(chain)}")
         for flt in chain.filters:
             if isinstance(flt, HttpConnectionManager):
                 lines.extend(_hcm(flt, ind + "    "))
             else:
                 lines.append(f"{ind}    {_describe(flt)}")
     return lines
+
+
+def _chain_extra(chain: FilterChain) -> str:
+    """` match ... tls ...` for a chain with a match or TLS; "" otherwise."""
+    m = chain.match
+    parts = []
+    for label, value in (
+        ("server_names", ",".join(m.server_names)),
+        ("transport", m.transport_protocol),
+        ("alpn", ",".join(m.application_protocols)),
+        ("source", ",".join(m.source_prefix_ranges)),
+        ("destination_port", "" if m.destination_port is None else str(m.destination_port)),
+    ):
+        if value:
+            parts.append(f"{label}={value}")
+    if chain.tls is not None:
+        t = chain.tls
+        certs = ",".join(c.cert_chain_file for c in t.certificates)
+        tls = f"tls cert={certs} alpn={','.join(t.alpn_protocols) or '-'}"
+        if t.validation is not None and t.validation.trusted_ca_file:
+            tls += f" client_ca={t.validation.trusted_ca_file}"
+            tls += " (required)" if t.require_client_certificate else ""
+        parts.append(tls)
+    return (" " + " ".join(parts)) if parts else ""
 
 
 def _hcm(hcm: HttpConnectionManager, ind: str) -> list[str]:
@@ -211,6 +241,13 @@ def _cluster(c: Cluster, ind: str) -> list[str]:
     lines = [
         f"{ind}cluster {c.name} lb={c.lb_policy} connect_timeout={_seconds(c.connect_timeout)}"
     ]
+    if c.tls is not None:
+        v = c.tls.validation
+        ca = v.trusted_ca_file if v is not None and v.trusted_ca_file else "none (unverified)"
+        lines.append(
+            f"{ind}  tls sni={c.tls.sni or '(endpoint host)'} ca={ca}"
+            f" alpn={','.join(c.tls.alpn_protocols) or '-'}"
+        )
     if not c.endpoints:
         lines.append(f"{ind}  (no endpoints)")
     lines.extend(f"{ind}  endpoint {e.address} weight={e.weight}" for e in c.endpoints)

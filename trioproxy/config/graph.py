@@ -19,7 +19,7 @@ differs is recorded in docs/decisions.md.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 import attrs
 
@@ -27,6 +27,7 @@ __all__ = [
     "AccessLog",
     "Admin",
     "CertificateValidation",
+    "CircuitBreakers",
     "Cluster",
     "DemoService",
     "DirectResponseAction",
@@ -44,6 +45,7 @@ __all__ = [
     "NetworkFilterConfig",
     "QueryParameterMatcher",
     "RedirectAction",
+    "RetryPolicy",
     "Route",
     "RouteAction",
     "RouteConfig",
@@ -218,7 +220,23 @@ class Cluster:
     max_idle_per_host: int = 128
     # TLS to the endpoints (Envoy's transport_socket); None is plaintext.
     tls: UpstreamTlsContext | None = None
+    circuit_breakers: CircuitBreakers = attrs.Factory(lambda: CircuitBreakers())
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class CircuitBreakers:
+    """Envoy's circuit breaker thresholds (priority default), with its defaults."""
+
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+    # Retry budget (Envoy's retry_budget): when set, it replaces max_retries:
+    # retries may be `budget_percent` of active requests, at least
+    # `min_retry_concurrency`. Envoy's defaults once a budget exists: 20 %, 3.
+    budget_percent: float | None = None
+    min_retry_concurrency: int = 3
 
 
 # --------------------------------------------------------------------------- routes
@@ -259,6 +277,45 @@ class WeightedCluster:
     weight: int
 
 
+RETRY_ON: Final = frozenset(
+    {
+        "5xx",
+        "gateway-error",
+        "reset",
+        "connect-failure",
+        "refused-stream",
+        "retriable-4xx",
+        "retriable-status-codes",
+        "retriable-headers",
+        # gRPC (checked on the grpc-status of gRPC responses)
+        "cancelled",
+        "deadline-exceeded",
+        "resource-exhausted",
+        "unavailable",
+        "internal",
+    }
+)
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """Envoy's route retry_policy (no retries unless a policy exists)."""
+
+    retry_on: frozenset[str] = frozenset()
+    # Envoy: num_retries 1 once a policy exists.
+    num_retries: int = 1
+    # Envoy: per_try_timeout defaults to the route timeout (0 here = none).
+    per_try_timeout: float = 0.0
+    retriable_status_codes: tuple[int, ...] = ()
+    retriable_headers: tuple[HeaderMatcher, ...] = ()
+    # Envoy: fully jittered exponential back-off, base 25 ms, max 10 x base.
+    base_interval: float = 0.025
+    max_interval: float = 0.25
+    # Request bodies up to this many bytes are kept for replay (Envoy bounds
+    # it by the connection buffer limit, 1 MiB); beyond it, no retry.
+    max_replay_bytes: int = 1024 * 1024
+
+
 @attrs.frozen(kw_only=True)
 class RouteAction:
     """Forward to one cluster, or to one of `weighted_clusters` by weight."""
@@ -269,6 +326,7 @@ class RouteAction:
     timeout: float = 15.0
     prefix_rewrite: str | None = None
     host_rewrite: str | None = None
+    retry_policy: RetryPolicy | None = None
     # Envoy's per-route UpgradeConfig `enabled` (default true): upgrades the
     # connection manager allows (`upgrade_types`) may be tunnelled here.
     allow_upgrades: bool = True

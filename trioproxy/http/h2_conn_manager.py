@@ -304,6 +304,7 @@ class _H2Downstream:
         self._peer_goaway = False
 
     async def flush(self) -> None:
+        """Wait until what is queued is written (body data: backpressure)."""
         await self.writer.flush()
 
     def acknowledge(self, stream_id: int, size: int) -> None:
@@ -410,7 +411,10 @@ class _H2Downstream:
                         self._check_done()
                     if self.writer.backlog > _OUTPUT_BACKLOG:
                         await self.writer.wait_backlog_below(_OUTPUT_BACKLOG)
-                    data = await self.conn.receive_some()
+                    try:
+                        data = await self.conn.receive_some()
+                    except DownstreamReset:
+                        return  # reset, or closed by the writer after a failed write
                     if not data:
                         return
             if self._idle.cancelled_caught:

@@ -20,15 +20,23 @@ a request cancelled at any checkpoint (client gone, timeout) leaks nothing.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 from trioproxy.codec.grpc import GRPC_STATUS, is_grpc, parse_timeout
 from trioproxy.codec.stream import RequestHead, ResponseHead
-from trioproxy.config import DirectResponseAction, RedirectAction, Route, RouteAction
+from trioproxy.config import (
+    DirectResponseAction,
+    RedirectAction,
+    RetryPolicy,
+    Route,
+    RouteAction,
+)
+from trioproxy.http.retry import ReplayBody, RetryState, parse_retry_on
 from trioproxy.http.upgrade import tunnel
 from trioproxy.net.errors import (
     ConnectFailure,
@@ -66,25 +74,62 @@ def _reset_reason(message: str) -> tuple[str, str]:
     return "UC", "connection termination"
 
 
+# x-envoy-* request headers the router consumes; never forwarded upstream.
+_CONSUMED_HEADERS: Final = (
+    b"x-envoy-retry-on",
+    b"x-envoy-max-retries",
+    b"x-envoy-upstream-rq-timeout-ms",
+)
+
+
+def _trusted(remote: str) -> bool:
+    """A client whose x-envoy-* headers are honoured: loopback or a private
+    (RFC 1918 / ULA) address, Envoy's classic internal addresses."""
+    host = remote.rsplit(":", 1)[0].strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private
+
+
+class _RetryResponse(Exception):
+    """A try's response head was retriable: unwind the try."""
+
+
 class _Forward:
     """The state of one forwarded request, shared by the relay and the pump."""
 
     __slots__ = (
+        "body",
         "downstream_error",
         "request_done",
+        "retry",
         "route_scope",
         "timeout",
         "watch_done",
         "watch_scope",
     )
 
-    def __init__(self, route_scope: trio.CancelScope, timeout: float) -> None:
+    def __init__(
+        self,
+        route_scope: trio.CancelScope,
+        timeout: float,
+        body: ReplayBody,
+        retry: RetryState | None,
+    ) -> None:
         self.route_scope = route_scope
         self.timeout = timeout
+        self.body = body
+        self.retry = retry
         self.request_done = False
         self.downstream_error: BaseException | None = None
         # The downstream watcher's scope, and an event set once it has exited
-        # (an upgrade must take the socket over from it).
+        # (an upgrade must take the socket over from it). New for each try.
+        self.watch_scope = trio.CancelScope()
+        self.watch_done = trio.Event()
+
+    def next_try(self) -> None:
         self.watch_scope = trio.CancelScope()
         self.watch_done = trio.Event()
 
@@ -170,12 +215,43 @@ class Router:
             deadline = parse_timeout(head.get(b"grpc-timeout"))
             if deadline is not None:
                 timeout = deadline
+        policy = action.retry_policy
+        retry_on: frozenset[str] | None = None
+        max_retries: int | None = None
+        if _trusted(stream.info.downstream_remote_address):
+            # Envoy's x-envoy-* request headers, honoured from trusted clients.
+            rq_timeout = head.get(b"x-envoy-upstream-rq-timeout-ms")
+            if rq_timeout is not None and rq_timeout.isdigit():
+                timeout = int(rq_timeout) / 1000 or math.inf
+            value = head.get(b"x-envoy-retry-on")
+            if value is not None:
+                retry_on = parse_retry_on(value)
+            value = head.get(b"x-envoy-max-retries")
+            if value is not None and value.isdigit():
+                max_retries = int(value)
+        for consumed in _CONSUMED_HEADERS:
+            head.remove(consumed)
+        if policy is None and retry_on:
+            policy = RetryPolicy(retry_on=retry_on)
+        body = ReplayBody(stream, policy.max_replay_bytes if policy is not None else 0)
+        state = None
+        if policy is not None:
+            state = RetryState(
+                policy,
+                cluster,
+                stream,
+                body,
+                grpc=grpc,
+                rng=self._rng,
+                retry_on=retry_on,
+                num_retries=max_retries,
+            )
         try:
             with trio.CancelScope() as route_scope:
-                fwd = _Forward(route_scope, timeout)
+                fwd = _Forward(route_scope, timeout, body, state)
                 if not stream.has_body:
                     fwd.start_route_timer()
-                await self._forward_once(stream, cluster, fwd)
+                await self._tries(stream, cluster, fwd)
             if route_scope.cancelled_caught:
                 cluster.rq_timeout.inc()
                 stream.info.add_flag("UT")
@@ -194,36 +270,111 @@ class Router:
         if fwd.downstream_error is not None:
             raise fwd.downstream_error
 
-    async def _forward_once(
-        self, stream: ActiveStream, cluster: ClusterRuntime, fwd: _Forward
-    ) -> None:
-        info = stream.info
+    async def _tries(self, stream: ActiveStream, cluster: ClusterRuntime, fwd: _Forward) -> None:
+        """One try, then more while the retry policy says so."""
+        state = fwd.retry
+        tried: list[Host] = []
+        if state is None:
+            await self._forward_once(stream, cluster, fwd, tried)
+            return
+        head = stream.head
+        holding = False
+        try:
+            while True:
+                head.set(b"x-envoy-attempt-count", str(state.attempt).encode())
+                if not await self._forward_once(stream, cluster, fwd, tried):
+                    break
+                if not holding:
+                    cluster.retries_active += 1
+                    holding = True
+                await state.backoff()
+                fwd.next_try()
+            if state.retried and 0 < stream.info.response_code < 500:
+                cluster.rq_retry_success.inc()
+        finally:
+            if holding:
+                cluster.retries_active -= 1
+
+    def _choose(self, cluster: ClusterRuntime, tried: list[Host]) -> Host | None:
+        """A host, preferring one not tried yet (Envoy's previous_hosts predicate)."""
         host = cluster.choose_host()
+        for _ in range(3):
+            if host is None or host not in tried:
+                break
+            host = cluster.choose_host()
+        return host
+
+    async def _forward_once(
+        self, stream: ActiveStream, cluster: ClusterRuntime, fwd: _Forward, tried: list[Host]
+    ) -> bool:
+        """One try; True if it failed in a way the retry policy retries."""
+        info = stream.info
+        retry = fwd.retry
+        host = self._choose(cluster, tried)
         if host is None:
             await stream.local_reply(
                 503, b"no healthy upstream", flag="UH", details="no_healthy_upstream"
             )
-            return
+            return False
+        if not cluster.request_allowed():
+            await stream.local_reply(
+                503,
+                b"upstream connect error or disconnect/reset before headers. "
+                b"reset reason: overflow",
+                flag="UO",
+                details="upstream_reset_before_response_started{overflow}",
+                headers=[(b"x-envoy-overloaded", b"true")],
+            )
+            return False
+        tried.append(host)
         info.upstream_host = host.address
         cluster.on_request_start(host)
         up: UpstreamStream | None = None
         reusable = False
+        per_try = retry.per_try_timeout if retry is not None and retry.per_try_timeout else math.inf
         try:
-            try:
-                up = await host.pool.acquire()
-            except ConnectFailure as exc:
-                info.upstream_transport_failure_reason = f"{exc.reason}: {exc}"
+            with trio.move_on_after(per_try) as try_scope:
+                try:
+                    up = await host.pool.acquire()
+                except ConnectFailure as exc:
+                    info.upstream_transport_failure_reason = f"{exc.reason}: {exc}"
+                    if retry is not None and retry.should_retry_failure("connect-failure"):
+                        return True
+                    await stream.local_reply(
+                        503,
+                        _CONNECT_FAILURE_BODY,
+                        flag="UF",
+                        details="upstream_reset_before_response_started{connection_failure}",
+                    )
+                    return False
+                reusable = await self._exchange(stream, cluster, host, up, fwd)
+            if try_scope.cancelled_caught:
+                cluster.rq_per_try_timeout.inc()
+                if stream.response_started:
+                    stream.info.add_flag("UT")
+                    stream.close_connection = True
+                    return False
+                if retry is not None and retry.should_retry_failure("per-try-timeout"):
+                    return True
+                info.add_flag("UT")
                 await stream.local_reply(
-                    503,
-                    _CONNECT_FAILURE_BODY,
-                    flag="UF",
-                    details="upstream_reset_before_response_started{connection_failure}",
+                    504,
+                    b"upstream request timeout",
+                    details="upstream_per_try_timeout",
+                    grpc_status=GRPC_STATUS["DEADLINE_EXCEEDED"],
                 )
-                return
-            reusable = await self._exchange(stream, cluster, host, up, fwd)
+        except _RetryResponse:
+            return True
         except UpstreamReset as exc:
             cluster.rq_rx_reset.inc()
             flag, reason = _reset_reason(str(exc))
+            kind = "refused-stream" if str(exc) == "refused_stream" else "reset"
+            if (
+                not stream.response_started
+                and retry is not None
+                and retry.should_retry_failure(kind)
+            ):
+                return True
             await self._upstream_failed(
                 stream, flag, 503, _RESET_PREFIX + reason.encode(), reason.replace(" ", "_")
             )
@@ -237,6 +388,7 @@ class Router:
             cluster.on_request_end(host)
             if up is not None:
                 host.pool.release(up, reusable=reusable)
+        return False
 
     async def _upstream_failed(
         self, stream: ActiveStream, flag: str, status: int, body: bytes, details: str
@@ -271,7 +423,7 @@ class Router:
                 nursery.start_soon(self._watch_downstream, stream, fwd, nursery.cancel_scope)
             try:
                 await self._relay_response(stream, cluster, host, up, started, fwd)
-            except (UpstreamReset, UpstreamProtocolError, DownstreamReset) as exc:
+            except (UpstreamReset, UpstreamProtocolError, DownstreamReset, _RetryResponse) as exc:
                 relay_error = exc
             if not stream.body_done:
                 # The upstream answered before the request body ended (e.g. 413):
@@ -312,9 +464,7 @@ class Router:
     ) -> None:
         """Copy the request body downstream → upstream, one chunk in flight."""
         try:
-            while (chunk := await stream.read_body()) is not None:
-                await up.send_data(chunk)
-            await up.send_end(stream.request_trailers)
+            await fwd.body.send(up)
             fwd.start_route_timer()
         except (DownstreamReset, DownstreamProtocolError) as exc:
             # The client is gone or broke framing: abandon the exchange.
@@ -341,6 +491,9 @@ class Router:
         fwd: _Forward,
     ) -> None:
         resp = await up.receive_response_head()
+        if fwd.retry is not None and fwd.retry.should_retry_response(resp):
+            cluster.on_response(host, resp.status, (trio.current_time() - started) * 1000)
+            raise _RetryResponse
         now = trio.current_time()
         stream.info.first_upstream_rx_monotonic = now
         elapsed_ms = (now - started) * 1000

@@ -70,6 +70,15 @@ class AutoPool:
         )
 
     @property
+    def active(self) -> int:
+        """Connections open (idle or lent) in both inner pools."""
+        return self.h1.active + self.h2.active
+
+    @active.setter
+    def active(self, value: int) -> None:
+        raise AttributeError("AutoPool.active is the sum of its inner pools")
+
+    @property
     def nursery(self) -> trio.Nursery | None:
         return self.h2.nursery
 
@@ -77,9 +86,6 @@ class AutoPool:
     def nursery(self, value: trio.Nursery | None) -> None:
         self.h2.nursery = value
 
-    @property
-    def active(self) -> int:
-        return self.h1.active + self.h2.active
 
     async def acquire(self) -> UpstreamStream:
         if self.h2.has_room():

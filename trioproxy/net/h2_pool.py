@@ -154,13 +154,16 @@ class UpstreamHttp2:
                 self._raise_reset()
             try:
                 window = conn.local_flow_control_window(sid)
-            except h2.exceptions.StreamClosedError:
-                raise UpstreamReset("stream closed by the upstream") from None
-            n = min(window, conn.max_outbound_frame_size, len(view))
+                n = min(window, conn.max_outbound_frame_size, len(view))
+                if n > 0:
+                    conn.send_data(sid, bytes(view[:n]))
+            except h2.exceptions.ProtocolError:
+                # The stream or the whole connection is closed (h2 says which
+                # only in the message); the reader has the reason.
+                raise UpstreamReset(cx.error or "stream closed by the upstream") from None
             if n <= 0:
                 await self._wait()
                 continue
-            conn.send_data(sid, bytes(view[:n]))
             view = view[n:]
             await cx.writer.flush()
 
@@ -173,8 +176,8 @@ class UpstreamHttp2:
                 cx.h2.send_headers(self.stream_id, trailers_to_h2(trailers), end_stream=True)
             else:
                 cx.h2.end_stream(self.stream_id)
-        except h2.exceptions.StreamClosedError:
-            raise UpstreamReset("stream closed by the upstream") from None
+        except h2.exceptions.ProtocolError:
+            raise UpstreamReset(cx.error or "stream closed by the upstream") from None
         self._sent_end = True
         await cx.writer.flush()
 

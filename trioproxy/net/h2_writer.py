@@ -5,7 +5,8 @@ themselves, a stream blocked on a full socket would block every other stream,
 and if the connection's reader sent its own acknowledgements it could
 deadlock against a peer that is itself blocked writing to us. So each HTTP/2
 connection (downstream and upstream) has a reader task that never waits on a
-write, and this writer task:
+write (the downstream reader only stops reading while more than 1 MiB waits
+for a peer that does not read; see `backlog`), and this writer task:
 
 - `kick()` (no checkpoint) asks for a write soon: the reader uses it for
   SETTINGS/PING acks and WINDOW_UPDATEs;

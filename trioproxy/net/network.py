@@ -89,7 +89,7 @@ def socket_of(stream: object) -> object | None:
     """The OS socket under `stream`, looking through wrappers (TLS, replayed
     bytes) by their `transport_stream`; None for memory streams."""
     for _ in range(8):  # wrappers nest a few deep at most
-        sock = getattr(stream, "socket", None)
+        sock: object | None = getattr(stream, "socket", None)
         if sock is not None:
             return sock
         inner = getattr(stream, "transport_stream", None)

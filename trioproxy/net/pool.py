@@ -229,12 +229,17 @@ class Http1Pool:
     def release(self, up: UpstreamStream, *, reusable: bool) -> None:
         """Return a connection; it is kept only if its exchange finished cleanly."""
         assert isinstance(up, UpstreamHttp1)
-        if reusable and not self.closed and up.reusable() and len(self._idle) < self._max_idle:
-            if up.codec.start_next_cycle():
-                up.idle_since = trio.current_time()
-                up.trailers = []
-                self._idle.append(up)
-                return
+        if (
+            reusable
+            and not self.closed
+            and up.reusable()
+            and len(self._idle) < self._max_idle
+            and up.codec.start_next_cycle()
+        ):
+            up.idle_since = trio.current_time()
+            up.trailers = []
+            self._idle.append(up)
+            return
         self._destroy(up)
 
     def _destroy(self, up: UpstreamHttp1) -> None:

@@ -39,7 +39,7 @@ import math
 import os
 import re
 import ssl
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Final
 
 import attrs
@@ -79,8 +79,9 @@ _VERSIONS: Final = {
 
 
 class TlsHandshakeFailure(ConnectFailure):
-    """The upstream TLS handshake failed (flag UF). The message is Envoy-like:
-    `TLS_error:<OpenSSL reason>:<detail>`."""
+    """The upstream TLS handshake failed (flag UF). `reason` is "TLS_error" and
+    the message `<OpenSSL reason>:<detail>`, so the transport failure reason
+    reads like Envoy's: `TLS_error: CERTIFICATE_VERIFY_FAILED:...`."""
 
     reason = "TLS_error"
 
@@ -160,45 +161,65 @@ def _signature(files: Sequence[str]) -> tuple[tuple[int, int, int], ...]:
     return tuple(out)
 
 
+Signature = tuple[tuple[int, int, int], ...]
+
+
+@attrs.frozen
+class _Loaded:
+    """What one read of the files gave: the context, the files' signature, and
+    the URI SANs of the first certificate (for XFCC's "By")."""
+
+    context: ssl.SSLContext
+    signature: Signature
+    uri_sans: tuple[str, ...] = ()
+
+
 class _Reloadable:
-    """A context built from files, rebuilt when their signature changes."""
+    """A context built from files, rebuilt when their signature changes.
+
+    `_load()` reads the files (blocking: run it in a worker thread); the
+    constructor takes its result, or calls it itself when `loaded` is None
+    (start-up only, before anything is served).
+    """
 
     def __init__(
         self,
         files: Sequence[str],
-        build: Callable[[], ssl.SSLContext],
         interval: float,
         what: str,
         stats: StatsStore,
         prefix: str,
+        loaded: _Loaded | None,
     ) -> None:
         self.files = tuple(dict.fromkeys(files))
-        self._build = build
         self.interval = interval
         self.what = what
-        self._sig = _signature(self.files)
-        self._failed_sig: tuple[tuple[int, int, int], ...] | None = None
-        self.context = build()
+        if loaded is None:
+            loaded = self._load()
+        self._apply(loaded)
+        self._failed_sig: Signature | None = None
         self.reloads = stats.counter(prefix + "context_reload")
         self.reload_errors = stats.counter(prefix + "context_reload_error")
-        self._on_reload()
 
-    def _on_reload(self) -> None:
-        """Refresh what is derived from the files (subclasses)."""
+    def _load(self) -> _Loaded:
+        """Read the files (blocking). Raises OSError / ssl.SSLError / ValueError."""
+        raise NotImplementedError
 
-    def _check(self) -> ssl.SSLContext | BaseException | None:
-        """In a worker thread: a new context if the files changed, else None."""
+    def _apply(self, loaded: _Loaded) -> None:
+        self.context = loaded.context
+        self._sig = loaded.signature
+        self.uri_sans = loaded.uri_sans
+
+    def _check(self) -> _Loaded | BaseException | None:
+        """In a worker thread: the files' new contents if they changed, else None."""
         sig = _signature(self.files)
         if sig == self._sig or sig == self._failed_sig:
             return None
         try:
-            ctx = self._build()
+            return self._load()
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._failed_sig = sig
             return exc
-        self._sig = sig
-        self._failed_sig = None
-        return ctx
 
     async def reload_if_changed(self) -> bool:
         """Rebuild the context if a file changed; True if it was replaced."""
@@ -209,8 +230,8 @@ class _Reloadable:
             self.reload_errors.inc()
             log.error("%s: keeping the old certificates: %s", self.what, result)
             return False
-        self.context = result
-        self._on_reload()
+        self._apply(result)
+        self._failed_sig = None
         self.reloads.inc()
         log.info("%s: certificates reloaded", self.what)
         return True
@@ -224,43 +245,70 @@ class _Reloadable:
             await self.reload_if_changed()
 
 
+def _server_files(config: DownstreamTlsContext) -> list[str]:
+    return _cert_files(config.certificates) + _validation_files(config.validation)
+
+
+def _load_server(config: DownstreamTlsContext) -> _Loaded:
+    """Read a server context's files (blocking)."""
+    sig = _signature(tuple(dict.fromkeys(_server_files(config))))
+    ctx = build_server_context(config)
+    # Our own URI SANs: the "By" of x-forwarded-client-cert.
+    uri_sans: tuple[str, ...] = ()
+    for cert in config.certificates[:1]:
+        try:
+            with open(cert.cert_chain_file, "rb") as f:
+                ders = pem_to_der(f.read())
+            if ders:
+                uri_sans = parse_certificate(ders[0]).sans_of("uri")
+        except (OSError, X509Error):
+            pass
+    return _Loaded(ctx, sig, uri_sans)
+
+
 class ServerTls(_Reloadable):
     """A `DownstreamTlsContext` at runtime; stats `<prefix>ssl.*`.
+
+    Make one with `await ServerTls.open(...)`, which reads the files off the
+    event loop.
 
     Args:
         config: the chain's TLS context.
         stats, prefix: where the ssl stats go (`listener.<addr>.`).
+        what: how log lines name it.
     """
 
     def __init__(
-        self, config: DownstreamTlsContext, stats: StatsStore, prefix: str, what: str
+        self,
+        config: DownstreamTlsContext,
+        stats: StatsStore,
+        prefix: str,
+        what: str,
+        loaded: _Loaded | None = None,
     ) -> None:
         self.config = config
-        self.local_uri_sans: tuple[str, ...] = ()
-        files = _cert_files(config.certificates) + _validation_files(config.validation)
         p = prefix + "ssl."
-        super().__init__(
-            files,
-            lambda: build_server_context(config),
-            config.watch_interval,
-            what,
-            stats,
-            p,
-        )
+        super().__init__(_server_files(config), config.watch_interval, what, stats, p, loaded)
         self.stats = SslStats(stats, p)
 
-    def _on_reload(self) -> None:
-        # Our own URI SANs: the "By" of x-forwarded-client-cert.
-        sans: list[str] = []
-        for cert in self.config.certificates[:1]:
-            try:
-                with open(cert.cert_chain_file, "rb") as f:
-                    ders = pem_to_der(f.read())
-                if ders:
-                    sans.extend(parse_certificate(ders[0]).sans_of("uri"))
-            except (OSError, X509Error):
-                pass
-        self.local_uri_sans = tuple(sans)
+    @classmethod
+    async def open(
+        cls, config: DownstreamTlsContext, stats: StatsStore, prefix: str, what: str
+    ) -> ServerTls:
+        """Read the files in a worker thread, then build the runtime here.
+
+        Raises:
+            OSError / ssl.SSLError: a file is missing or does not load.
+        """
+        loaded = await trio.to_thread.run_sync(_load_server, config)
+        return cls(config, stats, prefix, what, loaded)
+
+    def _load(self) -> _Loaded:
+        return _load_server(self.config)
+
+    @property
+    def local_uri_sans(self) -> tuple[str, ...]:
+        return self.uri_sans
 
     @property
     def san_matchers(self) -> tuple[SanMatcher, ...]:
@@ -272,15 +320,15 @@ class SslStats:
     """Envoy's `ssl.*` stats of a listener or cluster (ssl.rst names)."""
 
     __slots__ = (
+        "_prefix",
+        "_stats",
+        "_versions",
         "connection_error",
         "fail_verify_error",
         "fail_verify_no_cert",
         "fail_verify_san",
         "handshake",
         "no_certificate",
-        "_stats",
-        "_prefix",
-        "_versions",
     )
 
     def __init__(self, stats: StatsStore, prefix: str) -> None:
@@ -443,7 +491,9 @@ async def server_handshake(
             peer = None
         if tls.san_matchers and (peer is None or not san_matches(tls.san_matchers, peer)):
             _bump(st, "fail_verify_san")
-            raise HandshakeError("TLS_error:client certificate SAN does not match", "fail_verify_san")
+            raise HandshakeError(
+                "TLS_error:client certificate SAN does not match", "fail_verify_san"
+            )
     else:
         st.no_certificate.inc()
         if tls.san_matchers:
@@ -491,22 +541,25 @@ class ClientTls(_Reloadable):
         self.san_matchers = v.match_subject_alt_names if v is not None else ()
         # The stdlib checks the SNI against the certificate when there is a CA
         # and no SAN matchers (those replace the host-name check, as in Envoy).
-        check_hostname = bool(config.verify_hostname and not self.san_matchers)
+        has_ca = bool(v is not None and v.trusted_ca_file)
+        check_hostname = bool(config.verify_hostname and has_ca and not self.san_matchers)
+        self._check_hostname = check_hostname
         files = _validation_files(v)
         if config.certificate is not None:
             files += _cert_files([config.certificate])
         p = prefix + "ssl."
+        # Built at start-up, before anything is served (the cluster manager
+        # is made synchronously); reloads read the files off the event loop.
         super().__init__(
-            files,
-            lambda: build_client_context(config, check_hostname=check_hostname),
-            config.watch_interval,
-            f"cluster TLS {prefix.rstrip('.')}",
-            stats,
-            p,
+            files, config.watch_interval, f"cluster TLS {prefix.rstrip('.')}", stats, p, None
         )
-        self._check_hostname = check_hostname
         self.offers_alpn = bool(config.alpn_protocols)
         self.stats = SslStats(stats, p)
+
+    def _load(self) -> _Loaded:
+        sig = _signature(self.files)
+        ctx = build_client_context(self.config, check_hostname=self._check_hostname)
+        return _Loaded(ctx, sig)
 
     def server_name(self, host: str) -> str | None:
         """The SNI for `host`: the configured one, else a DNS host name, else none."""
@@ -534,7 +587,7 @@ class ClientTls(_Reloadable):
         if self._check_hostname and sni is None:
             st.connection_error.inc()
             raise TlsHandshakeFailure(
-                "TLS_error:no SNI to verify the upstream certificate against"
+                "NO_SNI:no SNI to verify the upstream certificate against"
                 f" ({host} is an IP address; set sni= or SAN matchers)"
             )
         ssl_stream = trio.SSLStream(
@@ -547,7 +600,7 @@ class ClientTls(_Reloadable):
             st.connection_error.inc()
             if isinstance(err, ssl.SSLCertVerificationError):
                 st.fail_verify_error.inc()
-            raise TlsHandshakeFailure(f"TLS_error:{reason}:{detail}") from None
+            raise TlsHandshakeFailure(f"{reason}:{detail}") from None
         if self.san_matchers:
             der = ssl_stream.getpeercert(binary_form=True)
             try:
@@ -559,15 +612,14 @@ class ClientTls(_Reloadable):
                 st.fail_verify_san.inc()
                 sans = ", ".join(f"{k.upper()}:{v}" for k, v in cert.sans) if cert else "none"
                 raise TlsHandshakeFailure(
-                    f"TLS_error:SAN_VERIFICATION_FAILED:no SAN matches (certificate has {sans})"
+                    f"SAN_VERIFICATION_FAILED:no SAN matches (certificate has {sans})"
                 )
         alpn = ssl_stream.selected_alpn_protocol()
         if self.offers_alpn and accept_alpn is not None and alpn not in accept_alpn:
             st.connection_error.inc()
             wanted = "/".join(sorted(a or "none" for a in accept_alpn))
             raise TlsHandshakeFailure(
-                f"TLS_error:ALPN_MISMATCH:upstream negotiated {alpn or 'no protocol'},"
-                f" expected {wanted}"
+                f"ALPN_MISMATCH:upstream negotiated {alpn or 'no protocol'}, expected {wanted}"
             )
         st.handshake.inc()
         st.version(ssl_stream.version())

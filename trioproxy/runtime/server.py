@@ -33,6 +33,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -62,7 +63,7 @@ from trioproxy.filters.network.http_connection_manager import HttpConnectionMana
 from trioproxy.http.conn_manager import ConnectionManager
 from trioproxy.http.router import Router
 from trioproxy.net.network import Network, TrioNetwork
-from trioproxy.net.tls import DOWNSTREAM_TLS, HandshakeError, ServerTls, server_handshake
+from trioproxy.net.tls import HandshakeError, ServerTls, server_handshake
 from trioproxy.observe.stats import StatsStore
 from trioproxy.runtime.demo import serve_demo_service
 from trioproxy.runtime.filter_chains import ChainSelector, ConnectionFacts
@@ -107,14 +108,19 @@ class ListenerRuntime:
         self.cx_length = stats.histogram(p + "downstream_cx_length_ms")
         self.no_filter_chain_match = stats.counter(p + "no_filter_chain_match")
         self.pre_cx_timeout = stats.counter(p + "downstream_pre_cx_timeout")
-        self.ssl_connection_error = stats.counter(p + "ssl.connection_error")
+        # Envoy's listener ssl stats exist only where a chain terminates TLS.
+        self.ssl_connection_error = (
+            stats.counter(p + "ssl.connection_error") if any(c.tls for c in chains) else None
+        )
         self.sockets: list[trio.abc.Listener[trio.abc.Stream]] = []
         self.bound: SocketAddress | None = None
 
     @property
     def hcms(self) -> list[ConnectionManager]:
         """The HTTP connection managers of this listener's chains (for drains)."""
-        return [c.filter.hcm for c in self.chains if isinstance(c.filter, HttpConnectionManagerFilter)]
+        return [
+            c.filter.hcm for c in self.chains if isinstance(c.filter, HttpConnectionManagerFilter)
+        ]
 
     @property
     def hcm(self) -> ConnectionManager:
@@ -239,7 +245,7 @@ class Server:
     def _access_loggers_for(self, hcm: HttpConnectionManager) -> list[Any]:
         return self.access_loggers(hcm.access_logs)
 
-    def access_loggers(self, configs: tuple[AccessLog, ...]) -> list[Any]:
+    def access_loggers(self, configs: Sequence[AccessLog]) -> list[Any]:
         """Loggers for access-log configs (the filters' `FilterContext`)."""
         if self._access_logs is None:
             return []
@@ -252,9 +258,7 @@ class Server:
             cfg = chain.tls
             what = f"listener {lc.name!r} chain {chain.name or index}"
             # Reading certificate files is disk I/O: off the event loop.
-            tls = await trio.to_thread.run_sync(
-                lambda: ServerTls(cfg, self.stats, prefix, what)
-            )
+            tls = await ServerTls.open(cfg, self.stats, prefix, what)
         terminal = chain.filters[-1]
         factory = NETWORK_FILTERS[type(terminal)]
         return ChainRuntime(chain, factory(terminal, self, chain, prefix), tls)
@@ -352,13 +356,14 @@ class Server:
                             stream, chain.tls, sni=conn.server_name
                         )
                     except HandshakeError as exc:
+                        assert lr.ssl_connection_error is not None
                         lr.ssl_connection_error.inc()
                         log.debug("TLS handshake from %s failed: %s", remote, exc)
                         return
                 if scope.cancelled_caught:
+                    assert lr.ssl_connection_error is not None
                     lr.ssl_connection_error.inc()
                     return
-                DOWNSTREAM_TLS.set(conn.tls)
             await chain.filter.serve(stream, conn)
         except Exception:
             # A bug must cost one connection, never the server.

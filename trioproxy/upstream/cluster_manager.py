@@ -105,6 +105,18 @@ class ClusterRuntime:
         self.membership_healthy = stats.gauge(p + "membership_healthy")
         self._code_counters: dict[int, tuple[Counter, Counter]] = {}
         self._grpc: dict[tuple[str, str], tuple[Counter, Counter, Counter]] = {}
+        # Retries and the request circuit breakers (Envoy's names).
+        self.breakers = config.circuit_breakers
+        self.rq_retry = stats.counter(p + "upstream_rq_retry")
+        self.rq_per_try_timeout = stats.counter(p + "upstream_rq_per_try_timeout")
+        self.rq_retry_success = stats.counter(p + "upstream_rq_retry_success")
+        self.rq_retry_overflow = stats.counter(p + "upstream_rq_retry_overflow")
+        self.rq_retry_limit_exceeded = stats.counter(p + "upstream_rq_retry_limit_exceeded")
+        self.rq_pending_overflow = stats.counter(p + "upstream_rq_pending_overflow")
+        cb = p + "circuit_breakers.default."
+        self.cb_rq_open = stats.gauge(cb + "rq_open")
+        self.cb_rq_retry_open = stats.gauge(cb + "rq_retry_open")
+        self.retries_active = 0
         self.lb: LoadBalancer
         self.rebuild()
 
@@ -223,6 +235,28 @@ class ClusterRuntime:
             host.rq_error += 1
         else:
             host.rq_success += 1
+
+    def request_allowed(self) -> bool:
+        """The max_requests breaker: False (count an overflow) when full."""
+        if self.rq_active.value >= self.breakers.max_requests:
+            self.rq_pending_overflow.inc()
+            self.cb_rq_open.set(1)
+            return False
+        self.cb_rq_open.set(0)
+        return True
+
+    def retry_allowed(self) -> bool:
+        """The retry breaker: `max_retries` concurrent retries, or the budget."""
+        b = self.breakers
+        if b.budget_percent is not None:
+            limit = max(b.min_retry_concurrency, int(self.rq_active.value * b.budget_percent / 100))
+        else:
+            limit = b.max_retries
+        if self.retries_active >= limit:
+            self.cb_rq_retry_open.set(1)
+            return False
+        self.cb_rq_retry_open.set(0)
+        return True
 
     def on_grpc_response(self, path: bytes, stream: GrpcOutcome) -> None:
         """Count a finished gRPC call: `cluster.<name>.grpc.<service>.<method>.

@@ -141,9 +141,7 @@ class TcpProxyFilter(NetworkFilter):
             info.add_flag("URX")
         return None
 
-    async def _relay(
-        self, down: trio.abc.Stream, up: trio.abc.Stream, info: StreamInfo
-    ) -> None:
+    async def _relay(self, down: trio.abc.Stream, up: trio.abc.Stream, info: StreamInfo) -> None:
         idle = _Idle(self.config.idle_timeout)
         with idle.scope:
             async with trio.open_nursery() as nursery:
