@@ -94,3 +94,6 @@ def bench(session: nox.Session) -> None:
     """Measure req/s and latency, direct backend vs through trioproxy (wrk)."""
     session.install("-e", ".")
     session.run("python", "benchmarks/bench.py", *session.posargs)
+    if "--quick" in session.posargs:
+        # HTTP/2 downstream (h2load), smoke-sized.
+        session.run("python", "benchmarks/h2bench.py", "--quick")

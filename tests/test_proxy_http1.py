@@ -157,7 +157,8 @@ async def test_raw_pipelined_requests(nursery: trio.Nursery) -> None:
     port = server.listener_address("ingress").port
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     await stream.send_all(
-        b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET /two HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
     )
     data = b""
     while chunk := await stream.receive_some(65536):

@@ -162,10 +162,7 @@ class _Base:
 
     @property
     def keep_alive(self) -> bool:
-        return (
-            self._conn.our_state is h11.DONE
-            and self._conn.their_state is h11.DONE
-        )
+        return self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE
 
     def message_complete(self) -> bool:
         """The peer's current message has been read to its end."""
@@ -378,7 +375,9 @@ class Http1ServerCodec(_Base):
                 or b""
             )
         except h11.LocalProtocolError as exc:
-            raise Http1Error(f"cannot send response head: {exc}", 502, "upstream_protocol") from None
+            raise Http1Error(
+                f"cannot send response head: {exc}", 502, "upstream_protocol"
+            ) from None
 
     def send_data(self, data: bytes) -> bytes:
         return self._conn.send(h11.Data(data=data)) or b""
@@ -388,7 +387,8 @@ class Http1ServerCodec(_Base):
 
     @property
     def response_started(self) -> bool:
-        return self._conn.our_state is not h11.IDLE and self._conn.our_state is not h11.SEND_RESPONSE
+        state = self._conn.our_state
+        return state is not h11.IDLE and state is not h11.SEND_RESPONSE
 
 
 class Http1ClientCodec(_Base):

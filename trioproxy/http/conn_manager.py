@@ -22,14 +22,15 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from urllib.parse import quote_from_bytes
 from collections.abc import Sequence
 from email.utils import formatdate
 from typing import TYPE_CHECKING
+from urllib.parse import quote_from_bytes
 
 import h2.connection
 import trio
 
+from trioproxy.codec.grpc import http_to_grpc_status, is_grpc
 from trioproxy.codec.http1 import (
     CLOSED,
     NEED_DATA,
@@ -40,7 +41,6 @@ from trioproxy.codec.http1 import (
     Http1ServerCodec,
     strip_hop_by_hop,
 )
-from trioproxy.codec.grpc import http_to_grpc_status, is_grpc
 from trioproxy.codec.http2 import PREFACE, Http2Settings, new_server_connection
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead, StreamInfo
 from trioproxy.config import HttpConnectionManager
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from trioproxy.http.router import Router
 
 __all__ = ["ActiveStream", "ConnectionManager", "reason_phrase"]
+
 
 def reason_phrase(status: int) -> bytes:
     return REASONS.get(status, b"")
@@ -329,7 +330,6 @@ class ActiveStream:
             await self._write_data(body)
             await self.send_end()
 
-
     async def _grpc_local_reply(
         self,
         status: int,
@@ -506,10 +506,9 @@ class ConnectionManager:
             initial_stream_window_size=config.initial_stream_window_size,
             initial_connection_window_size=config.initial_connection_window_size,
             max_header_list_size=config.max_request_headers_kb * 1024,
+            max_headers_count=config.max_headers_count,
         )
-        self._filter_factories = tuple(
-            (HTTP_FILTERS[type(f)], f) for f in config.http_filters
-        )
+        self._filter_factories = tuple((HTTP_FILTERS[type(f)], f) for f in config.http_filters)
 
     # ------------------------------------------------------------------ connection
 
@@ -688,9 +687,7 @@ class ConnectionManager:
             stream.upgrade = up.lower() if up is not None else None
         self._prepare_request(stream.head, info.downstream_remote_address)
         try:
-            with trio.CancelScope(
-                deadline=trio.current_time() + self.stream_idle_timeout
-            ) as idle:
+            with trio.CancelScope(deadline=trio.current_time() + self.stream_idle_timeout) as idle:
                 stream.idle_scope = idle
                 await self._run_stream(stream)
             if idle.cancelled_caught:

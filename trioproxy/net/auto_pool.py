@@ -86,7 +86,6 @@ class AutoPool:
     def nursery(self, value: trio.Nursery | None) -> None:
         self.h2.nursery = value
 
-
     async def acquire(self) -> UpstreamStream:
         if self.h2.has_room():
             return await self.h2.acquire()
