@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from trioproxy.dsl import (
     MeshBuilder,
     MeshError,
@@ -438,3 +440,46 @@ def test_builders_are_immutable_and_comparable(pki: Pki) -> None:
     assert m.listeners[0].listener_filters == (TlsInspector(),)
     # The implicit http() chain of .route() is a plaintext chain: raw_buffer.
     assert m.listeners[0].filter_chains[0].match.transport_protocol == "raw_buffer"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.text(max_size=30), max_size=4),
+    st.lists(st.text(max_size=20), max_size=3),
+    st.lists(
+        st.one_of(
+            st.text(max_size=20),
+            st.builds(
+                lambda ip, n: f"{ip}/{n}",
+                st.ip_addresses(v=4),
+                st.integers(min_value=0, max_value=33),
+            ),
+        ),
+        max_size=3,
+    ),
+)
+def test_chain_match_options_compile_or_report(
+    names: list[str], alpn: list[str], source: list[str]
+) -> None:
+    """Any strings as match options either compile to a normalised match or
+    are reported as issues with the `.chain(...)` call's location; nothing
+    else escapes the compiler."""
+    builder = mesh(
+        listener("l", ":0").chain(
+            tcp_proxy(cluster("s", "127.0.0.1:1")),
+            server_names=names,
+            alpn=alpn,
+            source=source,
+        )
+    )
+    try:
+        m = builder.compile()
+    except MeshError as exc:
+        assert exc.issues
+        assert all(i.location is not None and i.location.file == HERE for i in exc.issues)
+        return
+    match = m.listeners[0].filter_chains[0].match
+    assert match.server_names == tuple(n.lower().rstrip(".") for n in names)
+    assert all(n.startswith("*.") or "*" not in n for n in match.server_names)
+    assert match.application_protocols == tuple(alpn)
+    assert len(match.source_prefix_ranges) == len(source)

@@ -1,4 +1,5 @@
-"""gRPC's official interop cases through the proxy (h2c front).
+"""gRPC's official interop cases through the proxy, over an h2c front and a
+TLS front (ALPN h2, the interop suite's own test certificate).
 
 Debian's `ruby-grpc` ships grpc's own interop client and server
 (`src/ruby/pb/test/client.rb`, `server.rb`). The server binds 0.0.0.0; a
@@ -134,13 +135,38 @@ def _mesh(backend_port: int) -> Mesh:
     )
 
 
+def _tls_mesh(d: Path, backend_port: int) -> Mesh:
+    """The TLS front: grpc's test server certificate (server1.pem, for
+    *.test.google.fr, signed by the suite's test CA), ALPN h2."""
+    from trioproxy.dsl import cluster as dsl_cluster
+    from trioproxy.dsl import grpc, http, listener, mesh, tls
+
+    testdata = d.parent.parent / "spec" / "testdata"
+    backend = dsl_cluster("grpc_backend", f"127.0.0.1:{backend_port}").http2()
+    return mesh(
+        listener("ingress", "127.0.0.1:0")
+        .chain(
+            http(stat_prefix="ingress_http"),
+            tls=tls(str(testdata / "server1.pem"), str(testdata / "server1.key")),
+        )
+        .route(grpc(), backend, timeout=0)
+    ).compile()
+
+
+@pytest.mark.parametrize("front", ["h2c", "tls"])
 @pytest.mark.parametrize("case", CASES)
-async def test_interop_case_through_h2c_front(
-    nursery: trio.Nursery, interop_server: tuple[Path, int], case: str
+async def test_interop_case(
+    nursery: trio.Nursery, interop_server: tuple[Path, int], case: str, front: str
 ) -> None:
     d, backend_port = interop_server
-    server = await start_proxy(nursery, _mesh(backend_port))
+    mesh = _mesh(backend_port) if front == "h2c" else _tls_mesh(d, backend_port)
+    server = await start_proxy(nursery, mesh)
     port = server.listener_address("ingress").port
+    tls_args = (
+        ["--use_tls=true", "--use_test_ca=true", "--server_host_override=foo.test.google.fr"]
+        if front == "tls"
+        else []
+    )
     with trio.fail_after(60):
         result = await trio.run_process(
             [
@@ -149,6 +175,7 @@ async def test_interop_case_through_h2c_front(
                 "--server_host=127.0.0.1",
                 f"--server_port={port}",
                 f"--test_case={case}",
+                *tls_args,
             ],
             capture_stdout=True,
             capture_stderr=True,

@@ -258,7 +258,13 @@ class Server:
             cfg = chain.tls
             what = f"listener {lc.name!r} chain {chain.name or index}"
             # Reading certificate files is disk I/O: off the event loop.
-            tls = await ServerTls.open(cfg, self.stats, prefix, what)
+            try:
+                tls = await ServerTls.open(cfg, self.stats, prefix, what)
+            except OSError as exc:  # ssl.SSLError is an OSError too
+                # One line for `trioproxy serve`, like a port in use.
+                raise OSError(
+                    exc.errno, f"{what} cannot load its TLS certificates: {exc.strerror or exc}"
+                ) from exc
         terminal = chain.filters[-1]
         factory = NETWORK_FILTERS[type(terminal)]
         return ChainRuntime(chain, factory(terminal, self, chain, prefix), tls)

@@ -86,7 +86,15 @@ class ClusterRuntime:
         self.pool_stats = pool_stats
         self._network = network
         # TLS origination (stats `cluster.<name>.ssl.*`); None for plaintext.
-        self.tls = ClientTls(config.tls, stats, p) if config.tls is not None else None
+        self.tls: ClientTls | None = None
+        if config.tls is not None:
+            try:
+                self.tls = ClientTls(config.tls, stats, p)
+            except OSError as exc:  # ssl.SSLError is an OSError too
+                raise OSError(
+                    exc.errno,
+                    f"cluster {config.name!r} cannot load its TLS files: {exc.strerror or exc}",
+                ) from exc
         self.hosts = [
             Host(str(ep.address), ep.weight, self._pool(network, config, ep, pool_stats, self.tls))
             for ep in config.endpoints
