@@ -576,6 +576,7 @@ class HttpBuilder:
     _max_headers_count: object = 100
     _generate_request_id: object = True
     _use_remote_address: object = True
+    _allow_connect: object = False
     _forward_client_cert: object = "sanitize_set"
     _client_cert_details: object = ("subject", "uri", "dns")
     _access_logs: tuple[AccessLogSpec, ...] = ()
@@ -639,6 +640,7 @@ def http(
     max_headers_count: int = 100,
     generate_request_id: bool = True,
     use_remote_address: bool = True,
+    allow_connect: bool = False,
     forward_client_cert: ForwardClientCertDetails = "sanitize_set",
     client_cert_details: Sequence[ClientCertDetail] = ("subject", "uri", "dns"),
 ) -> HttpBuilder:
@@ -655,6 +657,9 @@ def http(
     removed otherwise) or "always_forward_only"; `client_cert_details`
     picks from "subject", "cert", "chain", "dns", "uri" (Hash and By are
     always included).
+
+    `allow_connect` accepts WebSocket over HTTP/2 (RFC 8441 extended
+    CONNECT), bridged to an HTTP/1.1 upgrade towards the upstream.
     """
     return HttpBuilder(
         stat_prefix=stat_prefix,
@@ -668,6 +673,7 @@ def http(
         max_headers_count=max_headers_count,
         generate_request_id=generate_request_id,
         use_remote_address=use_remote_address,
+        allow_connect=allow_connect,
         forward_client_cert=forward_client_cert,
         client_cert_details=(
             (client_cert_details,)

@@ -488,6 +488,7 @@ class _Compiler:
             server_name=self.text(hb._server_name, "server_name", loc),
             generate_request_id=self.flag(hb._generate_request_id, "generate_request_id", loc),
             use_remote_address=self.flag(hb._use_remote_address, "use_remote_address", loc),
+            allow_connect=self.flag(hb._allow_connect, "allow_connect", loc),
             request_headers_timeout=self.duration(
                 hb._request_headers_timeout, "request_headers_timeout", loc
             ),

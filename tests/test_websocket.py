@@ -172,3 +172,56 @@ async def test_upstream_refusing_the_upgrade_is_relayed(nursery: trio.Nursery) -
         assert seen["upgrade"] == "websocket"
         assert seen["connection"] == "upgrade"
         assert (await c.get(url)).status_code == 200
+
+
+async def test_websocket_over_h2_extended_connect(nursery: trio.Nursery) -> None:
+    """RFC 8441: an h2 client's extended CONNECT reaches an HTTP/1.1
+    WebSocket upstream as an upgrade; frames flow in DATA frames."""
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import CloseConnection, Message, TextMessage
+
+    from tests.h2client import H2Client
+    from trioproxy.config import HttpConnectionManager
+
+    echo = await start_echo(nursery)
+    mesh = simple_mesh([route_to("ws")], [cluster("ws", f"127.0.0.1:{echo.port}")])
+    listener = mesh.listeners[0]
+    (chain,) = listener.filter_chains
+    (hcm,) = chain.filters
+    assert isinstance(hcm, HttpConnectionManager)
+    import attrs
+
+    hcm = attrs.evolve(hcm, allow_connect=True)
+    mesh = attrs.evolve(
+        mesh,
+        listeners=(attrs.evolve(listener, filter_chains=(attrs.evolve(chain, filters=(hcm,)),)),),
+    )
+    server = await start_proxy(nursery, mesh)
+    port = server.listener_address("ingress").port
+    with trio.fail_after(10):
+        async with await H2Client.connect(port) as c:
+            await c.remote_settings_received.wait()
+            assert c.conn.remote_settings.enable_connect_protocol == 1
+            sid = await c.start(
+                "CONNECT",
+                "/chat",
+                headers=[(b":protocol", b"websocket"), (b"sec-websocket-version", b"13")],
+                end_stream=False,
+            )
+            pending = c.pending[sid]
+            await pending.got_headers.wait()
+            assert pending.response.status == 200
+            ws = Connection(ConnectionType.CLIENT)
+            await c.send_body(sid, ws.send(Message(data="over h2")), end=False)
+            got: list[str] = []
+            seen = 0
+            while not got:
+                await trio.sleep(0.01)
+                if len(pending.body) > seen:
+                    ws.receive_data(bytes(pending.body[seen:]))
+                    seen = len(pending.body)
+                    got += [e.data for e in ws.events() if isinstance(e, TextMessage)]
+            assert got == ["over h2"]
+            await c.send_body(sid, ws.send(CloseConnection(code=1000)), end=False)
+    assert echo.paths == ["/chat"]
+    assert counter(server, "http.ingress_http.downstream_cx_upgrades_total") == 1

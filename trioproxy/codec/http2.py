@@ -103,6 +103,8 @@ class Http2Settings:
     max_frame_size: int = 16384
     max_header_list_size: int = 60 * 1024
     max_headers_count: int = 100
+    # RFC 8441 SETTINGS_ENABLE_CONNECT_PROTOCOL (WebSocket over HTTP/2).
+    enable_connect_protocol: bool = False
 
 
 _DEFAULT_WINDOW: Final = 65535
@@ -345,6 +347,9 @@ def _connection(settings: Http2Settings, *, client_side: bool) -> h2.connection.
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
         },
     )
+    if settings.enable_connect_protocol and not client_side:
+        conn.local_settings[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL] = 1
+        conn.local_settings.acknowledge()
     conn.initiate_connection()
     extra = settings.initial_connection_window_size - _DEFAULT_WINDOW
     if extra > 0:

@@ -426,6 +426,9 @@ class HttpConnectionManager(NetworkFilterConfig):
     # Envoy's upgrade_configs; Envoy has none by default, we allow WebSocket
     # (docs/decisions.md). An upgrade not listed here is refused with 403.
     upgrade_types: tuple[str, ...] = ("websocket",)
+    # Envoy's http2_protocol_options.allow_connect: accept RFC 8441 extended
+    # CONNECT (WebSocket over HTTP/2), bridged to an HTTP/1.1 upgrade. Off.
+    allow_connect: bool = False
     # HTTP/2 (Envoy 1.36 http2_protocol_options defaults; the foundation of
     # issue 3 asks for 1024 concurrent streams).
     max_concurrent_streams: int = 1024

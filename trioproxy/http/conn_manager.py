@@ -19,7 +19,9 @@ Malformed requests get their status (400, 413, 431, 426) with
 
 from __future__ import annotations
 
+import base64
 import math
+import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -42,10 +44,11 @@ from trioproxy.codec.http1 import (
     strip_hop_by_hop,
 )
 from trioproxy.codec.http2 import PREFACE, Http2Settings, new_server_connection
-from trioproxy.codec.stream import Headers, RequestHead, ResponseHead, StreamInfo
+from trioproxy.codec.stream import Headers, RequestHead, ResponseHead, StreamInfo, get_header
 from trioproxy.config import HttpConnectionManager
 from trioproxy.filters.base import HTTP_FILTERS, FilterStatus, HttpFilter
 from trioproxy.http.route_table import RouteTable
+from trioproxy.http.upgrade import ByteChannel
 from trioproxy.net.errors import DownstreamProtocolError, DownstreamReset
 from trioproxy.net.network import Connection
 from trioproxy.observe.stats import Counter, StatsStore
@@ -226,9 +229,9 @@ class ActiveStream:
     async def _write_head(self, head: ResponseHead, end_stream: bool) -> None:
         raise NotImplementedError
 
-    async def accept_upgrade(self, head: ResponseHead) -> tuple[Connection, bytes]:
-        """Send the upstream's 101 and hand over the raw downstream connection
-        with the bytes already read past the request."""
+    async def accept_upgrade(self, head: ResponseHead) -> tuple[ByteChannel, bytes]:
+        """Send the upstream's 101 (HTTP/2: 200) and hand over the downstream
+        end of the tunnel with the bytes already read past the request."""
         raise NotImplementedError
 
     async def _write_data(self, data: bytes) -> None:
@@ -457,7 +460,7 @@ class Http1Stream(ActiveStream):
     async def _write_data(self, data: bytes) -> None:
         await self._send(self._codec.send_data(data))
 
-    async def accept_upgrade(self, head: ResponseHead) -> tuple[Connection, bytes]:
+    async def accept_upgrade(self, head: ResponseHead) -> tuple[ByteChannel, bytes]:
         info = self.info
         info.response = head
         info.response_code = head.status
@@ -507,6 +510,7 @@ class ConnectionManager:
             initial_connection_window_size=config.initial_connection_window_size,
             max_header_list_size=config.max_request_headers_kb * 1024,
             max_headers_count=config.max_headers_count,
+            enable_connect_protocol=config.allow_connect,
         )
         self._filter_factories = tuple((HTTP_FILTERS[type(f)], f) for f in config.http_filters)
 
@@ -685,11 +689,20 @@ class ConnectionManager:
         if info.protocol == "HTTP/1.1":
             up = _requested_upgrade(stream.head.headers)
             stream.upgrade = up.lower() if up is not None else None
+        refuse = False
+        if (
+            stream.head.method == b"CONNECT"
+            and get_header(stream.head.headers, b":protocol") is not None
+        ):
+            refuse = not self._extended_connect(stream)
         self._prepare_request(stream.head, info.downstream_remote_address)
         try:
             with trio.CancelScope(deadline=trio.current_time() + self.stream_idle_timeout) as idle:
                 stream.idle_scope = idle
-                await self._run_stream(stream)
+                if refuse:
+                    await stream.local_reply(400, b"extended CONNECT is not enabled")
+                else:
+                    await self._run_stream(stream)
             if idle.cancelled_caught:
                 stats.rq_idle_timeout.inc()
                 info.add_flag("SI")
@@ -719,9 +732,34 @@ class ConnectionManager:
             for logger in self.access_loggers:
                 logger.log(info)  # type: ignore[attr-defined]
 
+    def _extended_connect(self, stream: ActiveStream) -> bool:
+        """RFC 8441: turn a WebSocket extended CONNECT into the HTTP/1.1
+        upgrade request the upstream expects (opt-in: `allow_connect`)."""
+        head = stream.head
+        protocol = get_header(head.headers, b":protocol")
+        head.headers = [(k, v) for k, v in head.headers if k != b":protocol"]
+        if not self.config.allow_connect or protocol is None or protocol.lower() != b"websocket":
+            return False
+        head.method = b"GET"
+        head.headers += [
+            (b"connection", b"upgrade"),
+            (b"upgrade", b"websocket"),
+            (b"sec-websocket-key", base64.b64encode(os.urandom(16))),
+        ]
+        if head.get(b"sec-websocket-version") is None:
+            head.headers.append((b"sec-websocket-version", b"13"))
+        stream.upgrade = b"websocket"
+        # The stream stays open for the tunnel; there is no request body.
+        stream.has_body = False
+        stream._body_done = True
+        stream.content_length = None
+        return True
+
     def _prepare_request(self, head: RequestHead, remote: str) -> None:
         """Edit the request as Envoy's HCM does before routing."""
         upgrade = _requested_upgrade(head.headers)
+        if upgrade is None and head.get(b"upgrade") == b"websocket":
+            upgrade = b"websocket"  # an RFC 8441 stream turned into an upgrade
         headers = strip_hop_by_hop(head.headers)
         if upgrade is not None:
             # Hop-by-hop, but the upstream must see them to switch protocols.

@@ -275,6 +275,53 @@ class Http2Stream(ActiveStream):
         """Reset the stream towards the client (a truncated or abandoned response)."""
         self._h2c.reset(self.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
 
+    # ----------------------------------------------------------- RFC 8441
+
+    async def accept_upgrade(self, head: ResponseHead) -> tuple[_H2Tunnel, bytes]:
+        """The upstream switched protocols: answer the extended CONNECT with
+        200 (RFC 8441 5) and carry the tunnel in this stream's DATA frames."""
+        drop = {b"connection", b"upgrade", b"sec-websocket-accept", b"content-length"}
+        headers = [(k, v) for k, v in head.headers if k not in drop]
+        await self.send_response_head(ResponseHead(status=200, headers=headers))
+        self.info.response_code = 200
+        self.response_complete = True  # the tunnel owns the stream now
+        return _H2Tunnel(self), b""
+
+    async def tunnel_receive(self) -> bytes:
+        """Raw DATA for the tunnel; b"" once the client ended the stream."""
+        while True:
+            self._check_open()
+            if self._chunks:
+                data, flow = self._chunks.popleft()
+                if flow:
+                    self._h2c.acknowledge(self.stream_id, flow)
+                if data:
+                    return data
+                continue
+            if self.ended_by_peer:
+                return b""
+            if self._data_ready.is_set():
+                self._data_ready = trio.Event()
+            await self._data_ready.wait()
+
+
+class _H2Tunnel:
+    """The downstream end of a tunnel over one HTTP/2 stream (RFC 8441)."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: Http2Stream) -> None:
+        self._stream = stream
+
+    async def receive_some(self) -> bytes:
+        return await self._stream.tunnel_receive()
+
+    async def send_all(self, data: bytes) -> None:
+        await self._stream._write_data(data)
+
+    async def send_eof(self) -> None:
+        await self._stream._write_end(None)
+
 
 class _H2Downstream:
     """The state of one HTTP/2 downstream connection."""

@@ -18,18 +18,29 @@ Nothing here parses WebSocket frames: the proxy is transparent, as Envoy is.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
 from trioproxy.net.errors import ProxyIOError
-from trioproxy.net.network import Connection
 
-__all__ = ["tunnel"]
+__all__ = ["ByteChannel", "tunnel"]
+
+
+class ByteChannel(Protocol):
+    """One end of a tunnel: a socket `Connection`, or an HTTP/2 stream
+    carrying an RFC 8441 WebSocket. Errors are `ProxyIOError`s."""
+
+    async def receive_some(self) -> bytes: ...
+
+    async def send_all(self, data: bytes) -> None: ...
+
+    async def send_eof(self) -> None: ...
 
 
 async def _copy(
-    src: Connection,
-    dst: Connection,
+    src: ByteChannel,
+    dst: ByteChannel,
     first: bytes,
     touch: Callable[[int], None],
     done: Callable[[], None],
@@ -51,9 +62,9 @@ async def _copy(
 
 
 async def tunnel(
-    downstream: Connection,
+    downstream: ByteChannel,
     downstream_buffered: bytes,
-    upstream: Connection,
+    upstream: ByteChannel,
     upstream_buffered: bytes,
     *,
     on_downstream_bytes: Callable[[int], None],
