@@ -93,6 +93,11 @@ def _trusted(remote: str) -> bool:
     return ip.is_loopback or ip.is_private
 
 
+# How long a bodiless request waits for the response head before a task
+# starts watching the downstream for a client that gives up.
+_WATCH_AFTER: Final = 0.05
+
+
 class _RetryResponse(Exception):
     """A try's response head was retriable: unwind the try."""
 
@@ -415,6 +420,18 @@ class Router:
         await up.send_request_head(
             stream.head, body=stream.has_body, content_length=stream.content_length
         )
+        if not stream.has_body:
+            # Fast path: most upstreams answer quickly, so first wait for the
+            # head without a watcher task (a task per request costs more than
+            # the rest of the router). A slow head gets the watcher below; a
+            # client that leaves during the body is seen when a write fails.
+            head: ResponseHead | None = None
+            with trio.move_on_after(_WATCH_AFTER):
+                head = await up.receive_response_head()
+            if head is not None:
+                fwd.watch_done.set()
+                await self._relay_response(stream, cluster, host, up, started, fwd, head)
+                return True
         relay_error: BaseException | None = None
         async with trio.open_nursery() as nursery:
             if stream.has_body:
@@ -489,8 +506,10 @@ class Router:
         up: UpstreamStream,
         started: float,
         fwd: _Forward,
+        resp: ResponseHead | None = None,
     ) -> None:
-        resp = await up.receive_response_head()
+        if resp is None:
+            resp = await up.receive_response_head()
         if fwd.retry is not None and fwd.retry.should_retry_response(resp):
             cluster.on_response(host, resp.status, (trio.current_time() - started) * 1000)
             raise _RetryResponse
