@@ -189,6 +189,7 @@ def test_jsonable_clusters() -> None:
             "max_pending_requests": 1024,
             "max_requests": 1024,
             "max_retries": 3,
+            "max_connections_per_host": None,
             "budget_percent": None,
             "min_retry_concurrency": 3,
         },

@@ -225,3 +225,66 @@ async def test_max_requests_overflow_is_503_uo(nursery: trio.Nursery) -> None:
         assert r.headers["x-envoy-overloaded"] == "true"
         inner.cancel_scope.cancel()
     assert counter(server, "cluster.svc.upstream_rq_pending_overflow") == 1
+
+
+async def test_max_connections_queues_then_overflows_pending(nursery: trio.Nursery) -> None:
+    """One connection allowed, one pending request allowed: the second
+    request waits for the first's connection; a third overflows with UO."""
+    up = await start_upstream(nursery)
+    breakers = CircuitBreakers(max_connections=1, max_pending_requests=1)
+    server = await start_proxy(
+        nursery,
+        simple_mesh(
+            [route_to("svc", timeout=0.0)], [cluster("svc", up, circuit_breakers=breakers)]
+        ),
+    )
+    results: dict[str, int] = {}
+
+    async def get(name: str, **headers: str) -> None:
+        async with httpx.AsyncClient() as c:
+            results[name] = (await c.get(url(server, "/" + name), headers=headers)).status_code
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(partial(get, "slow", **{"x-test-delay": "0.5"}))
+            while gauge(server, "cluster.svc.upstream_cx_active") < 1:
+                await trio.sleep(0.01)
+            inner.start_soon(get, "queued")
+            while counter(server, "cluster.svc.upstream_cx_overflow") < 1:
+                await trio.sleep(0.01)
+            assert gauge(server, "cluster.svc.circuit_breakers.default.cx_open") == 1
+            await get("overflow")
+            assert results["overflow"] == 503
+            assert gauge(server, "cluster.svc.circuit_breakers.default.rq_pending_open") == 1
+    assert results == {"slow": 200, "queued": 200, "overflow": 503}
+    assert counter(server, "cluster.svc.upstream_rq_pending_overflow") == 1
+    assert counter(server, "cluster.svc.upstream_cx_total") == 1  # the queued one reused it
+    await settle(server)
+    assert gauge(server, "cluster.svc.upstream_rq_active") == 0
+
+
+async def test_cancelled_pending_request_releases_its_slot(nursery: trio.Nursery) -> None:
+    up = await start_upstream(nursery)
+    breakers = CircuitBreakers(max_connections=1, max_pending_requests=1)
+    server = await start_proxy(
+        nursery,
+        simple_mesh(
+            [route_to("svc", timeout=0.0)], [cluster("svc", up, circuit_breakers=breakers)]
+        ),
+    )
+    port = server.listener_address("ingress").port
+    hold = await trio.open_tcp_stream("127.0.0.1", port)
+    await hold.send_all(b"GET / HTTP/1.1\r\nHost: a\r\nx-test-hang: 1\r\n\r\n")
+    waiting = await trio.open_tcp_stream("127.0.0.1", port)
+    await waiting.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    pool_stats = server.clusters.get("svc").pool_stats  # type: ignore[union-attr]
+    with trio.fail_after(5):
+        while pool_stats.pending < 1:
+            await trio.sleep(0.01)
+    await waiting.aclose()  # the pending client gives up
+    await hold.aclose()
+    with trio.fail_after(5):
+        while pool_stats.pending or gauge(server, "cluster.svc.upstream_rq_active"):
+            await trio.sleep(0.01)
+    async with httpx.AsyncClient() as c:
+        assert (await c.get(url(server))).status_code == 200

@@ -232,6 +232,8 @@ class CircuitBreakers:
     max_pending_requests: int = 1024
     max_requests: int = 1024
     max_retries: int = 3
+    # Envoy's per_host_thresholds max_connections (unset: no per-host limit).
+    max_connections_per_host: int | None = None
     # Retry budget (Envoy's retry_budget): when set, it replaces max_retries:
     # retries may be `budget_percent` of active requests, at least
     # `min_retry_concurrency`. Envoy's defaults once a budget exists: 20 %, 3.

@@ -42,6 +42,7 @@ from trioproxy.net.errors import (
     ConnectFailure,
     DownstreamProtocolError,
     DownstreamReset,
+    PoolOverflow,
     UpstreamProtocolError,
     UpstreamReset,
 )
@@ -57,6 +58,9 @@ __all__ = ["Router"]
 # Envoy's local-reply bodies, so that users' grep patterns carry over.
 _CONNECT_FAILURE_BODY = (
     b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+)
+_OVERFLOW_BODY = (
+    b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
 )
 _RESET_PREFIX = b"upstream connect error or disconnect/reset before headers. reset reason: "
 
@@ -324,8 +328,7 @@ class Router:
         if not cluster.request_allowed():
             await stream.local_reply(
                 503,
-                b"upstream connect error or disconnect/reset before headers. "
-                b"reset reason: overflow",
+                _OVERFLOW_BODY,
                 flag="UO",
                 details="upstream_reset_before_response_started{overflow}",
                 headers=[(b"x-envoy-overloaded", b"true")],
@@ -341,6 +344,15 @@ class Router:
             with trio.move_on_after(per_try) as try_scope:
                 try:
                     up = await host.pool.acquire()
+                except PoolOverflow:
+                    await stream.local_reply(
+                        503,
+                        _OVERFLOW_BODY,
+                        flag="UO",
+                        details="upstream_reset_before_response_started{overflow}",
+                        headers=[(b"x-envoy-overloaded", b"true")],
+                    )
+                    return False
                 except ConnectFailure as exc:
                     info.upstream_transport_failure_reason = f"{exc.reason}: {exc}"
                     if retry is not None and retry.should_retry_failure("connect-failure"):

@@ -45,6 +45,13 @@ class ConnectTimeout(ConnectFailure):
     reason = "connection_timeout"
 
 
+class PoolOverflow(UpstreamError):
+    """A circuit breaker is full (Envoy's upstream overflow): answer 503 UO."""
+
+    flag = "UO"
+    reason = "overflow"
+
+
 class UpstreamReset(UpstreamError):
     flag = "UC"
     reason = "connection_termination"

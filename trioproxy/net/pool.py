@@ -33,7 +33,8 @@ from trioproxy.codec.http1 import (
     Http1Error,
 )
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead
-from trioproxy.net.errors import UpstreamProtocolError, UpstreamReset
+from trioproxy.config import CircuitBreakers
+from trioproxy.net.errors import PoolOverflow, UpstreamProtocolError, UpstreamReset
 from trioproxy.net.network import Connection, Network
 from trioproxy.net.tls import ClientTls, connect_upstream
 from trioproxy.net.upstream import UpstreamStream
@@ -43,9 +44,30 @@ __all__ = ["Http1Pool", "PoolStats", "UpstreamHttp1"]
 
 
 class PoolStats:
-    """Cluster-level connection stats handles shared by a cluster's pools."""
+    """Cluster-level connection stats and breaker state shared by a cluster's pools.
 
-    __slots__ = ("cx_active", "cx_connect_fail", "cx_connect_timeout", "cx_destroy", "cx_total")
+    With `breakers` set, HTTP/1.1 pools enforce Envoy's `max_connections`
+    (cluster-wide, connections open or being dialled), the per-host
+    `max_connections_per_host`, and `max_pending_requests`: a request that
+    finds no connection and no room for one waits (pending) until a
+    connection is freed, or overflows at once when the pending queue is full.
+    """
+
+    __slots__ = (
+        "_freed",
+        "breakers",
+        "cx_active",
+        "cx_connect_fail",
+        "cx_connect_timeout",
+        "cx_destroy",
+        "cx_open",
+        "cx_overflow",
+        "cx_total",
+        "dialing",
+        "pending",
+        "rq_pending_open",
+        "rq_pending_overflow",
+    )
 
     def __init__(
         self,
@@ -55,12 +77,34 @@ class PoolStats:
         cx_connect_fail: Counter,
         cx_connect_timeout: Counter,
         cx_destroy: Counter,
+        breakers: CircuitBreakers | None = None,
+        cx_overflow: Counter | None = None,
+        rq_pending_overflow: Counter | None = None,
+        cx_open: Gauge | None = None,
+        rq_pending_open: Gauge | None = None,
     ) -> None:
         self.cx_total = cx_total
         self.cx_active = cx_active
         self.cx_connect_fail = cx_connect_fail
         self.cx_connect_timeout = cx_connect_timeout
         self.cx_destroy = cx_destroy
+        self.breakers = breakers
+        self.cx_overflow = cx_overflow or Counter("unused.cx_overflow")
+        self.rq_pending_overflow = rq_pending_overflow or Counter("unused.rq_pending_overflow")
+        self.cx_open = cx_open or Gauge("unused.cx_open")
+        self.rq_pending_open = rq_pending_open or Gauge("unused.rq_pending_open")
+        self.dialing = 0  # connections being dialled (reserved, not yet open)
+        self.pending = 0  # requests waiting for a connection
+        self._freed = trio.Event()
+
+    def notify_freed(self) -> None:
+        """A connection was returned or closed: waiting requests recheck."""
+        if self.pending:
+            freed, self._freed = self._freed, trio.Event()
+            freed.set()
+
+    async def wait_freed(self) -> None:
+        await self._freed.wait()
 
 
 class UpstreamHttp1:
@@ -174,6 +218,7 @@ class Http1Pool:
         self._max_idle = max_idle
         self._idle: list[UpstreamHttp1] = []
         self.active = 0  # connections open (idle or lent) from this pool
+        self._dialing = 0  # connections of this pool being dialled
         self.closed = False
 
     async def acquire(self) -> UpstreamHttp1:
@@ -182,10 +227,43 @@ class Http1Pool:
         Raises:
             ConnectFailure / ConnectTimeout: a new connection could not be made.
         """
-        up = self.pop_idle()
-        if up is not None:
-            return up
-        return self.adopt(await self.dial())
+        s = self._stats
+        while True:
+            up = self.pop_idle()
+            if up is not None:
+                return up
+            b = s.breakers
+            if b is None:
+                return self.adopt(await self.dial())
+            per_host = b.max_connections_per_host
+            if s.cx_active.value + s.dialing < b.max_connections and (
+                per_host is None or self.active + self._dialing < per_host
+            ):
+                break
+            # No connection free and no room for one: pending, or overflow.
+            s.cx_overflow.inc()
+            s.cx_open.set(1)
+            if s.pending >= b.max_pending_requests:
+                s.rq_pending_overflow.inc()
+                s.rq_pending_open.set(1)
+                raise PoolOverflow("pending requests overflow")
+            s.pending += 1
+            try:
+                await s.wait_freed()
+            finally:
+                s.pending -= 1
+                if s.pending < b.max_pending_requests:
+                    s.rq_pending_open.set(0)
+        s.cx_open.set(0)
+        s.dialing += 1
+        self._dialing += 1
+        try:
+            stream = await self.dial()
+        finally:
+            s.dialing -= 1
+            self._dialing -= 1
+            s.notify_freed()  # only matters if the dial failed: its slot is free
+        return self.adopt(stream)
 
     def pop_idle(self) -> UpstreamHttp1 | None:
         """An idle connection that is still usable, or None."""
@@ -239,8 +317,10 @@ class Http1Pool:
             up.idle_since = trio.current_time()
             up.trailers = []
             self._idle.append(up)
+            self._stats.notify_freed()
             return
         self._destroy(up)
+        self._stats.notify_freed()
 
     def _destroy(self, up: UpstreamHttp1) -> None:
         if not up.conn.closed:

@@ -82,6 +82,11 @@ class ClusterRuntime:
             cx_connect_fail=stats.counter(p + "upstream_cx_connect_fail"),
             cx_connect_timeout=stats.counter(p + "upstream_cx_connect_timeout"),
             cx_destroy=stats.counter(p + "upstream_cx_destroy"),
+            breakers=config.circuit_breakers,
+            cx_overflow=stats.counter(p + "upstream_cx_overflow"),
+            rq_pending_overflow=stats.counter(p + "upstream_rq_pending_overflow"),
+            cx_open=stats.gauge(p + "circuit_breakers.default.cx_open"),
+            rq_pending_open=stats.gauge(p + "circuit_breakers.default.rq_pending_open"),
         )
         self.pool_stats = pool_stats
         self._network = network
