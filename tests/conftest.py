@@ -132,3 +132,13 @@ async def settle(server: Server, prefix: str = "ingress_http") -> None:
     with trio.fail_after(5):
         while gauge(server, f"http.{prefix}.downstream_rq_active"):
             await trio.sleep(0.001)
+
+
+def grpc_mesh(upstream: Upstream | str, *, timeout: float = 15.0) -> Mesh:
+    """A listener routing gRPC requests (`grpc()` match) to `grpc_backend` over HTTP/2."""
+    route = Route(
+        name="grpc",
+        match=RouteMatch(path_kind="prefix", value="/", grpc=True),
+        action=RouteAction(cluster="grpc_backend", timeout=timeout),
+    )
+    return simple_mesh([route], [cluster("grpc_backend", upstream, protocol="http2")])

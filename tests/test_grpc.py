@@ -17,21 +17,9 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import cluster, counter, settle, start_proxy
+from tests.conftest import counter, grpc_mesh, settle, start_proxy
 from tests.h2client import H2Client
 from tests.upstream_h2 import start_upstream_h2
-from trioproxy.config import (
-    FilterChain,
-    HttpConnectionManager,
-    Listener,
-    Mesh,
-    Route,
-    RouteAction,
-    RouteConfig,
-    RouteMatch,
-    SocketAddress,
-    VirtualHost,
-)
 from trioproxy.runtime.server import Server
 
 
@@ -86,32 +74,6 @@ def grpc_server() -> Iterator[int]:
         yield port
     finally:
         server.stop(grace=None)
-
-
-def grpc_mesh(upstream: str, *, timeout: float = 15.0) -> Mesh:
-    routes = (
-        Route(
-            name="grpc",
-            match=RouteMatch(path_kind="prefix", value="/", grpc=True),
-            action=RouteAction(cluster="grpc_backend", timeout=timeout),
-        ),
-    )
-    manager = HttpConnectionManager(
-        stat_prefix="ingress_http",
-        route_config=RouteConfig(
-            virtual_hosts=(VirtualHost(name="default", domains=("*",), routes=routes),)
-        ),
-    )
-    return Mesh(
-        listeners=(
-            Listener(
-                name="ingress",
-                address=SocketAddress(host="127.0.0.1", port=0),
-                filter_chains=(FilterChain(filters=(manager,)),),
-            ),
-        ),
-        clusters=(cluster("grpc_backend", upstream, protocol="http2"),),
-    )
 
 
 def port_of(server: Server) -> int:

@@ -20,18 +20,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.conftest import IN_CI, cluster, start_proxy
+from tests.conftest import IN_CI, grpc_mesh, start_proxy
 from trioproxy.config import (
-    FilterChain,
-    HttpConnectionManager,
-    Listener,
     Mesh,
-    Route,
-    RouteAction,
-    RouteConfig,
-    RouteMatch,
-    SocketAddress,
-    VirtualHost,
 )
 
 CASES = [
@@ -111,30 +102,6 @@ def interop_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[P
         proc.wait()
 
 
-def _mesh(backend_port: int) -> Mesh:
-    route = Route(
-        name="grpc",
-        match=RouteMatch(path_kind="prefix", value="/", grpc=True),
-        action=RouteAction(cluster="grpc_backend", timeout=0.0),
-    )
-    manager = HttpConnectionManager(
-        stat_prefix="ingress_http",
-        route_config=RouteConfig(
-            virtual_hosts=(VirtualHost(name="default", domains=("*",), routes=(route,)),)
-        ),
-    )
-    return Mesh(
-        listeners=(
-            Listener(
-                name="ingress",
-                address=SocketAddress(host="127.0.0.1", port=0),
-                filter_chains=(FilterChain(filters=(manager,)),),
-            ),
-        ),
-        clusters=(cluster("grpc_backend", f"127.0.0.1:{backend_port}", protocol="http2"),),
-    )
-
-
 def _tls_mesh(d: Path, backend_port: int) -> Mesh:
     """The TLS front: grpc's test server certificate (server1.pem, for
     *.test.google.fr, signed by the suite's test CA), ALPN h2."""
@@ -159,7 +126,11 @@ async def test_interop_case(
     nursery: trio.Nursery, interop_server: tuple[Path, int], case: str, front: str
 ) -> None:
     d, backend_port = interop_server
-    mesh = _mesh(backend_port) if front == "h2c" else _tls_mesh(d, backend_port)
+    mesh = (
+        grpc_mesh(f"127.0.0.1:{backend_port}", timeout=0.0)
+        if front == "h2c"
+        else _tls_mesh(d, backend_port)
+    )
     server = await start_proxy(nursery, mesh)
     port = server.listener_address("ingress").port
     tls_args = (
