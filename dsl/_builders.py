@@ -242,6 +242,7 @@ class ClusterBuilder:
     _connect_timeout: Given[object] = Given(5.0, None)
     _protocol: Given[object] = Given("http1", None)
     _tls: Given[object] | None = None
+    _outlier: Given[dict[str, object]] | None = None
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
@@ -261,6 +262,34 @@ class ClusterBuilder:
     def connect_timeout(self, d: Duration) -> ClusterBuilder:
         """Set the upstream connect timeout (seconds or a string like "250ms")."""
         return attrs.evolve(self, connect_timeout=Given(d, caller_location()))
+
+    def outlier_detection(
+        self,
+        *,
+        consecutive_5xx: int = 5,
+        consecutive_gateway_failure: int = 5,
+        enforcing_consecutive_5xx: int = 100,
+        enforcing_consecutive_gateway_failure: int = 0,
+        interval: Duration = 10.0,
+        base_ejection_time: Duration = 30.0,
+        max_ejection_time: Duration = 300.0,
+        max_ejection_percent: int = 10,
+    ) -> ClusterBuilder:
+        """Eject hosts that fail in a row (Envoy's outlier_detection, its defaults):
+        `consecutive_5xx` 5xx answers (or connect failures/resets), for
+        `base_ejection_time` x times ejected (at most `max_ejection_time`),
+        at most `max_ejection_percent` of the hosts (always at least one)."""
+        options: dict[str, object] = {
+            "consecutive_5xx": consecutive_5xx,
+            "consecutive_gateway_failure": consecutive_gateway_failure,
+            "enforcing_consecutive_5xx": enforcing_consecutive_5xx,
+            "enforcing_consecutive_gateway_failure": enforcing_consecutive_gateway_failure,
+            "interval": interval,
+            "base_ejection_time": base_ejection_time,
+            "max_ejection_time": max_ejection_time,
+            "max_ejection_percent": max_ejection_percent,
+        }
+        return attrs.evolve(self, outlier=Given(options, caller_location()))
 
     def http2(self) -> ClusterBuilder:
         """Speak HTTP/2 (h2c, prior knowledge) to this cluster's endpoints."""

@@ -40,6 +40,7 @@ from trioproxy.config import (
     Listener,
     Location,
     Mesh,
+    OutlierDetection,
     QueryParameterMatcher,
     RedirectAction,
     RetryPolicy,
@@ -369,8 +370,25 @@ class _Compiler:
             protocol=protocol,
             connect_timeout=connect_timeout,
             tls=tls,
+            outlier_detection=self.outlier(cb, name),
             location=loc,
         )
+
+    def outlier(self, cb: ClusterBuilder, name: str) -> OutlierDetection | None:
+        given = cb._outlier
+        if given is None:
+            return None
+        loc = given.location
+        values: dict[str, object] = {}
+        for key, raw in given.value.items():
+            what = f"outlier_detection {key} of cluster {name!r}"
+            if key in ("interval", "base_ejection_time", "max_ejection_time"):
+                values[key] = self.duration(raw, what, loc, positive=True)
+            elif key.startswith("enforcing_") or key == "max_ejection_percent":
+                values[key] = self.count(raw, what, loc, low=0, high=100)
+            else:
+                values[key] = self.count(raw, what, loc, low=1, high=2**31 - 1)
+        return OutlierDetection(**values)  # type: ignore[arg-type]
 
     def cluster_ref(self, target: object, location: Location | None) -> str:
         """The name of a route's cluster (builder or name), checking that it exists."""

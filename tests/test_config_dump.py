@@ -193,6 +193,7 @@ def test_jsonable_clusters() -> None:
             "budget_percent": None,
             "min_retry_concurrency": 3,
         },
+        "outlier_detection": None,
     }
     assert canary["endpoints"] == []
     assert canary["connect_timeout"] == 0.5

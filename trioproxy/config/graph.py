@@ -43,6 +43,7 @@ __all__ = [
     "Location",
     "Mesh",
     "NetworkFilterConfig",
+    "OutlierDetection",
     "QueryParameterMatcher",
     "RedirectAction",
     "RetryPolicy",
@@ -221,7 +222,24 @@ class Cluster:
     # TLS to the endpoints (Envoy's transport_socket); None is plaintext.
     tls: UpstreamTlsContext | None = None
     circuit_breakers: CircuitBreakers = attrs.Factory(lambda: CircuitBreakers())
+    # Passive health checking (Envoy's outlier_detection); None: off.
+    outlier_detection: OutlierDetection | None = None
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class OutlierDetection:
+    """Envoy's outlier_detection, with its defaults (consecutive-error kinds)."""
+
+    consecutive_5xx: int = 5
+    consecutive_gateway_failure: int = 5
+    # Envoy: enforcing_consecutive_5xx 100 %, enforcing_consecutive_gateway_failure 0 %.
+    enforcing_consecutive_5xx: int = 100
+    enforcing_consecutive_gateway_failure: int = 0
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: int = 10
 
 
 @attrs.frozen(kw_only=True)

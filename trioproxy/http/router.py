@@ -355,6 +355,7 @@ class Router:
                     return False
                 except ConnectFailure as exc:
                     info.upstream_transport_failure_reason = f"{exc.reason}: {exc}"
+                    cluster.on_local_failure(host)
                     if retry is not None and retry.should_retry_failure("connect-failure"):
                         return True
                     await stream.local_reply(
@@ -367,6 +368,7 @@ class Router:
                 reusable = await self._exchange(stream, cluster, host, up, fwd)
             if try_scope.cancelled_caught:
                 cluster.rq_per_try_timeout.inc()
+                cluster.on_local_failure(host)
                 if stream.response_started:
                     stream.info.add_flag("UT")
                     stream.close_connection = True
@@ -384,6 +386,8 @@ class Router:
             return True
         except UpstreamReset as exc:
             cluster.rq_rx_reset.inc()
+            if not stream.response_started:
+                cluster.on_local_failure(host)
             flag, reason = _reset_reason(str(exc))
             kind = "refused-stream" if str(exc) == "refused_stream" else "reset"
             if (

@@ -232,7 +232,9 @@ async def _clusters(server: Server, q: dict[str, str]) -> AdminResponse:
                             {"name": "rq_error", "type": "COUNTER", "value": h.rq_error},
                         ],
                         "health_status": {
-                            "eds_health_status": "HEALTHY" if h.healthy else "UNHEALTHY"
+                            "eds_health_status": (
+                                "HEALTHY" if h.healthy and not h.outlier_ejected else "UNHEALTHY"
+                            )
                         },
                         "weight": h.weight,
                     }
@@ -259,7 +261,7 @@ async def _clusters(server: Server, q: dict[str, str]) -> AdminResponse:
                 f"{p}rq_error::{h.rq_error}",
                 f"{p}rq_success::{h.rq_success}",
                 f"{p}rq_total::{h.rq_total}",
-                f"{p}health_flags::{'healthy' if h.healthy else '/failed_active_hc'}",
+                f"{p}health_flags::{_health_flags(h)}",
                 f"{p}weight::{h.weight}",
             ]
     return AdminResponse("\n".join(lines) + "\n" if lines else "")
@@ -471,3 +473,13 @@ async def _answer(server: Server, req: h11.Request) -> AdminResponse:
     except Exception as exc:  # an admin bug must not kill the admin server
         log.exception("admin handler %s failed", parts.path)
         return AdminResponse(f"internal error: {exc}\n", status=500)
+
+
+def _health_flags(h: Any) -> str:
+    """Envoy's /clusters health_flags: `healthy`, or the failed checks."""
+    flags = []
+    if not h.healthy:
+        flags.append("/failed_active_hc")
+    if getattr(h, "outlier_ejected", False):
+        flags.append("/failed_outlier_check")
+    return "".join(flags) or "healthy"

@@ -30,11 +30,19 @@ from trioproxy.net.tls import ClientTls, connect_upstream
 from trioproxy.net.upstream import UpstreamPool
 from trioproxy.observe.stats import Counter, StatsStore
 from trioproxy.upstream.lb import BALANCERS, LoadBalancer
+from trioproxy.upstream.outlier import OutlierDetector
 
 __all__ = ["ClusterManager", "ClusterRuntime", "Host"]
 
 
 _GRPC_METHODS_MAX = 1000
+
+
+async def _sweep_outliers(detector: OutlierDetector) -> None:
+    """Return ejected hosts to the balancer once their time is up."""
+    while True:
+        await trio.sleep(detector.config.interval)
+        detector.sweep(trio.current_time())
 
 
 class GrpcOutcome(Protocol):
@@ -49,6 +57,7 @@ class Host:
         "active_requests",
         "address",
         "healthy",
+        "outlier_ejected",
         "pool",
         "rq_error",
         "rq_success",
@@ -61,7 +70,8 @@ class Host:
         self.weight = weight
         self.pool = pool
         self.active_requests = 0
-        self.healthy = True
+        self.healthy = True  # active health checks (none yet: always True)
+        self.outlier_ejected = False  # passive: ejected by outlier detection
         self.rq_total = 0
         self.rq_success = 0
         self.rq_error = 0
@@ -131,6 +141,16 @@ class ClusterRuntime:
         self.cb_rq_retry_open = stats.gauge(cb + "rq_retry_open")
         self.retries_active = 0
         self.lb: LoadBalancer
+        self.outlier: OutlierDetector | None = None
+        if config.outlier_detection is not None:
+            self.outlier = OutlierDetector(
+                config.outlier_detection,
+                self.hosts,
+                stats,
+                p,
+                on_change=self.rebuild,
+                rng=rng,
+            )
         self.rebuild()
 
     @staticmethod
@@ -209,7 +229,7 @@ class ClusterRuntime:
 
     def rebuild(self) -> None:
         """Recompute the balancer and membership gauges after a health change."""
-        healthy = [h for h in self.hosts if h.healthy]
+        healthy = [h for h in self.hosts if h.healthy and not h.outlier_ejected]
         self.membership_total.set(len(self.hosts))
         self.membership_healthy.set(len(healthy))
         factory = BALANCERS[self.config.lb_policy]
@@ -248,6 +268,15 @@ class ClusterRuntime:
             host.rq_error += 1
         else:
             host.rq_success += 1
+        if self.outlier is not None:
+            self.outlier.on_result(host, status, trio.current_time())
+
+    def on_local_failure(self, host: Host) -> None:
+        """A connect failure, reset or timeout before a response: for outlier
+        detection, a 503 from the host (Envoy, local-origin errors not split)."""
+        host.rq_error += 1
+        if self.outlier is not None:
+            self.outlier.on_result(host, 503, trio.current_time())
 
     def request_allowed(self) -> bool:
         """The max_requests breaker: False (count an overflow) when full."""
@@ -333,6 +362,8 @@ class ClusterManager:
                         host.pool.nursery = nursery
                 if c.tls is not None:
                     nursery.start_soon(c.tls.watch)
+                if c.outlier is not None:
+                    nursery.start_soon(_sweep_outliers, c.outlier)
             task_status.started()
             await trio.sleep_forever()
 
