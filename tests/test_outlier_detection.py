@@ -141,6 +141,12 @@ async def test_a_dying_host_is_ejected_and_retries_hide_it(nursery: trio.Nursery
     assert sorted(set(statuses)) == [200], sorted(set(statuses))
     assert len(statuses) == 200
     await settle(server)
+    print(
+        f"\nfault test: {len(statuses)} sent, {statuses.count(200)} succeeded, "
+        f"{counter(server, 'cluster.svc.upstream_rq_retry')} retried, "
+        f"{counter(server, 'cluster.svc.outlier_detection.ejections_total')} ejection(s), "
+        f"{len(ups[1].requests)} tries reached the failing host"
+    )
     assert gauge(server, "cluster.svc.outlier_detection.ejections_active") == 1
     assert counter(server, "cluster.svc.outlier_detection.ejections_enforced_consecutive_5xx") >= 1
     # Once ejected, the bad host got no more tries.
