@@ -243,6 +243,7 @@ class ClusterBuilder:
     _protocol: Given[object] = Given("http1", None)
     _tls: Given[object] | None = None
     _outlier: Given[dict[str, object]] | None = None
+    _health_check: Given[dict[str, object]] | None = None
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
@@ -262,6 +263,35 @@ class ClusterBuilder:
     def connect_timeout(self, d: Duration) -> ClusterBuilder:
         """Set the upstream connect timeout (seconds or a string like "250ms")."""
         return attrs.evolve(self, connect_timeout=Given(d, caller_location()))
+
+    def health_check(
+        self,
+        path: str = "/",
+        *,
+        host: str | None = None,
+        expected_statuses: Sequence[int] = (200,),
+        interval: Duration = 5.0,
+        timeout: Duration = 1.0,
+        unhealthy_threshold: int = 2,
+        healthy_threshold: int = 1,
+        interval_jitter: Duration = 0,
+        no_traffic_interval: Duration = 60.0,
+    ) -> ClusterBuilder:
+        """Actively check each host with `GET path` (Envoy's HTTP health check):
+        `unhealthy_threshold` failures in a row take a host out of the
+        balancer, `healthy_threshold` successes bring it back."""
+        options: dict[str, object] = {
+            "path": path,
+            "host": host,
+            "expected_statuses": tuple(expected_statuses),
+            "interval": interval,
+            "timeout": timeout,
+            "unhealthy_threshold": unhealthy_threshold,
+            "healthy_threshold": healthy_threshold,
+            "interval_jitter": interval_jitter,
+            "no_traffic_interval": no_traffic_interval,
+        }
+        return attrs.evolve(self, health_check=Given(options, caller_location()))
 
     def outlier_detection(
         self,

@@ -35,6 +35,7 @@ from trioproxy.config import (
     Endpoint,
     FilterChain,
     HeaderMatcher,
+    HealthCheck,
     HttpConnectionManager,
     HttpFilterConfig,
     Listener,
@@ -371,7 +372,47 @@ class _Compiler:
             connect_timeout=connect_timeout,
             tls=tls,
             outlier_detection=self.outlier(cb, name),
+            health_check=self.health_check(cb, name),
             location=loc,
+        )
+
+    def health_check(self, cb: ClusterBuilder, name: str) -> HealthCheck | None:
+        given = cb._health_check
+        if given is None:
+            return None
+        loc = given.location
+        o = given.value
+        what = f"health_check of cluster {name!r}"
+        path = o["path"]
+        if not isinstance(path, str) or not path.startswith("/"):
+            self.error(loc, f"{what}: path must start with '/', got {path!r}")
+            path = "/"
+        host = o["host"]
+        if host is not None and not isinstance(host, str):
+            self.error(loc, f"{what}: host must be a string, got {_kind(host)}")
+            host = None
+        statuses: list[tuple[int, int]] = []
+        for code in cast(tuple[object, ...], o["expected_statuses"]):
+            if _is_int(code) and 100 <= cast(int, code) <= 599:
+                statuses.append((cast(int, code), cast(int, code) + 1))
+            else:
+                self.error(loc, f"{what}: bad expected status {code!r}")
+        return HealthCheck(
+            path=path,
+            host=host,
+            expected_statuses=tuple(statuses) or ((200, 201),),
+            interval=self.duration(o["interval"], f"interval of {what}", loc, positive=True),
+            timeout=self.duration(o["timeout"], f"timeout of {what}", loc, positive=True),
+            unhealthy_threshold=self.count(
+                o["unhealthy_threshold"], f"unhealthy_threshold of {what}", loc, low=1, high=1000
+            ),
+            healthy_threshold=self.count(
+                o["healthy_threshold"], f"healthy_threshold of {what}", loc, low=1, high=1000
+            ),
+            interval_jitter=self.duration(o["interval_jitter"], f"interval_jitter of {what}", loc),
+            no_traffic_interval=self.duration(
+                o["no_traffic_interval"], f"no_traffic_interval of {what}", loc, positive=True
+            ),
         )
 
     def outlier(self, cb: ClusterBuilder, name: str) -> OutlierDetection | None:

@@ -193,6 +193,7 @@ def test_jsonable_clusters() -> None:
             "budget_percent": None,
             "min_retry_concurrency": 3,
         },
+        "health_check": None,
         "outlier_detection": None,
     }
     assert canary["endpoints"] == []

@@ -36,6 +36,7 @@ __all__ = [
     "FilterChain",
     "FilterChainMatch",
     "HeaderMatcher",
+    "HealthCheck",
     "HttpConnectionManager",
     "HttpFilterConfig",
     "Listener",
@@ -222,9 +223,29 @@ class Cluster:
     # TLS to the endpoints (Envoy's transport_socket); None is plaintext.
     tls: UpstreamTlsContext | None = None
     circuit_breakers: CircuitBreakers = attrs.Factory(lambda: CircuitBreakers())
+    # Active HTTP health checking (Envoy's health_checks[0]); None: off.
+    health_check: HealthCheck | None = None
     # Passive health checking (Envoy's outlier_detection); None: off.
     outlier_detection: OutlierDetection | None = None
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class HealthCheck:
+    """Envoy's HTTP health check (interval and timeout are required there)."""
+
+    path: str = "/"
+    host: str | None = None  # the Host header; default: the cluster name
+    expected_statuses: tuple[tuple[int, int], ...] = ((200, 201),)  # [start, end)
+    interval: float = 5.0
+    timeout: float = 1.0
+    # Envoy: unhealthy_threshold and healthy_threshold are required; 2 and 1
+    # are the values its examples use.
+    unhealthy_threshold: int = 2
+    healthy_threshold: int = 1
+    # Envoy: interval_jitter 0, no_traffic_interval 60 s.
+    interval_jitter: float = 0.0
+    no_traffic_interval: float = 60.0
 
 
 @attrs.frozen(kw_only=True)

@@ -29,6 +29,7 @@ from trioproxy.net.pool import Http1Pool, PoolStats
 from trioproxy.net.tls import ClientTls, connect_upstream
 from trioproxy.net.upstream import UpstreamPool
 from trioproxy.observe.stats import Counter, StatsStore
+from trioproxy.upstream.health_check import run_health_checks
 from trioproxy.upstream.lb import BALANCERS, LoadBalancer
 from trioproxy.upstream.outlier import OutlierDetector
 
@@ -50,6 +51,18 @@ class GrpcOutcome(Protocol):
 
     info: StreamInfo
     response_trailers: Headers
+
+
+class HealthCheckStats:
+    """`cluster.<name>.health_check.*` (Envoy's names)."""
+
+    def __init__(self, stats: StatsStore, prefix: str) -> None:
+        p = f"{prefix}health_check."
+        self.attempt = stats.counter(p + "attempt")
+        self.success = stats.counter(p + "success")
+        self.failure = stats.counter(p + "failure")
+        self.network_failure = stats.counter(p + "network_failure")
+        self.healthy = stats.gauge(p + "healthy")
 
 
 class Host:
@@ -100,6 +113,7 @@ class ClusterRuntime:
         )
         self.pool_stats = pool_stats
         self._network = network
+        self.network = network
         # TLS origination (stats `cluster.<name>.ssl.*`); None for plaintext.
         self.tls: ClientTls | None = None
         if config.tls is not None:
@@ -141,6 +155,9 @@ class ClusterRuntime:
         self.cb_rq_retry_open = stats.gauge(cb + "rq_retry_open")
         self.retries_active = 0
         self.lb: LoadBalancer
+        self.hc_stats: HealthCheckStats | None = None
+        if config.health_check is not None:
+            self.hc_stats = HealthCheckStats(stats, p)
         self.outlier: OutlierDetector | None = None
         if config.outlier_detection is not None:
             self.outlier = OutlierDetector(
@@ -232,6 +249,8 @@ class ClusterRuntime:
         healthy = [h for h in self.hosts if h.healthy and not h.outlier_ejected]
         self.membership_total.set(len(self.hosts))
         self.membership_healthy.set(len(healthy))
+        if self.hc_stats is not None:
+            self.hc_stats.healthy.set(sum(1 for h in self.hosts if h.healthy))
         factory = BALANCERS[self.config.lb_policy]
         self.lb = factory(healthy, rng=self._rng, choice_count=self.config.choice_count)
 
@@ -364,6 +383,8 @@ class ClusterManager:
                     nursery.start_soon(c.tls.watch)
                 if c.outlier is not None:
                     nursery.start_soon(_sweep_outliers, c.outlier)
+                if c.config.health_check is not None:
+                    nursery.start_soon(run_health_checks, c, c.network, self._rng)
             task_status.started()
             await trio.sleep_forever()
 
