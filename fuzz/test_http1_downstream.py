@@ -61,42 +61,6 @@ FUZZ = settings(
 # --------------------------------------------------------------------------- network
 
 
-class ClosableStream(trio.abc.HalfCloseableStream):
-    """A memory stream with a synchronous `close()`, like a socket's.
-
-    `Connection.close_nowait` closes a socket or anything with `close()`;
-    trio's `StapledStream` has neither, so on a plain `MemoryNetwork` a pooled
-    connection the proxy destroys would never reach its peer as EOF.
-    """
-
-    def __init__(self, inner: trio.StapledStream) -> None:  # type: ignore[type-arg]
-        self.inner = inner
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def close(self) -> None:
-        self.inner.send_stream.close()  # type: ignore[attr-defined]
-        self.inner.receive_stream.close()  # type: ignore[attr-defined]
-
-
-class SocketLikeNetwork(MemoryNetwork):
-    async def connect_tcp(self, host: str, port: int, *, timeout: float) -> trio.abc.Stream:
-        return ClosableStream(await super().connect_tcp(host, port, timeout=timeout))  # type: ignore[arg-type]
-
-
 # --------------------------------------------------------------------------- upstream
 
 
@@ -325,7 +289,7 @@ async def _quiet() -> None:
 
 
 async def _fuzz_one(data: bytes, delivery: Delivery, logs: _Records) -> None:
-    net = SocketLikeNetwork()
+    net = MemoryNetwork()
     up = EchoUpstream()
     with trio.fail_after(4 * 3600):  # virtual time: a hang fails at once
         async with trio.open_nursery() as nursery:

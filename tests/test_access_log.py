@@ -11,8 +11,8 @@ import pytest
 import trio
 import trio.testing
 
+from trioproxy.codec.stream import RequestHead, StreamInfo
 from trioproxy.config import AccessLog
-from trioproxy.http.stream import RequestHead, StreamInfo
 from trioproxy.observe.access_log import (
     FLUSH_THRESHOLD,
     AccessLogManager,

@@ -19,8 +19,8 @@ from trioproxy.codec.access_log_format import (
     compile_json_format,
     parse,
 )
+from trioproxy.codec.stream import RequestHead, ResponseFlag, ResponseHead, StreamInfo
 from trioproxy.config import DEFAULT_ACCESS_LOG_FORMAT
-from trioproxy.http.stream import RequestHead, ResponseFlag, ResponseHead, StreamInfo
 
 # 2016-04-15T20:17:00.310Z, the time in Envoy's documented example line.
 START = 1460751420.310

@@ -134,7 +134,7 @@ class Proxy:
                     return
             except httpx.TransportError:
                 pass
-            time.sleep(0.05)
+            time.sleep(0.05)  # polling a subprocess: nothing to await
         pytest.fail(f"admin on port {admin_port} never became ready:\n{self.stderr}")
 
     def stop(self, signum: int) -> int:

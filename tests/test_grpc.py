@@ -7,7 +7,7 @@ channel to the proxy's listener (h2c prior knowledge), run in a thread.
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -44,7 +44,11 @@ def _bidi(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
 
 
 def _sleep(request: bytes, context: Any) -> bytes:
-    time.sleep(float(request))
+    """A slow method: answers after `request` seconds, or returns as soon as
+    the call is cancelled (the client's deadline), whichever comes first."""
+    cancelled = threading.Event()
+    context.add_callback(cancelled.set)
+    cancelled.wait(float(request))
     return b"slept"
 
 

@@ -19,8 +19,9 @@ sees each piece on its own (memory streams would otherwise merge them).
 The upstream here is a small raw-bytes server (`PlanUpstream`) rather than
 `tests/upstream.py`, because it must frame responses exactly as the example
 says (chunk sizes, close-delimited bodies), which h11 as a server cannot do.
-The network's streams close synchronously, like sockets (`SocketLikeNetwork`),
-so a connection the pool destroys really reaches its peer as EOF.
+The memory network's streams close synchronously, like sockets
+(`close_stream_nowait` closes both halves of a memory stream pair), so a
+connection the pool destroys really reaches its peer as EOF.
 
 At the end, plain dialogues pin the bugs this harness ran into.
 """
@@ -269,42 +270,6 @@ async def write_in_pieces(stream: trio.abc.SendStream, data: bytes, points: list
 # --------------------------------------------------------------------------- network
 
 
-class ClosableStream(trio.abc.HalfCloseableStream):
-    """A memory stream with a synchronous `close()`, like a socket's.
-
-    `Connection.close_nowait` closes a socket or anything with `close()`;
-    trio's `StapledStream` has neither, so on a plain `MemoryNetwork` a pooled
-    connection the proxy destroys would never reach its peer as EOF.
-    """
-
-    def __init__(self, inner: trio.StapledStream) -> None:  # type: ignore[type-arg]
-        self.inner = inner
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def close(self) -> None:
-        self.inner.send_stream.close()  # type: ignore[attr-defined]
-        self.inner.receive_stream.close()  # type: ignore[attr-defined]
-
-
-class SocketLikeNetwork(MemoryNetwork):
-    async def connect_tcp(self, host: str, port: int, *, timeout: float) -> trio.abc.Stream:
-        return ClosableStream(await super().connect_tcp(host, port, timeout=timeout))  # type: ignore[arg-type]
-
-
 # --------------------------------------------------------------------------- upstream
 
 
@@ -428,7 +393,7 @@ def active_gauges(server: Server) -> dict[str, int]:
 async def run_exchanges(
     items: list[Exchange], *, pipelined: bool, request_splits: list[int]
 ) -> tuple[PlanUpstream, list[tuple[int, bytes]]]:
-    net = SocketLikeNetwork()
+    net = MemoryNetwork()
     up = PlanUpstream({i: ex.response for i, ex in enumerate(items)})
     with trio.fail_after(3600):  # virtual seconds: a hang fails, it does not wait
         async with trio.open_nursery() as nursery:
@@ -579,7 +544,7 @@ async def test_upstream_closing_before_the_response_is_503_uc(
 ) -> None:
     """An upstream that closes without answering was a 502 UPE (h11 calls an EOF
     before the response a protocol error); Envoy says 503 UC, connection termination."""
-    net = SocketLikeNetwork()
+    net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         up = await start_upstream(nursery, network=net)
         mesh = simple_mesh([route_to("svc")], [cluster("svc", up)])
@@ -600,7 +565,7 @@ async def test_client_leaving_mid_body_is_a_reset_not_a_protocol_error(
 ) -> None:
     """A client that sends half its body then closes was counted as a downstream
     protocol error (and answered 400); it is a reset (DC)."""
-    net = SocketLikeNetwork()
+    net = MemoryNetwork()
     plans = {0: _resp(EMPTY)}
     up = PlanUpstream(plans)
     async with trio.open_nursery() as nursery:

@@ -268,6 +268,7 @@ async def test_many_concurrent_clients(nursery: trio.Nursery) -> None:
 
 async def test_ipv6_literal_upstream_is_reachable(nursery: trio.Nursery) -> None:
     if not socket.has_ipv6:
+        # A platform capability, not a tool: CI machines have IPv6 loopback.
         pytest.skip("no IPv6 on this machine")
     up = await start_upstream(nursery)
     server = await start_proxy(nursery, simple_mesh([route_to("svc")], [cluster("svc", up)]))

@@ -37,7 +37,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from trioproxy.http.stream import StreamInfo, get_header
+from trioproxy.codec.stream import StreamInfo, get_header
 
 __all__ = [
     "DEFAULT_START_TIME_FORMAT",

@@ -686,16 +686,16 @@ class ConnectionManager:
         stats.rq_total.inc()
         stats.rq_active.inc()
         info = stream.info
-        if info.protocol == "HTTP/1.1":
-            up = _requested_upgrade(stream.head.headers)
-            stream.upgrade = up.lower() if up is not None else None
+        head = stream.head
         refuse = False
-        if (
-            stream.head.method == b"CONNECT"
-            and get_header(stream.head.headers, b":protocol") is not None
-        ):
+        upgrade: bytes | None = None  # the Upgrade value to forward
+        if info.protocol == "HTTP/1.1":
+            upgrade = _requested_upgrade(head.headers)
+            stream.upgrade = upgrade.lower() if upgrade is not None else None
+        elif head.method == b"CONNECT" and get_header(head.headers, b":protocol") is not None:
             refuse = not self._extended_connect(stream)
-        self._prepare_request(stream.head, info.downstream_remote_address)
+            upgrade = stream.upgrade
+        self._prepare_request(head, info.downstream_remote_address, upgrade)
         try:
             with trio.CancelScope(deadline=trio.current_time() + self.stream_idle_timeout) as idle:
                 stream.idle_scope = idle
@@ -755,11 +755,8 @@ class ConnectionManager:
         stream.content_length = None
         return True
 
-    def _prepare_request(self, head: RequestHead, remote: str) -> None:
+    def _prepare_request(self, head: RequestHead, remote: str, upgrade: bytes | None) -> None:
         """Edit the request as Envoy's HCM does before routing."""
-        upgrade = _requested_upgrade(head.headers)
-        if upgrade is None and head.get(b"upgrade") == b"websocket":
-            upgrade = b"websocket"  # an RFC 8441 stream turned into an upgrade
         headers = strip_hop_by_hop(head.headers)
         if upgrade is not None:
             # Hop-by-hop, but the upstream must see them to switch protocols.

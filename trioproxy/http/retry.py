@@ -27,14 +27,18 @@ its try cannot be repeated (`response_code_details` says so).
 
 from __future__ import annotations
 
+import functools
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 import trio
 
 from trioproxy.codec.grpc import GRPC_STATUS, grpc_status_of
-from trioproxy.codec.stream import Headers, ResponseHead
-from trioproxy.config import HeaderMatcher, RetryPolicy
+from trioproxy.codec.stream import ResponseHead
+from trioproxy.config import RetryPolicy
+from trioproxy.config.graph import RETRY_ON
+from trioproxy.http.route_table import header_matcher
 
 if TYPE_CHECKING:
     from trioproxy.http.conn_manager import ActiveStream
@@ -62,34 +66,17 @@ _FAILURE_CONDITIONS: Final = {
 
 def parse_retry_on(value: bytes) -> frozenset[str]:
     """The conditions of an `x-envoy-retry-on` header (unknown ones ignored)."""
-    from trioproxy.config.graph import RETRY_ON
-
     items = {t.strip().decode("latin-1").lower() for t in value.split(b",")}
     return frozenset(i for i in items if i in RETRY_ON)
 
 
-def _header_matches(m: HeaderMatcher, headers: Headers) -> bool:
-    name = m.name.encode()
-    values = [v for k, v in headers if k == name]
-    if m.kind == "present":
-        ok = bool(values)
-    elif not values:
-        return False
-    else:
-        v = b",".join(values).decode("latin-1")
-        if m.kind == "exact":
-            ok = v == m.value
-        elif m.kind == "prefix":
-            ok = v.startswith(m.value)
-        elif m.kind == "suffix":
-            ok = v.endswith(m.value)
-        elif m.kind == "contains":
-            ok = m.value in v
-        else:
-            import re
-
-            ok = re.fullmatch(m.value, v) is not None
-    return ok != m.invert
+@functools.cache
+def _retriable_headers(
+    policy: RetryPolicy,
+) -> tuple[Callable[[ResponseHead], bool], ...]:
+    """The policy's `retriable_headers`, compiled once per policy (the same
+    matchers routes use)."""
+    return tuple(header_matcher(m) for m in policy.retriable_headers)
 
 
 class ReplayBody:
@@ -200,7 +187,7 @@ class RetryState:
             or ("retriable-status-codes" in c and status in self.policy.retriable_status_codes)
             or (
                 "retriable-headers" in c
-                and any(_header_matches(m, resp.headers) for m in self.policy.retriable_headers)
+                and any(test(resp) for test in _retriable_headers(self.policy))
             )
         )
         if not hit and self._grpc:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from trioproxy.codec.stream import RequestHead
+from trioproxy.codec.stream import RequestHead, ResponseHead
 from trioproxy.config import (
     HeaderMatcher,
     QueryParameterMatcher,
@@ -40,7 +40,13 @@ from trioproxy.config import (
     VirtualHost,
 )
 
-__all__ = ["CompiledRoute", "CompiledVirtualHost", "RouteTable", "host_without_port"]
+__all__ = [
+    "CompiledRoute",
+    "CompiledVirtualHost",
+    "RouteTable",
+    "header_matcher",
+    "host_without_port",
+]
 
 
 def host_without_port(authority: bytes) -> str:
@@ -100,7 +106,7 @@ def _query_params(path: str) -> dict[str, str]:
     return params
 
 
-def _header_value(req: RequestHead, name: bytes) -> bytes | None:
+def _header_value(req: RequestHead | ResponseHead, name: bytes) -> bytes | None:
     """Every value of header `name` joined with "," (Envoy matches the joined string)."""
     if name[:1] == b":" or name == b"host":
         return req.get(name)
@@ -110,7 +116,8 @@ def _header_value(req: RequestHead, name: bytes) -> bytes | None:
     return values[0] if len(values) == 1 else b",".join(values)
 
 
-def _header_matcher(m: HeaderMatcher) -> Callable[[RequestHead], bool]:
+def header_matcher(m: HeaderMatcher) -> Callable[[RequestHead | ResponseHead], bool]:
+    """Envoy's HeaderMatcher compiled to a test of a request or response head."""
     name = m.name.lower().encode("latin-1")
     test = _string_matcher(m.kind, m.value)
     invert = m.invert
@@ -118,7 +125,7 @@ def _header_matcher(m: HeaderMatcher) -> Callable[[RequestHead], bool]:
     # ("absent"); an inverted value matcher needs the header to be there.
     when_missing = invert and m.kind == "present"
 
-    def match(req: RequestHead) -> bool:
+    def match(req: RequestHead | ResponseHead) -> bool:
         raw = _header_value(req, name)
         if raw is None:
             return when_missing
@@ -151,7 +158,7 @@ class CompiledRoute:
         m: RouteMatch = route.match
         self._path = self._path_matcher(m)
         grpc_only: tuple[Callable[[RequestHead], bool], ...] = (_is_grpc,) if m.grpc else ()
-        self._headers = grpc_only + tuple(_header_matcher(h) for h in m.headers)
+        self._headers = grpc_only + tuple(header_matcher(h) for h in m.headers)
         self._query = tuple(_query_matcher(q) for q in m.query_parameters)
 
     @staticmethod

@@ -79,10 +79,8 @@ def _reset_reason(message: str) -> tuple[str, str]:
 
 
 # x-envoy-* request headers the router consumes; never forwarded upstream.
-_CONSUMED_HEADERS: Final = (
-    b"x-envoy-retry-on",
-    b"x-envoy-max-retries",
-    b"x-envoy-upstream-rq-timeout-ms",
+_CONSUMED_HEADERS: Final = frozenset(
+    {b"x-envoy-retry-on", b"x-envoy-max-retries", b"x-envoy-upstream-rq-timeout-ms"}
 )
 
 
@@ -227,19 +225,21 @@ class Router:
         policy = action.retry_policy
         retry_on: frozenset[str] | None = None
         max_retries: int | None = None
-        if _trusted(stream.info.downstream_remote_address):
-            # Envoy's x-envoy-* request headers, honoured from trusted clients.
-            rq_timeout = head.get(b"x-envoy-upstream-rq-timeout-ms")
-            if rq_timeout is not None and rq_timeout.isdigit():
-                timeout = int(rq_timeout) / 1000 or math.inf
-            value = head.get(b"x-envoy-retry-on")
-            if value is not None:
-                retry_on = parse_retry_on(value)
-            value = head.get(b"x-envoy-max-retries")
-            if value is not None and value.isdigit():
-                max_retries = int(value)
-        for consumed in _CONSUMED_HEADERS:
-            head.remove(consumed)
+        given = {k: v for k, v in reversed(head.headers) if k in _CONSUMED_HEADERS}
+        if given:
+            # Envoy's x-envoy-* request headers: honoured from trusted
+            # clients, never forwarded. One scan when none is present.
+            head.headers = [(k, v) for k, v in head.headers if k not in _CONSUMED_HEADERS]
+            if _trusted(stream.info.downstream_remote_address):
+                rq_timeout = given.get(b"x-envoy-upstream-rq-timeout-ms")
+                if rq_timeout is not None and rq_timeout.isdigit():
+                    timeout = int(rq_timeout) / 1000 or math.inf
+                value = given.get(b"x-envoy-retry-on")
+                if value is not None:
+                    retry_on = parse_retry_on(value)
+                value = given.get(b"x-envoy-max-retries")
+                if value is not None and value.isdigit():
+                    max_retries = int(value)
         if policy is None and retry_on:
             policy = RetryPolicy(retry_on=retry_on)
         body = ReplayBody(stream, policy.max_replay_bytes if policy is not None else 0)

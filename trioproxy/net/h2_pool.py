@@ -48,7 +48,7 @@ from trioproxy.net.errors import ConnectFailure, UpstreamProtocolError, Upstream
 from trioproxy.net.h2_writer import FrameWriter
 from trioproxy.net.network import Connection, Network, close_stream_nowait
 from trioproxy.net.pool import PoolStats
-from trioproxy.net.tls import ClientTls, connect_upstream
+from trioproxy.net.tls import ClientTls
 from trioproxy.net.upstream import UpstreamStream
 
 __all__ = ["Http2Pool", "UpstreamHttp2"]
@@ -482,20 +482,14 @@ class Http2Pool:
     async def _connect(self) -> H2UpstreamConnection:
         if self.nursery is None:
             raise RuntimeError("Http2Pool.nursery is not set (ClusterManager.run not started)")
-        try:
-            stream = await connect_upstream(
-                self._network,
-                self.host,
-                self.port,
-                timeout=self._connect_timeout,
-                tls=self._tls,
-                accept_alpn=("h2",),
-            )
-        except Exception as exc:
-            self._stats.cx_connect_fail.inc()
-            if getattr(exc, "reason", "") == "connection_timeout":
-                self._stats.cx_connect_timeout.inc()
-            raise
+        stream = await self._stats.dial(
+            self._network,
+            self.host,
+            self.port,
+            timeout=self._connect_timeout,
+            tls=self._tls,
+            accept_alpn=("h2",),
+        )
         return await self._start(stream)
 
     async def _start(self, stream: trio.abc.Stream) -> H2UpstreamConnection:

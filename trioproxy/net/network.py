@@ -111,6 +111,11 @@ def close_stream_nowait(stream: object) -> None:
         if callable(close):
             close()
             return
+        halves = (getattr(stream, "send_stream", None), getattr(stream, "receive_stream", None))
+        if all(callable(getattr(h, "close", None)) for h in halves):
+            for half in halves:  # a trio.StapledStream of memory streams
+                half.close()  # type: ignore[union-attr]
+            return
         inner = getattr(stream, "transport_stream", None)
         if inner is None:
             return

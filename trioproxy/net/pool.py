@@ -22,6 +22,8 @@ nothing).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import trio
 
 from trioproxy.codec.http1 import (
@@ -105,6 +107,33 @@ class PoolStats:
 
     async def wait_freed(self) -> None:
         await self._freed.wait()
+
+    async def dial(
+        self,
+        network: Network,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        tls: ClientTls | None,
+        accept_alpn: Collection[str | None] | None = None,
+    ) -> trio.abc.Stream:
+        """Connect (and, for TLS, handshake) to an upstream host, counting a
+        failure in `upstream_cx_connect_fail` (and `_timeout`). Every way the
+        cluster opens connections (both pools, the TCP proxy) dials here.
+
+        Raises:
+            ConnectFailure / ConnectTimeout: the connection could not be made.
+        """
+        try:
+            return await connect_upstream(
+                network, host, port, timeout=timeout, tls=tls, accept_alpn=accept_alpn
+            )
+        except Exception as exc:
+            self.cx_connect_fail.inc()
+            if getattr(exc, "reason", "") == "connection_timeout":
+                self.cx_connect_timeout.inc()
+            raise
 
 
 class UpstreamHttp1:
@@ -282,20 +311,14 @@ class Http1Pool:
         Raises:
             ConnectFailure / ConnectTimeout: counted in `upstream_cx_connect_fail`.
         """
-        try:
-            return await connect_upstream(
-                self._network,
-                self.host,
-                self.port,
-                timeout=self._connect_timeout,
-                tls=self._tls,
-                accept_alpn=self._accept_alpn,
-            )
-        except Exception as exc:
-            self._stats.cx_connect_fail.inc()
-            if getattr(exc, "reason", "") == "connection_timeout":
-                self._stats.cx_connect_timeout.inc()
-            raise
+        return await self._stats.dial(
+            self._network,
+            self.host,
+            self.port,
+            timeout=self._connect_timeout,
+            tls=self._tls,
+            accept_alpn=self._accept_alpn,
+        )
 
     def adopt(self, stream: trio.abc.Stream) -> UpstreamHttp1:
         """Make a dialled stream one of this pool's connections (no checkpoint)."""

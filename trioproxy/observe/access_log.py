@@ -26,8 +26,8 @@ import attrs
 import trio
 
 from trioproxy.codec.access_log_format import Formatter, compile_format
+from trioproxy.codec.stream import StreamInfo
 from trioproxy.config import AccessLog
-from trioproxy.http.stream import StreamInfo
 
 __all__ = [
     "AccessLogManager",

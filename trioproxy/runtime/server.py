@@ -50,7 +50,6 @@ from trioproxy.config import (
     Listener,
     Mesh,
     SocketAddress,
-    TcpProxy,
 )
 from trioproxy.filters.network.base import (
     LISTENER_FILTERS,
@@ -233,8 +232,7 @@ class Server:
             for lc in self.mesh.listeners
             for chain in lc.filter_chains
             for f in chain.filters
-            if isinstance(f, HttpConnectionManager | TcpProxy)
-            for al in f.access_logs
+            for al in getattr(f, "access_logs", ())
         ]
         if not configs:
             return None

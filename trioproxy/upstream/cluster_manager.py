@@ -26,7 +26,7 @@ from trioproxy.net.auto_pool import AutoPool
 from trioproxy.net.h2_pool import Http2Pool
 from trioproxy.net.network import Network
 from trioproxy.net.pool import Http1Pool, PoolStats
-from trioproxy.net.tls import ClientTls, connect_upstream
+from trioproxy.net.tls import ClientTls
 from trioproxy.net.upstream import UpstreamPool
 from trioproxy.observe.stats import Counter, StatsStore
 from trioproxy.upstream.health_check import run_health_checks
@@ -222,19 +222,9 @@ class ClusterRuntime:
         """
         pool = host.pool
         st = self.pool_stats
-        try:
-            stream = await connect_upstream(
-                self._network,
-                pool.host,
-                pool.port,
-                timeout=self.config.connect_timeout,
-                tls=self.tls,
-            )
-        except Exception as exc:
-            st.cx_connect_fail.inc()
-            if getattr(exc, "reason", "") == "connection_timeout":
-                st.cx_connect_timeout.inc()
-            raise
+        stream = await st.dial(
+            self._network, pool.host, pool.port, timeout=self.config.connect_timeout, tls=self.tls
+        )
         st.cx_total.inc()
         st.cx_active.inc()
         return stream
