@@ -759,6 +759,7 @@ class ListenerBuilder:
     _tls_inspector: Location | None = attrs.field(default=None, eq=False, repr=False)
     _inspect: bool = False
     _listener_filters_timeout: Given[object] | None = None
+    _max_connections: Given[object] | None = None
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
@@ -875,6 +876,11 @@ class ListenerBuilder:
         """Name the listener's stats `listener.<s>.*` instead of by address."""
         return attrs.evolve(self, stat_prefix=Given(s, caller_location()))
 
+    def max_connections(self, n: int) -> ListenerBuilder:
+        """Close connections past `n` open ones at accept, counted in
+        `listener.<name>.downstream_cx_overflow` (default: no limit)."""
+        return attrs.evolve(self, max_connections=Given(n, caller_location()))
+
 
 def listener(name: str, address: str) -> ListenerBuilder:
     """A listener on `address`: ":8000" (all IPv4 interfaces), "127.0.0.1:8000",
@@ -913,7 +919,58 @@ def demo_service(name: str, address: str) -> DemoServiceBuilder:
     return DemoServiceBuilder(name=name, address=address, location=caller_location())
 
 
-MeshItem = ListenerBuilder | ClusterBuilder | AdminBuilder | DemoServiceBuilder
+@attrs.frozen(kw_only=True)
+class OverloadBuilder:
+    """The overload manager. Made by `overload()`."""
+
+    _max_heap: object
+    _max_connections: object
+    _actions: tuple[tuple[str, object], ...]
+    _refresh_interval: object
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def overload(
+    *,
+    max_heap: int | str | None = None,
+    max_connections: int | None = None,
+    stop_accepting_requests: float | None = None,
+    disable_http_keepalive: float | None = None,
+    stop_accepting_connections: float | None = None,
+    refresh_interval: Duration = 0.25,
+) -> OverloadBuilder:
+    """Envoy's overload manager.
+
+    Monitors: `max_heap` (bytes or '512MiB'; the process's resident memory
+    is measured against it) and `max_connections` (active downstream
+    connections on all listeners). Each action is given the pressure
+    (use / maximum, 0..1] at which it turns on:
+
+    - `stop_accepting_requests`: new requests get 503 with flag `OM`;
+    - `disable_http_keepalive`: HTTP/1.1 responses carry `connection: close`;
+    - `stop_accepting_connections`: new connections are closed at accept.
+
+    Readings are taken every `refresh_interval` (Envoy: 250 ms).
+    """
+    actions = tuple(
+        (name, value)
+        for name, value in (
+            ("stop_accepting_requests", stop_accepting_requests),
+            ("disable_http_keepalive", disable_http_keepalive),
+            ("stop_accepting_connections", stop_accepting_connections),
+        )
+        if value is not None
+    )
+    return OverloadBuilder(
+        max_heap=max_heap,
+        max_connections=max_connections,
+        actions=actions,
+        refresh_interval=refresh_interval,
+        location=caller_location(),
+    )
+
+
+MeshItem = ListenerBuilder | ClusterBuilder | AdminBuilder | DemoServiceBuilder | OverloadBuilder
 """What `mesh()` accepts, in any order."""
 
 

@@ -42,6 +42,7 @@ from trioproxy.config import (
     Location,
     Mesh,
     OutlierDetection,
+    OverloadManager,
     QueryParameterMatcher,
     RedirectAction,
     RetryPolicy,
@@ -58,6 +59,7 @@ from trioproxy.config.graph import (
     Action,
     CodecType,
     LbPolicy,
+    OverloadActionName,
     PathKind,
     StringMatchKind,
     UpstreamProtocol,
@@ -75,6 +77,7 @@ from ._builders import (
     ListenerBuilder,
     MatchBuilder,
     MeshBuilder,
+    OverloadBuilder,
     QuerySpec,
     RedirectBuilder,
     RetryBuilder,
@@ -92,7 +95,13 @@ from ._compile_tls import (
 )
 from ._errors import MeshError, MeshIssue
 from ._tls_builders import TcpProxyBuilder
-from ._values import BadValue, parse_bind_address, parse_duration, parse_endpoint_address
+from ._values import (
+    BadValue,
+    parse_bind_address,
+    parse_duration,
+    parse_endpoint_address,
+    parse_size,
+)
 
 __all__ = ["compile_mesh"]
 
@@ -258,6 +267,7 @@ class _Compiler:
         listeners: list[ListenerBuilder] = []
         admins: list[AdminBuilder] = []
         demos: list[DemoServiceBuilder] = []
+        overloads: list[OverloadBuilder] = []
         for i, item in enumerate(m._items, 1):
             if isinstance(item, ListenerBuilder):
                 listeners.append(item)
@@ -265,11 +275,13 @@ class _Compiler:
                 admins.append(item)
             elif isinstance(item, DemoServiceBuilder):
                 demos.append(item)
+            elif isinstance(item, OverloadBuilder):
+                overloads.append(item)
             elif not isinstance(item, ClusterBuilder):
                 self.error(
                     m._location,
-                    f"mesh() item {i} must be listener(...), cluster(...), admin(...) "
-                    f"or demo_service(...), got {_kind(item)}",
+                    f"mesh() item {i} must be listener(...), cluster(...), admin(...), "
+                    f"demo_service(...) or overload(...), got {_kind(item)}",
                 )
         if not listeners:
             self.error(m._location, "mesh has no listeners")
@@ -278,6 +290,7 @@ class _Compiler:
         built_listeners = self.listeners(listeners)
         built_admin = self.admin(admins)
         built_demos = self.demo_services(demos)
+        built_overload = self.overload(overloads)
         self.address_clashes(built_listeners, built_admin, built_demos)
         if self.issues:
             raise MeshError(self.issues)
@@ -286,6 +299,7 @@ class _Compiler:
             clusters=clusters,
             admin=built_admin,
             demo_services=built_demos,
+            overload=built_overload,
             source=source,
         )
 
@@ -490,6 +504,12 @@ class _Compiler:
         stat_prefix = None
         if lb._stat_prefix is not None:
             stat_prefix = self.name(lb._stat_prefix.value, "stat_prefix", lb._stat_prefix.location)
+        max_connections = None
+        if lb._max_connections is not None:
+            g = lb._max_connections
+            max_connections = self.count(
+                g.value, f"listener {name!r} max_connections", g.location, low=1, high=10**9
+            )
         return Listener(
             name=name,
             address=address,
@@ -497,6 +517,7 @@ class _Compiler:
             stat_prefix=stat_prefix,
             listener_filters=listener_filters,
             listener_filters_timeout=filters_timeout,
+            max_connections=max_connections,
             location=loc,
         )
 
@@ -875,6 +896,51 @@ class _Compiler:
             )
         address = self.bind_address(first._address, "admin", first._location)
         return Admin(address=address, location=first._location)
+
+    def overload(self, builders: list[OverloadBuilder]) -> OverloadManager | None:
+        if not builders:
+            return None
+        first = builders[0]
+        for extra in builders[1:]:
+            self.error(
+                extra._location, f"more than one overload (first defined{_at(first._location)})"
+            )
+        loc = first._location
+        max_heap = None
+        if first._max_heap is not None:
+            try:
+                max_heap = parse_size(first._max_heap, "overload max_heap")
+            except BadValue as exc:
+                self.error(loc, str(exc))
+        max_cx = None
+        if first._max_connections is not None:
+            max_cx = self.count(
+                first._max_connections, "overload max_connections", loc, low=1, high=10**9
+            )
+        if max_heap is None and max_cx is None:
+            self.error(loc, "overload() needs a monitor: max_heap=... and/or max_connections=...")
+        if not first._actions:
+            self.error(
+                loc,
+                "overload() has no action: give a threshold for stop_accepting_requests, "
+                "disable_http_keepalive or stop_accepting_connections",
+            )
+        actions: list[tuple[OverloadActionName, float]] = []
+        for name, value in first._actions:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+                self.error(loc, f"bad {name} threshold {value!r} (expected a pressure in (0, 1])")
+                continue
+            actions.append((cast(OverloadActionName, name), float(value)))
+        interval = self.duration(
+            first._refresh_interval, "overload refresh_interval", loc, positive=True
+        )
+        return OverloadManager(
+            refresh_interval=interval,
+            max_heap_bytes=max_heap,
+            max_active_downstream_connections=max_cx,
+            actions=tuple(actions),
+            location=loc,
+        )
 
     def demo_services(self, builders: list[DemoServiceBuilder]) -> tuple[DemoService, ...]:
         out: list[DemoService] = []

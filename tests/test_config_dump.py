@@ -155,7 +155,7 @@ def test_jsonable_dumps_and_round_trips_through_json() -> None:
 
 def test_jsonable_top_level() -> None:
     data = to_jsonable(MESH)
-    assert set(data) == {"listeners", "clusters", "admin", "demo_services", "source"}
+    assert set(data) == {"listeners", "clusters", "admin", "demo_services", "overload", "source"}
     assert data["source"] == "mesh.py"
     assert data["admin"] == {"address": {"host": "127.0.0.1", "port": 8001}}
     assert data["demo_services"] == [
@@ -277,6 +277,7 @@ def test_jsonable_empty_mesh() -> None:
         "clusters": [],
         "admin": None,
         "demo_services": [],
+        "overload": None,
         "source": "",
     }
 

@@ -88,10 +88,10 @@ def apply() -> None:
     for name in ("header_field_re", "chunk_header_re", "_obsolete_line_fold"):
         if not hasattr(_readers, name):
             raise ImportError(
-                f"h11 {h11.__version__} has no h11._readers.{name}: "
+                f"h11 {getattr(h11, '__version__', '?')} has no h11._readers.{name}: "
                 "trioproxy.codec.h11_strict must be updated for this h11"
             )
-    _readers.header_field_re = HEADER_FIELD  # type: ignore[attr-defined]
-    _readers.chunk_header_re = CHUNK_HEADER  # type: ignore[attr-defined]
-    _readers._obsolete_line_fold = _reject_obs_fold  # type: ignore[attr-defined]
+    _readers.header_field_re = HEADER_FIELD
+    _readers.chunk_header_re = CHUNK_HEADER
+    _readers._obsolete_line_fold = _reject_obs_fold
     _applied = True

@@ -24,6 +24,7 @@ from typing import Final, Literal
 import attrs
 
 __all__ = [
+    "OVERLOAD_ACTIONS",
     "AccessLog",
     "Admin",
     "CertificateValidation",
@@ -45,6 +46,8 @@ __all__ = [
     "Mesh",
     "NetworkFilterConfig",
     "OutlierDetection",
+    "OverloadActionName",
+    "OverloadManager",
     "QueryParameterMatcher",
     "RedirectAction",
     "RetryPolicy",
@@ -557,6 +560,9 @@ class Listener:
     listener_filters: tuple[ListenerFilterConfig, ...] = ()
     # Envoy: listener_filters_timeout 15 s; the connection is closed on expiry.
     listener_filters_timeout: float = 15.0
+    # Envoy: the connection_limit filter / listener max_connections; None = no limit.
+    # Connections past it are closed at accept (`downstream_cx_overflow`).
+    max_connections: int | None = None
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
@@ -565,6 +571,35 @@ class Listener:
 
 
 # --------------------------------------------------------------------------- top level
+
+
+OverloadActionName = Literal[
+    "stop_accepting_requests", "disable_http_keepalive", "stop_accepting_connections"
+]
+OVERLOAD_ACTIONS: tuple[OverloadActionName, ...] = (
+    "stop_accepting_requests",
+    "disable_http_keepalive",
+    "stop_accepting_connections",
+)
+
+
+@attrs.frozen(kw_only=True)
+class OverloadManager:
+    """Envoy's overload manager: resource monitors sampled every
+    `refresh_interval`, and actions that turn on when a resource's pressure
+    (its use over its maximum, 0..1) reaches the action's threshold.
+
+    Monitors: `max_heap_bytes` (Envoy's fixed_heap; we measure the process's
+    resident memory) and `max_active_downstream_connections` (Envoy's
+    global_downstream_max_connections). `actions` maps an action name to
+    its threshold; an action is active while any monitor is at or above it.
+    """
+
+    refresh_interval: float = 0.25  # Envoy's default refresh interval
+    max_heap_bytes: int | None = None
+    max_active_downstream_connections: int | None = None
+    actions: tuple[tuple[OverloadActionName, float], ...] = ()
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -592,6 +627,7 @@ class Mesh:
     clusters: tuple[Cluster, ...] = ()
     admin: Admin | None = None
     demo_services: tuple[DemoService, ...] = ()
+    overload: OverloadManager | None = None
     source: str = ""
 
     def cluster(self, name: str) -> Cluster:

@@ -49,6 +49,7 @@ from trioproxy.config import (
     HttpConnectionManager,
     Listener,
     Mesh,
+    OverloadManager,
     SocketAddress,
 )
 from trioproxy.filters.network.base import (
@@ -61,9 +62,10 @@ from trioproxy.filters.network.base import (
 from trioproxy.filters.network.http_connection_manager import HttpConnectionManagerFilter
 from trioproxy.http.conn_manager import ConnectionManager
 from trioproxy.http.router import Router
-from trioproxy.net.network import Network, TrioNetwork
+from trioproxy.net.network import Network, TrioNetwork, close_stream_nowait
+from trioproxy.net.overload import OverloadState
 from trioproxy.net.tls import HandshakeError, ServerTls, server_handshake
-from trioproxy.observe.stats import StatsStore
+from trioproxy.observe.stats import Gauge, StatsStore
 from trioproxy.runtime.demo import serve_demo_service
 from trioproxy.runtime.filter_chains import ChainSelector, ConnectionFacts
 from trioproxy.upstream.cluster_manager import ClusterManager
@@ -106,6 +108,8 @@ class ListenerRuntime:
         self.cx_destroy = stats.counter(p + "downstream_cx_destroy")
         self.cx_length = stats.histogram(p + "downstream_cx_length_ms")
         self.no_filter_chain_match = stats.counter(p + "no_filter_chain_match")
+        self.cx_overflow = stats.counter(p + "downstream_cx_overflow")
+        self.cx_overload_reject = stats.counter(p + "downstream_cx_overload_reject")
         self.pre_cx_timeout = stats.counter(p + "downstream_pre_cx_timeout")
         # Envoy's listener ssl stats exist only where a chain terminates TLS.
         self.ssl_connection_error = (
@@ -162,6 +166,7 @@ class Server:
         self._shutdown = trio.Event()
         self._access_logs: Any = None
         self.connection_errors = self.stats.counter("server.connection_task_errors")
+        self.overload = OverloadState(mesh.overload)
         self.stats.gauge("server.concurrency").set(1)
         self.stats.gauge("server.live").set(0)
 
@@ -203,6 +208,8 @@ class Server:
 
                     self.admin_bound = await nursery.start(serve_admin, self, self.admin_address)
                 nursery.start_soon(self._uptime)
+                if self.mesh.overload is not None:
+                    nursery.start_soon(self._overload_manager, self.mesh.overload)
                 self.state = "LIVE"
                 self.stats.gauge("server.live").set(1)
                 log.info(
@@ -225,6 +232,34 @@ class Server:
             uptime.set(int(time.time() - self.start_time))
             mem.set(_rss_bytes())
             await trio.sleep(1)
+
+    def downstream_connections(self) -> int:
+        """Active downstream connections on every listener."""
+        return sum(lr.cx_active.value for lr in self.listeners.values())
+
+    async def _overload_manager(self, config: OverloadManager) -> None:
+        """Sample the resource monitors and flip the overload actions."""
+        state = self.overload
+        gauges = {
+            name: self.stats.gauge(f"overload.envoy.overload_actions.{name}.active")
+            for name, _ in config.actions
+        }
+        pressure: dict[str, Gauge] = {}
+        while True:
+            state.update(
+                rss_bytes=_rss_bytes() if config.max_heap_bytes else 0,
+                downstream_connections=self.downstream_connections(),
+            )
+            for name, gauge in gauges.items():
+                gauge.set(1 if state.active(name) else 0)
+            for resource, value in state.pressures.items():
+                g = pressure.get(resource)
+                if g is None:
+                    g = pressure[resource] = self.stats.gauge(
+                        f"overload.envoy.resource_monitors.{resource}.pressure"
+                    )
+                g.set(min(100, int(value * 100)))
+            await trio.sleep(config.refresh_interval)
 
     def _make_access_logs(self) -> Any:
         configs = [
@@ -312,6 +347,18 @@ class Server:
                         await trio.sleep(_ACCEPT_BACKOFF)
                         continue
                     raise
+                limit = lr.config.max_connections
+                if (limit is not None and lr.cx_active.value >= limit) or (
+                    self.overload.stop_connections
+                ):
+                    # Closed at accept, before any byte is read (Envoy's
+                    # listener limit / stop_accepting_connections).
+                    if limit is not None and lr.cx_active.value >= limit:
+                        lr.cx_overflow.inc()
+                    else:
+                        lr.cx_overload_reject.inc()
+                    close_stream_nowait(stream)
+                    continue
                 conns.start_soon(self._connection, lr, stream)
 
     @property

@@ -39,6 +39,7 @@ from trioproxy.config import (
 if TYPE_CHECKING:
     from trioproxy.http.router import Router
     from trioproxy.net.network import Network
+    from trioproxy.net.overload import OverloadState
     from trioproxy.net.tls import DownstreamTlsInfo
     from trioproxy.observe.stats import StatsStore
     from trioproxy.upstream.cluster_manager import ClusterManager
@@ -94,6 +95,7 @@ class FilterContext(Protocol):
     clusters: ClusterManager
     router: Router
     network: Network
+    overload: OverloadState
 
     def access_loggers(self, configs: Sequence[AccessLog]) -> list[Any]:
         """Loggers (with `.log(StreamInfo)`) for access-log configs."""
