@@ -365,10 +365,27 @@ class ClusterBuilder:
         base_ejection_time: Duration = 30.0,
         max_ejection_time: Duration = 300.0,
         max_ejection_percent: int = 10,
+        max_ejection_time_jitter: Duration = 0,
+        enforcing_success_rate: int = 100,
+        success_rate_minimum_hosts: int = 5,
+        success_rate_request_volume: int = 100,
+        success_rate_stdev_factor: int = 1900,
+        enforcing_failure_percentage: int = 0,
+        failure_percentage_threshold: int = 85,
+        failure_percentage_minimum_hosts: int = 5,
+        failure_percentage_request_volume: int = 50,
     ) -> ClusterBuilder:
-        """Eject hosts that fail in a row (Envoy's outlier_detection, its defaults):
-        `consecutive_5xx` 5xx answers (or connect failures/resets), for
-        `base_ejection_time` x times ejected (at most `max_ejection_time`),
+        """Eject misbehaving hosts (Envoy's outlier_detection, its defaults):
+        `consecutive_5xx` 5xx answers in a row (or connect failures/resets);
+        every `interval`, hosts whose success rate is below
+        mean - (`success_rate_stdev_factor` / 1000) x stdev of the hosts with
+        `success_rate_request_volume` requests (if there are
+        `success_rate_minimum_hosts` of them); and, if
+        `enforcing_failure_percentage` is set (0 by default, as in Envoy),
+        hosts failing `failure_percentage_threshold` % of their requests.
+        Each ejection lasts `base_ejection_time` x the host's multiplier
+        (which grows per ejection and decays while the host stays in; at
+        most `max_ejection_time`, plus up to `max_ejection_time_jitter`);
         at most `max_ejection_percent` of the hosts (always at least one)."""
         options: dict[str, object] = {
             "consecutive_5xx": consecutive_5xx,
@@ -379,6 +396,15 @@ class ClusterBuilder:
             "base_ejection_time": base_ejection_time,
             "max_ejection_time": max_ejection_time,
             "max_ejection_percent": max_ejection_percent,
+            "max_ejection_time_jitter": max_ejection_time_jitter,
+            "enforcing_success_rate": enforcing_success_rate,
+            "success_rate_minimum_hosts": success_rate_minimum_hosts,
+            "success_rate_request_volume": success_rate_request_volume,
+            "success_rate_stdev_factor": success_rate_stdev_factor,
+            "enforcing_failure_percentage": enforcing_failure_percentage,
+            "failure_percentage_threshold": failure_percentage_threshold,
+            "failure_percentage_minimum_hosts": failure_percentage_minimum_hosts,
+            "failure_percentage_request_volume": failure_percentage_request_volume,
         }
         return attrs.evolve(self, outlier=Given(options, caller_location()))
 

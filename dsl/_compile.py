@@ -497,8 +497,15 @@ class _Compiler:
             what = f"outlier_detection {key} of cluster {name!r}"
             if key in ("interval", "base_ejection_time", "max_ejection_time"):
                 values[key] = self.duration(raw, what, loc, positive=True)
-            elif key.startswith("enforcing_") or key == "max_ejection_percent":
+            elif key == "max_ejection_time_jitter":
+                values[key] = self.duration(raw, what, loc)
+            elif key.startswith("enforcing_") or key in (
+                "max_ejection_percent",
+                "failure_percentage_threshold",
+            ):
                 values[key] = self.count(raw, what, loc, low=0, high=100)
+            elif key == "success_rate_stdev_factor":
+                values[key] = self.count(raw, what, loc, low=0, high=2**31 - 1)
             else:
                 values[key] = self.count(raw, what, loc, low=1, high=2**31 - 1)
         return OutlierDetection(**values)  # type: ignore[arg-type]

@@ -126,3 +126,28 @@ def test_config_dump_shows_the_checker() -> None:
     flt = dumped["listeners"][0]["filter_chains"][0]["filters"][0]["http_filters"][0]  # type: ignore[index]
     assert flt["@type"] == "trioproxy.filters.http.health_check.LocalHealthCheck"
     assert flt["pass_through_mode"] is False
+
+
+def test_outlier_detection_statistics_options() -> None:
+    c = cluster("c", "127.0.0.1:1").outlier_detection(
+        enforcing_failure_percentage=100,
+        failure_percentage_threshold=70,
+        success_rate_stdev_factor=1000,
+        max_ejection_time_jitter="2s",
+    )
+    od = _compile(c).clusters[0].outlier_detection
+    assert od is not None
+    assert (od.enforcing_failure_percentage, od.failure_percentage_threshold) == (100, 70)
+    assert (od.success_rate_stdev_factor, od.max_ejection_time_jitter) == (1000, 2.0)
+    assert (od.enforcing_success_rate, od.success_rate_minimum_hosts) == (100, 5)
+    assert (od.success_rate_request_volume, od.failure_percentage_request_volume) == (100, 50)
+    line = sys._getframe().f_lineno
+    errs = _errors(
+        cluster("c", "127.0.0.1:1").outlier_detection(
+            failure_percentage_threshold=101, success_rate_minimum_hosts=0
+        )
+    )
+    assert [n - line for n, _m in errs] == [2, 2]
+    messages = " ".join(m for _n, m in errs)
+    assert "failure_percentage_threshold" in messages
+    assert "success_rate_minimum_hosts" in messages
