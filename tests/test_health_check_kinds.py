@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -22,13 +23,21 @@ import trio.testing
 
 from tests.conftest import cluster, counter, gauge, grpc_mesh, start_proxy
 from tests.memnet import MemoryNetwork
+from tests.tls_certs import Pki
 from trioproxy.codec.grpc_health import (
     ServingStatus,
     decode_request,
     encode_request,
     encode_response,
 )
-from trioproxy.config import GrpcHealthCheck, HealthCheck, Mesh, TcpHealthCheck
+from trioproxy.config import (
+    CertificateValidation,
+    GrpcHealthCheck,
+    HealthCheck,
+    Mesh,
+    TcpHealthCheck,
+    UpstreamTlsContext,
+)
 from trioproxy.upstream.health_check import receive_matched
 
 # --------------------------------------------------------------------------- TCP
@@ -130,9 +139,10 @@ async def test_tcp_peer_closing_early_fails(autojump_clock: trio.testing.MockClo
 
 
 class HealthServer:
-    """A real grpcio server with test.Echo/Who and grpc.health.v1.Health/Check."""
+    """A real grpcio server with test.Echo/Who and grpc.health.v1.Health/Check
+    (TLS with `tls=(cert_pem, key_pem)`)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, tls: tuple[bytes, bytes] | None = None) -> None:
         self.name = name
         self.status: dict[str, int] = {"": ServingStatus.SERVING, "svc": ServingStatus.SERVING}
         self.checks: list[str] = []  # the services asked about
@@ -152,7 +162,11 @@ class HealthServer:
             "test.Echo", {"Who": grpc.unary_unary_rpc_method_handler(self._who)}
         )
         self.server.add_generic_rpc_handlers((health, echo))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if tls is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            creds = grpc.ssl_server_credentials([(tls[1], tls[0])])
+            self.port = self.server.add_secure_port("127.0.0.1:0", creds)
 
     def _check(self, service: str, context: Any) -> int:
         with self.lock:
@@ -267,3 +281,110 @@ async def test_grpc_check_of_a_dead_host_is_a_network_failure(nursery: trio.Nurs
 def test_encode_request_is_what_grpcio_sends() -> None:
     # Sanity: our request bytes parse as what the server receives.
     assert decode_request(encode_request("svc")) == "svc"
+
+
+async def test_grpc_check_over_tls(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """A TLS cluster's gRPC check handshakes (SNI, CA check, ALPN h2) first."""
+    pki = Pki(tmp_path)
+    leaf = pki.issue("grpc.internal")
+    hs = HealthServer("tls", tls=(Path(leaf.cert).read_bytes(), Path(leaf.key).read_bytes()))
+    hs.server.start()
+    try:
+        tls = UpstreamTlsContext(
+            sni="grpc.internal",
+            validation=CertificateValidation(trusted_ca_file=pki.ca_file),
+            alpn_protocols=("h2",),
+        )
+        hc = HealthCheck(
+            checker=GrpcHealthCheck(service_name="svc"),
+            interval=0.05,
+            no_traffic_interval=0.05,
+            timeout=2.0,
+            unhealthy_threshold=1,
+        )
+        c = cluster("t", f"127.0.0.1:{hs.port}", protocol="http2", tls=tls, health_check=hc)
+        server = await start_proxy(nursery, Mesh(clusters=(c,)))
+        await _wait_for(lambda: counter(server, "cluster.t.health_check.success") >= 2, "ok")
+        assert counter(server, "cluster.t.ssl.handshake") >= 2
+        hs.set_status("svc", ServingStatus.NOT_SERVING)
+        await _wait_for(lambda: gauge(server, "cluster.t.membership_healthy") == 0, "fails")
+        assert counter(server, "cluster.t.health_check.network_failure") == 0
+    finally:
+        hs.server.stop(grace=None)
+
+
+async def _h2_health_server(
+    net: MemoryNetwork, port: int, seen: list[dict[bytes, bytes]], answer: bytes
+) -> None:
+    """A scripted HTTP/2 gRPC server (the h2 library, server side): records
+    each request's headers and answers with `answer` as the message."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from trioproxy.codec.grpc_health import frame
+
+    listener, _ = await net.listen_tcp("127.0.0.1", port)
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        conn.initiate_connection()
+        await stream.send_all(conn.data_to_send())
+        while data := await stream.receive_some(65536):
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.RequestReceived):
+                    seen.append({bytes(k): bytes(v) for k, v in ev.headers})
+                elif isinstance(ev, h2.events.StreamEnded):
+                    sid = ev.stream_id
+                    conn.send_headers(
+                        sid, [(b":status", b"200"), (b"content-type", b"application/grpc")]
+                    )
+                    conn.send_data(sid, frame(answer))
+                    conn.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)
+            await stream.send_all(conn.data_to_send())
+
+    async with trio.open_nursery() as n:
+        while True:
+            n.start_soon(handle, await listener.accept())
+
+
+async def test_grpc_request_shape_and_answers(autojump_clock: trio.testing.MockClock) -> None:
+    net = MemoryNetwork()
+    seen: list[dict[bytes, bytes]] = []
+    async with trio.open_nursery() as n:
+        n.start_soon(_h2_health_server, net, 7101, seen, encode_response(ServingStatus.SERVING))
+        n.start_soon(_h2_health_server, net, 7102, [], encode_response(ServingStatus.UNKNOWN))
+        n.start_soon(_h2_health_server, net, 7103, [], b"\x08")  # truncated message
+        await trio.sleep(0)
+        hc = HealthCheck(
+            checker=GrpcHealthCheck(service_name="pkg.Svc"),
+            interval=1.0,
+            no_traffic_interval=1.0,
+            unhealthy_threshold=1,
+        )
+        mesh = Mesh(
+            clusters=(
+                cluster(
+                    "g",
+                    "127.0.0.1:7101",
+                    "127.0.0.1:7102",
+                    "127.0.0.1:7103",
+                    protocol="http2",
+                    health_check=hc,
+                ),
+            )
+        )
+        server = await start_proxy(n, mesh, net)
+        await trio.sleep(1.5)
+        hosts = server.clusters.get("g").hosts  # type: ignore[union-attr]
+        assert [h.healthy for h in hosts] == [True, False, False]
+        req = seen[0]
+        assert req[b":method"] == b"POST"
+        assert req[b":path"] == b"/grpc.health.v1.Health/Check"
+        assert req[b":authority"] == b"g"  # the cluster name by default
+        assert req[b":scheme"] == b"http"
+        assert req[b"content-type"] == b"application/grpc"
+        assert req[b"te"] == b"trailers"
+        n.cancel_scope.cancel()
