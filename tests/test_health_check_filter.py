@@ -130,3 +130,16 @@ def test_dsl_health_check_filter() -> None:
     assert hcm.http_filters == (  # type: ignore[attr-defined]
         LocalHealthCheck(headers=(HeaderMatcher(name=":path", kind="exact", value="/ready"),)),
     )
+
+
+async def test_http2_probes_see_the_server_flag(nursery: trio.Nursery) -> None:
+    """HTTP/2 streams run in tasks of their own; they see the flag too."""
+    _server, proxy, admin = await _start(nursery, LocalHealthCheck())
+    async with httpx.AsyncClient(http1=False, http2=True) as h2c, httpx.AsyncClient() as c:
+        r = await h2c.get(proxy + "/healthz")
+        assert (r.http_version, r.status_code) == ("HTTP/2", 200)
+        await c.post(admin + "/healthcheck/fail")
+        r = await h2c.get(proxy + "/healthz")
+        assert r.status_code == 503
+        assert r.headers["x-envoy-immediate-health-check-fail"] == "true"
+        assert (await h2c.get(proxy + "/other")).status_code == 200
