@@ -5,9 +5,11 @@ Every `interval` (plus up to `interval_jitter`; `no_traffic_interval`
 while the cluster has never had traffic, as in Envoy) a checker opens a
 fresh connection, sends `GET <path>` with `Host: <host>` and
 `user-agent: Envoy/HC`, and waits at most `timeout` for a status in
-`expected_statuses`. `unhealthy_threshold` failures in a row take the host
-out of the load balancer (`/failed_active_hc` in /clusters),
-`healthy_threshold` successes in a row bring it back. Stats follow Envoy:
+`expected_statuses`. An answer that says unhealthy takes the host out of
+the load balancer at once (`/failed_active_hc` in /clusters), as in Envoy;
+network failures (connect failure, reset, timeout) do so after
+`unhealthy_threshold` in a row. `healthy_threshold` successes in a row
+bring it back. Stats follow Envoy:
 `cluster.<name>.health_check.attempt|success|failure|network_failure|
 verify_cluster|healthy` (the last a gauge of healthy hosts).
 
@@ -100,8 +102,14 @@ class HealthState:
         self._failures = 0
         self._successes = 0
 
-    def record(self, ok: bool) -> bool:
-        """Record one check; True if the host's health changed."""
+    def record(self, ok: bool, *, immediate: bool = False) -> bool:
+        """Record one check; True if the host's health changed.
+
+        `immediate`: the host answered, and the answer says unhealthy (an
+        unexpected HTTP status, a gRPC status other than SERVING). Envoy
+        fails the host at once for those (its ACTIVE failures); only network
+        failures count towards `unhealthy_threshold`.
+        """
         if ok:
             self._failures = 0
             self._successes += 1
@@ -111,7 +119,7 @@ class HealthState:
         else:
             self._successes = 0
             self._failures += 1
-            if self.healthy and self._failures >= self.config.unhealthy_threshold:
+            if self.healthy and (immediate or self._failures >= self.config.unhealthy_threshold):
                 self.healthy = False
                 return True
         return False
@@ -372,7 +380,7 @@ async def _check_host(
             stats.failure.inc()
             if outcome is Outcome.NETWORK_FAILURE:
                 stats.network_failure.inc()
-        if state.record(ok):
+        if state.record(ok, immediate=outcome is Outcome.FAILURE):
             host.healthy = state.healthy
             on_change()
         # A cluster that never had traffic is checked less often (Envoy).
