@@ -11,8 +11,9 @@ import pytest
 from trioproxy.dsl import MeshError, cluster, direct_response, listener, mesh, prefix
 from trioproxy.dsl._builders import ClusterBuilder
 
-from trioproxy.config import GrpcHealthCheck, HealthCheck, Mesh, TcpHealthCheck
+from trioproxy.config import GrpcHealthCheck, HeaderMatcher, HealthCheck, Mesh, TcpHealthCheck
 from trioproxy.config.dump import to_jsonable, to_tree
+from trioproxy.filters.http.health_check import LocalHealthCheck
 
 HERE = __file__
 
@@ -151,3 +152,15 @@ def test_outlier_detection_statistics_options() -> None:
     messages = " ".join(m for _n, m in errs)
     assert "failure_percentage_threshold" in messages
     assert "success_rate_minimum_hosts" in messages
+
+
+def test_dsl_health_check_filter() -> None:
+    from trioproxy.dsl import http
+
+    up = cluster("svc", "127.0.0.1:9")
+    m = mesh(listener("l", ":0").chain(http("in").health_check("/ready")).route(prefix("/"), up))
+    graph = m.compile()
+    hcm = graph.listeners[0].filter_chains[0].filters[0]
+    assert hcm.http_filters == (  # type: ignore[attr-defined]
+        LocalHealthCheck(headers=(HeaderMatcher(name=":path", kind="exact", value="/ready"),)),
+    )

@@ -7,8 +7,6 @@ from __future__ import annotations
 import attrs
 import httpx
 import trio
-from trioproxy.dsl import cluster as dsl_cluster
-from trioproxy.dsl import http, listener, mesh, prefix
 
 from tests.conftest import cluster, gauge, route_to, simple_mesh, start_proxy, start_upstream
 from trioproxy.codec.stream import StreamInfo
@@ -120,16 +118,6 @@ async def test_failed_probe_is_logged_with_lh(nursery: trio.Nursery) -> None:
     assert info.response_flags == ["LH"]
     assert info.response_code_details == "health_check_failed"
     assert server.health.failed
-
-
-def test_dsl_health_check_filter() -> None:
-    up = dsl_cluster("svc", "127.0.0.1:9")
-    m = mesh(listener("l", ":0").chain(http("in").health_check("/ready")).route(prefix("/"), up))
-    graph = m.compile()
-    hcm = graph.listeners[0].filter_chains[0].filters[0]
-    assert hcm.http_filters == (  # type: ignore[attr-defined]
-        LocalHealthCheck(headers=(HeaderMatcher(name=":path", kind="exact", value="/ready"),)),
-    )
 
 
 async def test_http2_probes_see_the_server_flag(nursery: trio.Nursery) -> None:
