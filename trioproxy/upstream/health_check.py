@@ -302,6 +302,8 @@ async def _grpc_exchange(
                     messages += reader.receive_data(ev.data)
                 except GrpcHealthError:
                     return Outcome.FAILURE
+                if len(messages) > 1:  # Check is unary: one answer, no stream
+                    return Outcome.FAILURE
             elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
                 ended = True
             elif isinstance(ev, h2.events.StreamReset | h2.events.ConnectionTerminated):
