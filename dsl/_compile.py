@@ -25,6 +25,8 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Final, TypeVar, cast, get_args
 
+import attrs
+
 from trioproxy.config import (
     DEFAULT_ACCESS_LOG_FORMAT,
     AccessLog,
@@ -34,6 +36,7 @@ from trioproxy.config import (
     DirectResponseAction,
     Endpoint,
     FilterChain,
+    GrpcHealthCheck,
     HeaderMatcher,
     HealthCheck,
     HttpConnectionManager,
@@ -51,6 +54,7 @@ from trioproxy.config import (
     RouteConfig,
     RouteMatch,
     SocketAddress,
+    TcpHealthCheck,
     VirtualHost,
     WeightedCluster,
 )
@@ -64,6 +68,7 @@ from trioproxy.config.graph import (
     StringMatchKind,
     UpstreamProtocol,
 )
+from trioproxy.filters.http.health_check import LocalHealthCheck
 
 from ._builders import (
     AdminBuilder,
@@ -73,6 +78,7 @@ from ._builders import (
     EndpointBuilder,
     Given,
     HeaderSpec,
+    HealthCheckFilterSpec,
     HttpBuilder,
     ListenerBuilder,
     MatchBuilder,
@@ -386,17 +392,38 @@ class _Compiler:
             connect_timeout=connect_timeout,
             tls=tls,
             outlier_detection=self.outlier(cb, name),
-            health_check=self.health_check(cb, name),
+            health_check=self.health_check(cb, name, protocol),
             location=loc,
         )
 
-    def health_check(self, cb: ClusterBuilder, name: str) -> HealthCheck | None:
+    def health_check(
+        self, cb: ClusterBuilder, name: str, protocol: str = "http1"
+    ) -> HealthCheck | None:
         given = cb._health_check
         if given is None:
             return None
         loc = given.location
         o = given.value
-        what = f"health_check of cluster {name!r}"
+        kind = str(o.get("kind", "http"))
+        what = f"{'' if kind == 'http' else kind + '_'}health_check of cluster {name!r}"
+        base = HealthCheck(
+            interval=self.duration(o["interval"], f"interval of {what}", loc, positive=True),
+            timeout=self.duration(o["timeout"], f"timeout of {what}", loc, positive=True),
+            unhealthy_threshold=self.count(
+                o["unhealthy_threshold"], f"unhealthy_threshold of {what}", loc, low=1, high=1000
+            ),
+            healthy_threshold=self.count(
+                o["healthy_threshold"], f"healthy_threshold of {what}", loc, low=1, high=1000
+            ),
+            interval_jitter=self.duration(o["interval_jitter"], f"interval_jitter of {what}", loc),
+            no_traffic_interval=self.duration(
+                o["no_traffic_interval"], f"no_traffic_interval of {what}", loc, positive=True
+            ),
+        )
+        if kind == "tcp":
+            return attrs.evolve(base, checker=self.tcp_checker(o, what, loc))
+        if kind == "grpc":
+            return attrs.evolve(base, checker=self.grpc_checker(o, what, loc, protocol))
         path = o["path"]
         if not isinstance(path, str) or not path.startswith("/"):
             self.error(loc, f"{what}: path must start with '/', got {path!r}")
@@ -411,22 +438,67 @@ class _Compiler:
                 statuses.append((cast(int, code), cast(int, code) + 1))
             else:
                 self.error(loc, f"{what}: bad expected status {code!r}")
-        return HealthCheck(
-            path=path,
-            host=host,
-            expected_statuses=tuple(statuses) or ((200, 201),),
-            interval=self.duration(o["interval"], f"interval of {what}", loc, positive=True),
-            timeout=self.duration(o["timeout"], f"timeout of {what}", loc, positive=True),
-            unhealthy_threshold=self.count(
-                o["unhealthy_threshold"], f"unhealthy_threshold of {what}", loc, low=1, high=1000
-            ),
-            healthy_threshold=self.count(
-                o["healthy_threshold"], f"healthy_threshold of {what}", loc, low=1, high=1000
-            ),
-            interval_jitter=self.duration(o["interval_jitter"], f"interval_jitter of {what}", loc),
-            no_traffic_interval=self.duration(
-                o["no_traffic_interval"], f"no_traffic_interval of {what}", loc, positive=True
-            ),
+        return attrs.evolve(
+            base, path=path, host=host, expected_statuses=tuple(statuses) or ((200, 201),)
+        )
+
+    def tcp_checker(self, o: dict[str, object], what: str, loc: Location | None) -> TcpHealthCheck:
+        send = o["send"]
+        if not isinstance(send, bytes):
+            hint = f" (write b{send!r})" if isinstance(send, str) else ""
+            self.error(loc, f"{what}: send must be bytes, got {_kind(send)}{hint}")
+            send = b""
+        raw = o["expect"]
+        blocks = (raw,) if isinstance(raw, bytes | str) else raw
+        expect: list[bytes] = []
+        if not isinstance(blocks, tuple | list):
+            self.error(loc, f"{what}: expect must be bytes or a list of bytes, got {_kind(raw)}")
+            blocks = ()
+        for block in blocks:
+            if not isinstance(block, bytes):
+                hint = f" (write b{block!r})" if isinstance(block, str) else ""
+                self.error(loc, f"{what}: expect must be bytes, got {_kind(block)}{hint}")
+            elif not block:
+                if raw != b"":
+                    self.error(loc, f"{what}: an expected block is empty")
+            else:
+                expect.append(block)
+        return TcpHealthCheck(send=send, receive=tuple(expect))
+
+    def grpc_checker(
+        self, o: dict[str, object], what: str, loc: Location | None, protocol: str
+    ) -> GrpcHealthCheck:
+        service = o["service"]
+        if not isinstance(service, str):
+            self.error(loc, f"{what}: service must be a string, got {_kind(service)}")
+            service = ""
+        authority = o["authority"]
+        if authority is not None and (not isinstance(authority, str) or not authority):
+            self.error(loc, f"{what}: authority must be a non-empty string, got {authority!r}")
+            authority = None
+        if protocol == "http1":
+            # Envoy refuses this too: gRPC needs HTTP/2.
+            self.error(
+                loc,
+                f"{what}: gRPC health checks need HTTP/2; add .http2() (or .auto_http() with TLS)",
+            )
+        return GrpcHealthCheck(service_name=service, authority=authority)
+
+    def health_check_filter(
+        self, spec: HealthCheckFilterSpec, stat_prefix: str, before: list[HttpFilterConfig]
+    ) -> LocalHealthCheck:
+        what = f"health_check filter of http {stat_prefix!r}"
+        path = spec.path
+        if not isinstance(path, str) or not path.startswith("/"):
+            self.error(spec.location, f"{what}: path must start with '/', got {path!r}")
+            path = "/healthz"
+        if not isinstance(spec.pass_through, bool):
+            self.error(spec.location, f"{what}: pass_through must be True or False")
+        if any(isinstance(f, LocalHealthCheck) for f in before):
+            self.error(spec.location, f"{what}: one health_check per http(...)")
+        return LocalHealthCheck(
+            headers=(HeaderMatcher(name=":path", kind="exact", value=path),),
+            pass_through_mode=spec.pass_through is True,
         )
 
     def outlier(self, cb: ClusterBuilder, name: str) -> OutlierDetection | None:
@@ -439,8 +511,15 @@ class _Compiler:
             what = f"outlier_detection {key} of cluster {name!r}"
             if key in ("interval", "base_ejection_time", "max_ejection_time"):
                 values[key] = self.duration(raw, what, loc, positive=True)
-            elif key.startswith("enforcing_") or key == "max_ejection_percent":
+            elif key == "max_ejection_time_jitter":
+                values[key] = self.duration(raw, what, loc)
+            elif key.startswith("enforcing_") or key in (
+                "max_ejection_percent",
+                "failure_percentage_threshold",
+            ):
                 values[key] = self.count(raw, what, loc, low=0, high=100)
+            elif key == "success_rate_stdev_factor":
+                values[key] = self.count(raw, what, loc, low=0, high=2**31 - 1)
             else:
                 values[key] = self.count(raw, what, loc, low=1, high=2**31 - 1)
         return OutlierDetection(**values)  # type: ignore[arg-type]
@@ -543,6 +622,8 @@ class _Compiler:
         for given in hb._filters:
             if isinstance(given.value, HttpFilterConfig):
                 filters.append(given.value)
+            elif isinstance(given.value, HealthCheckFilterSpec):
+                filters.append(self.health_check_filter(given.value, stat_prefix, filters))
             else:
                 self.error(
                     given.location,

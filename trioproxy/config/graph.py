@@ -36,8 +36,10 @@ __all__ = [
     "Endpoint",
     "FilterChain",
     "FilterChainMatch",
+    "GrpcHealthCheck",
     "HeaderMatcher",
     "HealthCheck",
+    "HealthChecker",
     "HttpConnectionManager",
     "HttpFilterConfig",
     "Listener",
@@ -57,6 +59,7 @@ __all__ = [
     "RouteMatch",
     "SanMatcher",
     "SocketAddress",
+    "TcpHealthCheck",
     "TcpProxy",
     "TlsCertificate",
     "TlsInspector",
@@ -234,9 +237,40 @@ class Cluster:
 
 
 @attrs.frozen(kw_only=True)
-class HealthCheck:
-    """Envoy's HTTP health check (interval and timeout are required there)."""
+class HealthChecker:
+    """Base of the non-HTTP health checkers (Envoy's `health_checker` oneof).
+    Probes register by type in `upstream.health_check`."""
 
+
+@attrs.frozen(kw_only=True)
+class TcpHealthCheck(HealthChecker):
+    """Envoy's tcp_health_check: connect, write `send`, then read until every
+    block of `receive` has been seen, in order (any chunking, other bytes in
+    between allowed). Both empty: a successful connect is healthy."""
+
+    send: bytes = b""
+    receive: tuple[bytes, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class GrpcHealthCheck(HealthChecker):
+    """Envoy's grpc_health_check: `grpc.health.v1.Health/Check` over HTTP/2;
+    healthy iff grpc-status 0 and the response's status is SERVING."""
+
+    service_name: str = ""
+    authority: str | None = None  # the :authority; default: the cluster name
+
+
+@attrs.frozen(kw_only=True)
+class HealthCheck:
+    """Envoy's health check (interval and timeout are required there).
+
+    `checker` None is the HTTP check (`path`, `host`, `expected_statuses`);
+    a `TcpHealthCheck` or `GrpcHealthCheck` replaces it. The thresholds,
+    intervals and stats are common to all three.
+    """
+
+    checker: HealthChecker | None = None
     path: str = "/"
     host: str | None = None  # the Host header; default: the cluster name
     expected_statuses: tuple[tuple[int, int], ...] = ((200, 201),)  # [start, end)
@@ -253,7 +287,12 @@ class HealthCheck:
 
 @attrs.frozen(kw_only=True)
 class OutlierDetection:
-    """Envoy's outlier_detection, with its defaults (consecutive-error kinds)."""
+    """Envoy's outlier_detection, with its defaults.
+
+    Kinds: consecutive 5xx, consecutive gateway failures (both inline),
+    success rate and failure percentage (both evaluated every `interval`
+    over the requests of that interval).
+    """
 
     consecutive_5xx: int = 5
     consecutive_gateway_failure: int = 5
@@ -264,6 +303,20 @@ class OutlierDetection:
     base_ejection_time: float = 30.0
     max_ejection_time: float = 300.0
     max_ejection_percent: int = 10
+    # Envoy: max_ejection_time_jitter 0 (a random 0..jitter added to each ejection).
+    max_ejection_time_jitter: float = 0.0
+    # Success rate (Envoy: enforcing 100 %, at least 5 hosts with at least 100
+    # requests in the interval; threshold mean - (stdev_factor / 1000) * stdev).
+    enforcing_success_rate: int = 100
+    success_rate_minimum_hosts: int = 5
+    success_rate_request_volume: int = 100
+    success_rate_stdev_factor: int = 1900
+    # Failure percentage (Envoy: enforcing 0 %, so off unless set; 85 %, at
+    # least 5 hosts with at least 50 requests in the interval).
+    enforcing_failure_percentage: int = 0
+    failure_percentage_threshold: int = 85
+    failure_percentage_minimum_hosts: int = 5
+    failure_percentage_request_volume: int = 50
 
 
 @attrs.frozen(kw_only=True)

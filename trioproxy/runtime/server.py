@@ -38,7 +38,8 @@ from typing import Any
 
 import trio
 
-# Built-in network and listener filters register themselves on import.
+# Built-in filters register themselves on import.
+import trioproxy.filters.http.health_check
 import trioproxy.filters.network.http_connection_manager
 import trioproxy.filters.network.tcp_proxy
 import trioproxy.filters.network.tls_inspector  # noqa: F401
@@ -52,6 +53,7 @@ from trioproxy.config import (
     OverloadManager,
     SocketAddress,
 )
+from trioproxy.filters.http.health_check import SERVER_HEALTH, ServerHealth
 from trioproxy.filters.network.base import (
     LISTENER_FILTERS,
     NETWORK_FILTERS,
@@ -163,6 +165,8 @@ class Server:
         self.demo_ports: dict[str, int] = {}
         self.clusters = ClusterManager(mesh.clusters, self.network, self.stats)
         self.router = Router(self.clusters)
+        # `/healthcheck/fail|ok` flip it; the health_check filter reads it.
+        self.health = ServerHealth()
         self._shutdown = trio.Event()
         self._access_logs: Any = None
         self.connection_errors = self.stats.counter("server.connection_task_errors")
@@ -184,6 +188,8 @@ class Server:
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         self.state = "INITIALIZING"
+        # Every task started below (connections included) inherits this.
+        SERVER_HEALTH.set(self.health)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.clusters.run)
