@@ -455,7 +455,7 @@ def test_serve_front_proxy_then_sigint(tmp_path: Path) -> None:
         # The access log went to stdout ("-"), the application log to stderr.
         assert '"GET /service/1 HTTP/1.1" 200' in proxy.stdout
         assert_no_traceback(proxy.stderr)
-        assert "SIGINT received; shutting down" in proxy.stderr
+        assert "SIGINT received; draining" in proxy.stderr
     # Nothing listens any more. (SO_REUSEADDR: the proxy closed connections
     # first, so their TIME_WAIT entries still hold the ports, as for any server.)
     for p in (port, admin, s1, s2):
@@ -475,7 +475,7 @@ def test_serve_sigterm_stops_cleanly(tmp_path: Path) -> None:
             assert client.get(f"http://127.0.0.1:{port}/service/1").text.startswith(GREETING)
             assert proxy.stop(signal.SIGTERM) == 0
         assert_no_traceback(proxy.stderr)
-        assert "SIGTERM received; shutting down" in proxy.stderr
+        assert "SIGTERM received; draining" in proxy.stderr
 
 
 def test_serve_quitquitquit(tmp_path: Path) -> None:
@@ -517,7 +517,7 @@ def test_serve_log_path_and_level(tmp_path: Path) -> None:
     assert f"live: ingress on 127.0.0.1:{port}" in text
     assert "[DEBUG]" in text  # e.g. the admin requests
     assert "admin GET /ready -> 200" in text
-    assert "SIGINT received; shutting down" in text
+    assert "SIGINT received; draining" in text
     assert_no_traceback(text)
     for line in text.splitlines():
         assert re.match(r"\[[\d\- :,]+\]\[(DEBUG|INFO|WARNING|ERROR|CRITICAL)\]\[trioproxy", line)

@@ -69,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes (only 1 for now; multi-process workers are planned)",
     )
+    s.add_argument(
+        "--drain-time-s",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="on SIGTERM/SIGINT, wait up to S seconds for open connections to finish "
+        "(default: 600, as Envoy); a second signal stops at once",
+    )
 
     v = sub.add_parser(
         "validate",
@@ -149,20 +157,28 @@ def _setup_logging(level: str, path: str | None) -> logging.handlers.QueueListen
     return writer
 
 
-async def _serve(mesh: Mesh, admin: SocketAddress | None, options: dict[str, object]) -> None:
+async def _serve(
+    mesh: Mesh, admin: SocketAddress | None, options: dict[str, object], drain_time: float
+) -> None:
     from trioproxy.runtime.server import Server
 
-    server = Server(mesh, admin_address=admin, options=options)
+    server = Server(mesh, admin_address=admin, options=options, drain_time=drain_time)
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
             async def stop_on_signal() -> None:
+                # The first signal drains (exit 0 once the last connection
+                # closes, or after --drain-time-s); a second stops at once.
+                draining = False
                 async for signum in signals:
-                    logging.getLogger("trioproxy").info(
-                        "%s received; shutting down", signal.Signals(signum).name
-                    )
-                    server.shutdown()
-                    return
+                    name = signal.Signals(signum).name
+                    if draining:
+                        log.info("%s received again; stopping now", name)
+                        server.shutdown()
+                        return
+                    log.info("%s received; draining (up to %gs)", name, drain_time)
+                    draining = True
+                    server.shutdown(graceful=True)
 
             nursery.start_soon(stop_on_signal)
             await server.run()
@@ -228,9 +244,10 @@ def _run_serve(args: argparse.Namespace, admin: SocketAddress | None) -> int:
         "log_level": args.log_level,
         "log_path": args.log_path or "",
         "admin": args.admin or "",
+        "drain_time_s": args.drain_time_s,
     }
     try:
-        trio.run(_serve, mesh, admin, options)
+        trio.run(_serve, mesh, admin, options, args.drain_time_s)
     except BaseException as exc:  # sorted out below; re-raised if not ours
         leaves = _leaves(exc)
         if all(isinstance(e, KeyboardInterrupt) for e in leaves):

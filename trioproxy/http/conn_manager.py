@@ -510,6 +510,9 @@ class ConnectionManager:
         self.idle_timeout = config.idle_timeout or math.inf
         self.headers_timeout = config.request_headers_timeout or math.inf
         self.draining = False
+        # Cancel scopes of HTTP/1.1 connections idle between requests: a
+        # drain cancels them so those connections close at once.
+        self._idle_waits: set[trio.CancelScope] = set()
         self.h2_settings = Http2Settings(
             max_concurrent_streams=config.max_concurrent_streams,
             initial_stream_window_size=config.initial_stream_window_size,
@@ -519,6 +522,17 @@ class ConnectionManager:
             enable_connect_protocol=config.allow_connect,
         )
         self._filter_factories = tuple((HTTP_FILTERS[type(f)], f) for f in config.http_filters)
+
+    def drain(self) -> None:
+        """Start a graceful drain (no checkpoint): HTTP/1.1 connections idle
+        between requests close now, busy ones send `connection: close` with
+        their current response; HTTP/2 connections send GOAWAY and close
+        once their streams finish."""
+        from trioproxy.http.h2_conn_manager import begin_drain
+
+        begin_drain(self)  # sets `draining`
+        for scope in list(self._idle_waits):
+            scope.cancel()
 
     # ------------------------------------------------------------------ connection
 
@@ -632,11 +646,19 @@ class ConnectionManager:
                 if deadline is None and codec.has_buffered_data:
                     deadline = trio.current_time() + self.headers_timeout
                 if deadline is None:
-                    # Idle between requests: the connection idle timeout.
+                    # Idle between requests: the connection idle timeout, or
+                    # a drain (which cancels `idle` and ends the connection).
+                    if self.draining:
+                        return None
                     with trio.move_on_after(self.idle_timeout) as idle:
-                        data = await conn.receive_some()
+                        self._idle_waits.add(idle)
+                        try:
+                            data = await conn.receive_some()
+                        finally:
+                            self._idle_waits.discard(idle)
                     if idle.cancelled_caught:
-                        self.stats.cx_idle_timeout.inc()
+                        if not self.draining:
+                            self.stats.cx_idle_timeout.inc()
                         return None
                     deadline = trio.current_time() + self.headers_timeout
                 else:

@@ -319,10 +319,21 @@ async def _healthcheck_fail(server: Server, q: dict[str, str]) -> AdminResponse:
 
 @endpoint("/healthcheck/ok", "cause the server to pass health checks", mutating=True)
 async def _healthcheck_ok(server: Server, q: dict[str, str]) -> AdminResponse:
-    if server.health.failed and server.state == "DRAINING":
+    if server.health.failed and server.state == "DRAINING" and not server.draining:
         server.state = "LIVE"
         server.stats.gauge("server.live").set(1)
     server.health.failed = False
+    return AdminResponse("OK\n")
+
+
+@endpoint(
+    "/drain_listeners",
+    "drain listeners: stop accepting, close idle connections, connection: close / GOAWAY "
+    "on busy ones (?graceful, ?inboundonly accepted; the server keeps running)",
+    mutating=True,
+)
+async def _drain_listeners(server: Server, q: dict[str, str]) -> AdminResponse:
+    server.drain_listeners()
     return AdminResponse("OK\n")
 
 

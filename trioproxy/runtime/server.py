@@ -119,6 +119,8 @@ class ListenerRuntime:
         )
         self.sockets: list[trio.abc.Listener[trio.abc.Stream]] = []
         self.bound: SocketAddress | None = None
+        # Cancelled to stop accepting (a drain); connections carry on.
+        self.accept_scope = trio.CancelScope()
 
     @property
     def hcms(self) -> list[ConnectionManager]:
@@ -150,8 +152,14 @@ class Server:
         network: Network | None = None,
         admin_address: SocketAddress | None = None,
         options: dict[str, Any] | None = None,
+        drain_time: float = 600.0,
     ) -> None:
         self.mesh = mesh
+        # Envoy's --drain-time-s: how long a graceful drain waits for
+        # connections to finish before the server stops anyway.
+        self.drain_time = drain_time
+        self.draining = False
+        self._drained = trio.Event()
         self.network: Network = network or TrioNetwork()
         self.stats = StatsStore()
         self.options = dict(options or {})
@@ -176,9 +184,30 @@ class Server:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def shutdown(self) -> None:
-        """Ask `run()` to stop (e.g. from admin `POST /quitquitquit`)."""
+    def shutdown(self, *, graceful: bool = False) -> None:
+        """Ask `run()` to stop: at once (admin `POST /quitquitquit`), or,
+        with `graceful` (SIGTERM, SIGINT), after draining: stop accepting,
+        let open connections finish within `drain_time`, then stop."""
+        if graceful:
+            self.drain_listeners()
         self._shutdown.set()
+
+    def drain_listeners(self) -> None:
+        """Stop accepting on every listener and drain every connection
+        manager (admin `POST /drain_listeners`). No checkpoint."""
+        if not self.draining:
+            log.info("draining listeners")
+        self.draining = True
+        self.state = "DRAINING"
+        for lr in self.listeners.values():
+            lr.accept_scope.cancel()
+            for hcm in lr.hcms:
+                hcm.drain()
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self.draining and self.downstream_connections() == 0:
+            self._drained.set()
 
     def listener_address(self, name: str) -> SocketAddress:
         """The address a listener is bound to (the real port if 0 was configured)."""
@@ -226,6 +255,16 @@ class Server:
                 task_status.started(self)
                 await self._shutdown.wait()
                 self.state = "DRAINING"
+                if self.draining:
+                    # Graceful: exit as soon as the last connection closes.
+                    with trio.move_on_after(self.drain_time) as waited:
+                        await self._drained.wait()
+                    if waited.cancelled_caught:
+                        log.info(
+                            "drain time (%gs) over with %d connection(s) open; closing them",
+                            self.drain_time,
+                            self.downstream_connections(),
+                        )
                 nursery.cancel_scope.cancel()
         finally:
             self.clusters.close()
@@ -338,34 +377,48 @@ class Server:
     async def _accept_loop(
         self, lr: ListenerRuntime, sock: trio.abc.Listener[trio.abc.Stream]
     ) -> None:
-        async with sock, trio.open_nursery() as conns:
-            while True:
-                try:
-                    stream = await sock.accept()
-                except OSError as exc:
-                    if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
-                        log.error(
-                            "accept on %s failed (%s); retrying in %.1fs",
-                            lr.bound,
-                            errno.errorcode.get(exc.errno or 0, exc),
-                            _ACCEPT_BACKOFF,
-                        )
-                        await trio.sleep(_ACCEPT_BACKOFF)
-                        continue
-                    raise
-                limit = lr.config.max_connections
-                if (limit is not None and lr.cx_active.value >= limit) or (
-                    self.overload.stop_connections
-                ):
-                    # Closed at accept, before any byte is read (Envoy's
-                    # listener limit / stop_accepting_connections).
-                    if limit is not None and lr.cx_active.value >= limit:
-                        lr.cx_overflow.inc()
-                    else:
-                        lr.cx_overload_reject.inc()
-                    close_stream_nowait(stream)
+        async with trio.open_nursery() as conns:
+            try:
+                with lr.accept_scope:
+                    await self._accept(lr, sock, conns)
+            finally:
+                # Stopped accepting (a drain, or the server stopping): close
+                # the listening socket now; open connections carry on.
+                await trio.aclose_forcefully(sock)
+
+    async def _accept(
+        self,
+        lr: ListenerRuntime,
+        sock: trio.abc.Listener[trio.abc.Stream],
+        conns: trio.Nursery,
+    ) -> None:
+        while True:
+            try:
+                stream = await sock.accept()
+            except OSError as exc:
+                if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
+                    log.error(
+                        "accept on %s failed (%s); retrying in %.1fs",
+                        lr.bound,
+                        errno.errorcode.get(exc.errno or 0, exc),
+                        _ACCEPT_BACKOFF,
+                    )
+                    await trio.sleep(_ACCEPT_BACKOFF)
                     continue
-                conns.start_soon(self._connection, lr, stream)
+                raise
+            limit = lr.config.max_connections
+            if (limit is not None and lr.cx_active.value >= limit) or (
+                self.overload.stop_connections
+            ):
+                # Closed at accept, before any byte is read (Envoy's
+                # listener limit / stop_accepting_connections).
+                if limit is not None and lr.cx_active.value >= limit:
+                    lr.cx_overflow.inc()
+                else:
+                    lr.cx_overload_reject.inc()
+                close_stream_nowait(stream)
+                continue
+            conns.start_soon(self._connection, lr, stream)
 
     @property
     def rng(self) -> random.Random:
@@ -430,6 +483,8 @@ class Server:
             lr.cx_active.dec()
             lr.cx_destroy.inc()
             lr.cx_length.record((trio.current_time() - started) * 1000)
+            if self.draining:
+                self._check_drained()
             await trio.aclose_forcefully(stream)
 
 
