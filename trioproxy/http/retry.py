@@ -95,9 +95,29 @@ class ReplayBody:
         self._size = 0
         self.overflow = limit <= 0
 
+    async def buffer(self) -> None:
+        """Read the body into the buffer before any try, for hedged tries that
+        send it concurrently. Stops once the body is over the limit: `overflow`
+        is then set and `send` sends what was read, then the rest.
+
+        Raises:
+            DownstreamReset / DownstreamProtocolError: as `read_body`.
+        """
+        stream = self.stream
+        while not self.overflow:
+            chunk = await stream.read_body()
+            if chunk is None:
+                return
+            self._size += len(chunk)
+            self._chunks.append(chunk)
+            self.overflow = self._size > self._limit
+
     async def send(self, up: UpstreamStream) -> None:
         for kept in self._chunks:
             await up.send_data(kept)
+        if self.overflow:
+            # Only left by `buffer()` for the one try that will be made.
+            self._chunks.clear()
         stream = self.stream
         while (chunk := await stream.read_body()) is not None:
             if not self.overflow:
@@ -199,11 +219,20 @@ class RetryState:
 
     # ------------------------------------------------------------ between tries
 
-    async def backoff(self) -> None:
-        """Fully jittered exponential back-off before retry number `attempt`."""
+    def begin_retry(self) -> float:
+        """Count retry number `attempt`; its fully jittered exponential back-off."""
         p = self.policy
         ceiling = min(p.base_interval * (2**self.attempt - 1), p.max_interval)
         self.attempt += 1
         self.retried = True
         self._cluster.rq_retry.inc()
-        await trio.sleep(self._rng.uniform(0, ceiling))
+        return self._rng.uniform(0, ceiling)
+
+    def should_hedge_per_try_timeout(self) -> bool:
+        """A hedged per-try timeout: retried whenever the limits allow, whatever
+        the conditions (Envoy's shouldHedgeRetryPerTryTimeout)."""
+        return self._allowed("per_try_timeout")
+
+    async def backoff(self) -> None:
+        """Fully jittered exponential back-off before retry number `attempt`."""
+        await trio.sleep(self.begin_retry())
