@@ -271,6 +271,44 @@ async def test_the_last_failure_is_the_answer(nursery: trio.Nursery) -> None:
     assert_quiet(server)
 
 
+async def test_a_retriable_answer_waits_for_the_other_tries(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A 503 that the policy would retry but may not (num_retries 0) does not
+    win while another try is in flight; it is the answer only if it is last."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as n:
+        bad = await start_upstream(n, "bad", network=net)
+        slow = await start_upstream(n, "slow", network=net)
+        bad.always_status = 503
+        slow.delay_all = 1.0
+        route = route_to(
+            "svc",
+            retry_policy=policy("5xx", num_retries=0),
+            hedge_policy=HedgePolicy(initial_requests=2),
+        )
+        server = await start_proxy(n, simple_mesh([route], [cluster("svc", bad, slow)]), net)
+        client = await RawClient.connect(net, server.listener_address("ingress").port)
+        t0 = trio.current_time()
+        resp = await client.request()
+        assert resp.status == 200
+        assert resp.headers["x-upstream"] == "slow"
+        assert trio.current_time() - t0 == 1.0
+        assert len(bad.requests) == 1
+
+        # Both answer 503: the last one is relayed.
+        slow.always_status = 503
+        t0 = trio.current_time()
+        resp = await client.request()
+        assert resp.status == 503
+        assert resp.headers["x-upstream"] == "slow"
+        assert trio.current_time() - t0 == 1.0
+        await trio.testing.wait_all_tasks_blocked()
+        assert counter(server, "cluster.svc.upstream_rq_retry") == 0
+        assert_quiet(server)
+        n.cancel_scope.cancel()
+
+
 async def test_delay_starts_the_second_try_only_after_the_delay(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

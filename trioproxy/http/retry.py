@@ -198,6 +198,14 @@ class RetryState:
         return self._allowed(kind.replace("-", "_"))
 
     def should_retry_response(self, resp: ResponseHead) -> bool:
+        return self.response_retriable(resp) and self._allowed("retriable_response")
+
+    def retry_allowed(self) -> bool:
+        """The limits for a retriable response (`response_retriable` said yes)."""
+        return self._allowed("retriable_response")
+
+    def response_retriable(self, resp: ResponseHead) -> bool:
+        """The conditions alone: would this response be retried if the limits allowed?"""
         c = self.conditions
         status = resp.status
         hit = (
@@ -215,7 +223,7 @@ class RetryState:
             hit = code is not None and any(
                 name in c and code == value for name, value in _GRPC_CONDITIONS.items()
             )
-        return hit and self._allowed("retriable_response")
+        return hit
 
     # ------------------------------------------------------------ between tries
 

@@ -268,30 +268,41 @@ class _Race:
         self.receive = trio.Event()
 
     def next_deadline(self, next_hedge: float) -> float:
+        if self.decided:
+            return math.inf  # only the winner's end is awaited
         soft = min((t.deadline for t in self.tries if not t.finished), default=math.inf)
         return min(next_hedge, soft, self.retry_at[0] if self.retry_at else math.inf)
 
     def retry(self, backoff: float, failed: _Try | None = None) -> None:
         """Start another try after `backoff` (counted already by RetryState)."""
+        if failed is not None:
+            self._drop(failed)
+        if self.decided:
+            return
         if not self.holding:
             self.cluster.retries_active += 1
             self.holding = True
         self.retry_at.append(trio.current_time() + backoff)
         self.retry_at.sort()
-        if failed is not None:
-            self._drop(failed)
         self.receive.set()
 
     def fail(self, t: _Try, reply: _Reply, kind: str | None = None) -> None:
         """`t` failed before a response: retry if the policy says so, else
         keep `reply` for the client in case no other try succeeds."""
         state = self.state
+        if self.decided:
+            self._drop(t)
+            return
         if kind is not None and state is not None and state.should_retry_failure(kind):
             self.retry(state.begin_retry(), t)
             return
         self.last_failure = reply
         self._drop(t)
         self.receive.set()
+
+    def others_pending(self, t: _Try) -> bool:
+        """Another try is in flight or a retry is due, besides `t`."""
+        return self.inflight - (not t.finished) > 0 or bool(self.retry_at)
 
     def _drop(self, t: _Try) -> None:
         if not t.finished:
@@ -752,10 +763,21 @@ class Router:
                 race.responded = True
                 if race.decided:
                     return  # lost by a hair: reset like the other losers
-                if state is not None and state.should_retry_response(resp):
-                    cluster.on_response(host, resp.status, (trio.current_time() - started) * 1000)
-                    race.retry(state.begin_retry(), t)
-                    return
+                if state is not None and state.response_retriable(resp):
+                    if state.retry_allowed():
+                        cluster.on_response(
+                            host, resp.status, (trio.current_time() - started) * 1000
+                        )
+                        race.retry(state.begin_retry(), t)
+                        return
+                    if race.others_pending(t):
+                        # Not retried, but another try may still do better
+                        # (Envoy: a "bad" response waits for the others).
+                        cluster.on_response(
+                            host, resp.status, (trio.current_time() - started) * 1000
+                        )
+                        race.fail(t, race.last_failure)
+                        return
                 race.claim(t)
                 stream.info.upstream_host = host.address
                 await self._relay_response(
