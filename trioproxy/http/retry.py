@@ -1,7 +1,9 @@
 """Retries: when a try may be retried, the back-off, and the replayable body.
 
 The router makes one try at a time inside the route timeout's cancel scope
-(so the route timeout covers every try, as in Envoy). At each point where a
+(so the route timeout covers every try, as in Envoy); with a hedge policy
+tries overlap instead (see `Router._hedged`), under the same conditions and
+limits. At each point where a
 try can fail before anything was sent downstream — connect failure, reset,
 per-try timeout, a response head with a retriable status — the router asks
 `RetryState.should_retry(...)`. A yes unwinds the try (its upstream stream is

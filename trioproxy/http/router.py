@@ -14,6 +14,13 @@ upstream reset before the response 503 `UC`, invalid upstream response 502
 `UPE`, route timeout 504 `UT`. After the response has started, a failure can
 only close the downstream connection (the client sees a truncated body).
 
+With a hedge policy (`_hedged`), tries overlap: each is a task in one
+nursery with its own cancel scope, a supervisor starts them (racing delay,
+retry back-off, hedged per-try timeouts), the first good response head wins
+and is relayed by its task, and the others are cancelled: their HTTP/1.1
+connection is closed, their HTTP/2 stream reset (CANCEL). Without a hedge
+policy none of this runs: no extra task or nursery per request.
+
 Every counter and pooled connection taken is given back in a `finally`, so
 a request cancelled at any checkpoint (client gone, timeout) leaks nothing.
 """
