@@ -28,7 +28,7 @@ from tests.conftest import (
 )
 from tests.memnet import MemoryNetwork, RawClient
 from tests.upstream_h2 import start_upstream_h2
-from trioproxy.config import HedgePolicy, RetryPolicy
+from trioproxy.config import AccessLog, HedgePolicy, RetryPolicy
 from trioproxy.runtime.server import Server
 
 
@@ -205,9 +205,12 @@ async def test_racing_with_a_body_sends_it_to_every_try(
         n.cancel_scope.cancel()
 
 
-async def test_a_body_too_big_to_replay_gets_one_try(nursery: trio.Nursery) -> None:
+async def test_a_body_too_big_to_replay_gets_one_try(
+    nursery: trio.Nursery, tmp_path: object
+) -> None:
     a = await start_upstream(nursery, "a")
     b = await start_upstream(nursery, "b")
+    log = f"{tmp_path}/access.log"
     server = await start_proxy(
         nursery,
         simple_mesh(
@@ -219,6 +222,7 @@ async def test_a_body_too_big_to_replay_gets_one_try(nursery: trio.Nursery) -> N
                 )
             ],
             [cluster("svc", a, b)],
+            access_logs=[AccessLog(path=log, format="%RESPONSE_CODE_DETAILS%\n")],
         ),
     )
     async with httpx.AsyncClient() as c:
@@ -228,6 +232,12 @@ async def test_a_body_too_big_to_replay_gets_one_try(nursery: trio.Nursery) -> N
     await settle(server)
     assert len(a.requests) + len(b.requests) == 1
     assert_quiet(server)
+    with trio.fail_after(5):
+        while not (await trio.Path(log).exists() and await trio.Path(log).read_text()):
+            await trio.sleep(0.01)
+    assert (await trio.Path(log).read_text()).split() == [
+        "via_upstream{hedge_skipped_body_too_large}"
+    ]
 
 
 async def test_a_failed_try_does_not_end_the_race(
