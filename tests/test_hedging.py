@@ -143,6 +143,29 @@ async def test_the_slow_try_is_not_cancelled_and_can_still_win(
             n.cancel_scope.cancel()
 
 
+async def test_hedge_header_from_a_trusted_client(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """`x-envoy-hedge-on-per-try-timeout: true` turns hedging on for a route
+    with only a retry policy; it is consumed, never forwarded."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as n:
+        slow = await start_upstream(n, "slow", network=net)
+        slow.delay_all = 1.0
+        route = route_to("svc", retry_policy=policy(per_try_timeout=0.25, num_retries=1))
+        server = await start_proxy(n, simple_mesh([route], [cluster("svc", slow)]), net)
+        client = await RawClient.connect(net, server.listener_address("ingress").port)
+        t0 = trio.current_time()
+        resp = await client.request(headers=[("x-envoy-hedge-on-per-try-timeout", "true")])
+        assert resp.status == 200
+        assert trio.current_time() - t0 == 1.0  # the first try was kept
+        assert len(slow.requests) == 2
+        assert "x-envoy-hedge-on-per-try-timeout" not in slow.requests[0]["headers"]
+        await trio.testing.wait_all_tasks_blocked()
+        assert_quiet(server)
+        n.cancel_scope.cancel()
+
+
 # --------------------------------------------------------------- racing
 
 

@@ -32,6 +32,7 @@ import math
 import random
 from typing import TYPE_CHECKING, Final
 
+import attrs
 import trio
 
 from trioproxy.codec.grpc import GRPC_STATUS, is_grpc, parse_timeout
@@ -88,7 +89,12 @@ def _reset_reason(message: str) -> tuple[str, str]:
 
 # x-envoy-* request headers the router consumes; never forwarded upstream.
 _CONSUMED_HEADERS: Final = frozenset(
-    {b"x-envoy-retry-on", b"x-envoy-max-retries", b"x-envoy-upstream-rq-timeout-ms"}
+    {
+        b"x-envoy-retry-on",
+        b"x-envoy-max-retries",
+        b"x-envoy-upstream-rq-timeout-ms",
+        b"x-envoy-hedge-on-per-try-timeout",
+    }
 )
 
 
@@ -104,6 +110,7 @@ def _trusted(remote: str) -> bool:
 
 
 _DEFAULT_REPLAY_BYTES: Final = RetryPolicy().max_replay_bytes
+_NO_HEDGE: Final = HedgePolicy()
 
 # How long a bodiless request waits for the response head before a task
 # starts watching the downstream for a client that gives up.
@@ -418,6 +425,7 @@ class Router:
         policy = action.retry_policy
         retry_on: frozenset[str] | None = None
         max_retries: int | None = None
+        hedge = action.hedge_policy
         given = {k: v for k, v in reversed(head.headers) if k in _CONSUMED_HEADERS}
         if given:
             # Envoy's x-envoy-* request headers: honoured from trusted
@@ -433,13 +441,20 @@ class Router:
                 value = given.get(b"x-envoy-max-retries")
                 if value is not None and value.isdigit():
                     max_retries = int(value)
+                value = given.get(b"x-envoy-hedge-on-per-try-timeout")
+                if value is not None:
+                    hedge = attrs.evolve(
+                        hedge or _NO_HEDGE, hedge_on_per_try_timeout=value.lower() == b"true"
+                    )
+                    if hedge == _NO_HEDGE:
+                        hedge = None  # one try at a time: the ordinary path
         if policy is None and retry_on:
             policy = RetryPolicy(retry_on=retry_on)
         if policy is not None:
             replay = policy.max_replay_bytes
         else:
             # Hedged tries each send the body: keep it as a retry policy would.
-            replay = _DEFAULT_REPLAY_BYTES if action.hedge_policy is not None else 0
+            replay = _DEFAULT_REPLAY_BYTES if hedge is not None else 0
         body = ReplayBody(stream, replay)
         state = None
         if policy is not None:
@@ -458,7 +473,6 @@ class Router:
                 fwd = _Forward(route_scope, timeout, body, state)
                 if not stream.has_body:
                     fwd.start_route_timer()
-                hedge = action.hedge_policy
                 if hedge is None or stream.upgrade is not None:
                     await self._tries(stream, cluster, fwd)
                 else:
