@@ -13,6 +13,7 @@ import socket
 from typing import Any
 
 import httpx
+import pytest
 import trio
 import trio.testing
 
@@ -411,6 +412,38 @@ async def test_route_timeout_mid_race_leaks_nothing(
         assert a.abandoned + b.abandoned == tries
         assert gauge(server, "cluster.svc.upstream_cx_active") == 0
         assert_quiet(server)
+        n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("timeout", [0.001, 0.3, 0.5, 0.6, 0.9, 0.999, 1.25])
+async def test_route_timeout_at_any_point_of_a_race_leaks_nothing(
+    autojump_clock: trio.testing.MockClock, timeout: float
+) -> None:
+    """Tries start at 0, 0.3 and 0.6 (racing) and per-try hedges follow at
+    0.5 + back-off; the hosts answer 1 s after each request, with a body. The
+    route timeout cuts the race at each of these phases."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as n:
+        a = await start_upstream(n, "a", network=net)
+        b = await start_upstream(n, "b", network=net)
+        a.delay_all = b.delay_all = 1.0
+        route = route_to(
+            "svc",
+            timeout=timeout,
+            retry_policy=policy(per_try_timeout=0.5, num_retries=2),
+            hedge_policy=HedgePolicy(
+                initial_requests=3, additional_request_delay=0.3, hedge_on_per_try_timeout=True
+            ),
+        )
+        server = await start_proxy(n, simple_mesh([route], [cluster("svc", a, b)]), net)
+        client = await RawClient.connect(net, server.listener_address("ingress").port)
+        resp = await client.request(
+            "POST", headers=[("x-test-body-size", "100000")], body=b"q" * 5000
+        )
+        assert resp.status == (504 if timeout < 1.0 else 200)
+        await trio.testing.wait_all_tasks_blocked()
+        assert_quiet(server)
+        assert gauge(server, "http.ingress_http.downstream_rq_active") == 0
         n.cancel_scope.cancel()
 
 
