@@ -545,6 +545,41 @@ def retry(
 
 
 @attrs.frozen(kw_only=True)
+class HedgeBuilder:
+    """A hedge policy for a route's `hedge=` option. Made by `hedge()`."""
+
+    _initial: object = 1
+    _delay: object = None
+    _on_per_try_timeout: object = False
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def hedge(
+    *,
+    initial: int = 1,
+    delay: Duration | None = None,
+    on_per_try_timeout: bool = False,
+) -> HedgeBuilder:
+    """Overlapping tries for a route (Envoy's hedge_policy, plus racing).
+
+    `on_per_try_timeout` is Envoy's hedge_on_per_try_timeout: when a try's
+    per-try timeout fires (the route's `retry(per_try_timeout=...)`, which it
+    needs), the try goes on and a retry starts beside it; the first good
+    response wins. `initial` tries race from the start: all at once, or with
+    `delay` one more every `delay` while no response has arrived, on
+    different hosts when possible. The losers are reset. The request body is
+    buffered for it (up to the retry policy's `max_replay_bytes`, 1 MiB);
+    a larger body gets one unhedged try.
+    """
+    return HedgeBuilder(
+        initial=initial,
+        delay=delay,
+        on_per_try_timeout=on_per_try_timeout,
+        location=caller_location(),
+    )
+
+
+@attrs.frozen(kw_only=True)
 class RedirectBuilder:
     """Answer with an HTTP redirect. Made by `redirect()`."""
 
@@ -625,6 +660,7 @@ class RouteSpec:
     host_rewrite: object = None
     upgrades: object = None
     retry: object = None
+    hedge: object = None
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
 
@@ -637,6 +673,7 @@ def _route_spec(
     host_rewrite: object,
     upgrades: object = None,
     retry: object = None,
+    hedge: object = None,
 ) -> RouteSpec:
     return RouteSpec(
         match=match,
@@ -647,6 +684,7 @@ def _route_spec(
         host_rewrite=host_rewrite,
         upgrades=upgrades,
         retry=retry,
+        hedge=hedge,
         location=caller_location(),
     )
 
@@ -671,17 +709,18 @@ class VhostBuilder:
         host_rewrite: str | None = None,
         upgrades: bool | None = None,
         retry: RetryBuilder | None = None,
+        hedge: HedgeBuilder | None = None,
     ) -> VhostBuilder:
         """Add a route; routes are tried in order and the first match wins.
 
         `timeout` (default 15 s, 0 = none), `prefix_rewrite`, `host_rewrite` and
-        `upgrades` (WebSocket upgrades allowed, default True) and `retry`
-        (a `retry(...)` policy) apply only to
+        `upgrades` (WebSocket upgrades allowed, default True), `retry`
+        (a `retry(...)` policy) and `hedge` (a `hedge(...)` policy) apply only to
         routes forwarding to a cluster or `weighted()` clusters.
         `name` defaults to "<vhost>/<index>".
         """
         spec = _route_spec(
-            match, target, name, timeout, prefix_rewrite, host_rewrite, upgrades, retry
+            match, target, name, timeout, prefix_rewrite, host_rewrite, upgrades, retry, hedge
         )
         return attrs.evolve(self, routes=(*self._routes, spec))
 
@@ -775,11 +814,12 @@ class HttpBuilder:
         host_rewrite: str | None = None,
         upgrades: bool | None = None,
         retry: RetryBuilder | None = None,
+        hedge: HedgeBuilder | None = None,
     ) -> HttpBuilder:
         """Add a route to the virtual host "default" (domains "*"), creating it
         if needed. See `VhostBuilder.route` for the options."""
         spec = _route_spec(
-            match, target, name, timeout, prefix_rewrite, host_rewrite, upgrades, retry
+            match, target, name, timeout, prefix_rewrite, host_rewrite, upgrades, retry, hedge
         )
         vhosts = list(self._vhosts)
         for i, given in enumerate(vhosts):
@@ -958,6 +998,7 @@ class ListenerBuilder:
         host_rewrite: str | None = None,
         upgrades: bool | None = None,
         retry: RetryBuilder | None = None,
+        hedge: HedgeBuilder | None = None,
     ) -> ListenerBuilder:
         """Add a route to the "default" virtual host of the last chain (adding
         `http()` first if the listener has no chain). See `VhostBuilder.route`."""
@@ -971,6 +1012,7 @@ class ListenerBuilder:
             host_rewrite=host_rewrite,
             upgrades=upgrades,
             retry=retry,
+            hedge=hedge,
         )
         return this._with_last_chain(updated)
 

@@ -39,6 +39,7 @@ from trioproxy.config import (
     GrpcHealthCheck,
     HeaderMatcher,
     HealthCheck,
+    HedgePolicy,
     HttpConnectionManager,
     HttpFilterConfig,
     Listener,
@@ -79,6 +80,7 @@ from ._builders import (
     Given,
     HeaderSpec,
     HealthCheckFilterSpec,
+    HedgeBuilder,
     HttpBuilder,
     ListenerBuilder,
     MatchBuilder,
@@ -742,7 +744,14 @@ class _Compiler:
         target = spec.target
         if isinstance(target, RedirectBuilder | DirectResponseBuilder):
             what = "redirect()" if isinstance(target, RedirectBuilder) else "direct_response()"
-            for option in ("timeout", "prefix_rewrite", "host_rewrite", "upgrades", "retry"):
+            for option in (
+                "timeout",
+                "prefix_rewrite",
+                "host_rewrite",
+                "upgrades",
+                "retry",
+                "hedge",
+            ):
                 if getattr(spec, option) is not None:
                     self.error(
                         loc,
@@ -773,9 +782,16 @@ class _Compiler:
                 retry_policy = self.retry_policy(spec.retry)
             else:
                 self.error(loc, f"route option retry= takes retry(...), got {_kind(spec.retry)}")
+        hedge_policy = None
+        if spec.hedge is not None:
+            if isinstance(spec.hedge, HedgeBuilder):
+                hedge_policy = self.hedge_policy(spec.hedge, retry_policy)
+            else:
+                self.error(loc, f"route option hedge= takes hedge(...), got {_kind(spec.hedge)}")
         if isinstance(target, WeightedBuilder):
             return RouteAction(
                 retry_policy=retry_policy,
+                hedge_policy=hedge_policy,
                 weighted_clusters=self.weighted(target),
                 timeout=timeout,
                 prefix_rewrite=prefix_rewrite,
@@ -791,6 +807,7 @@ class _Compiler:
         forwards = isinstance(target, ClusterBuilder | str)
         return RouteAction(
             retry_policy=retry_policy,
+            hedge_policy=hedge_policy,
             cluster=self.cluster_ref(target, loc) if forwards else "",
             timeout=timeout,
             prefix_rewrite=prefix_rewrite,
@@ -837,6 +854,35 @@ class _Compiler:
             per_try_timeout=per_try,
             retriable_status_codes=tuple(codes),
             max_replay_bytes=cast(int, replay),
+        )
+
+    def hedge_policy(self, hb: HedgeBuilder, retry: RetryPolicy | None) -> HedgePolicy | None:
+        loc = hb._location
+        n = hb._initial
+        if not _is_int(n) or cast(int, n) < 1:
+            self.error(loc, f"bad hedge initial {n!r} (expected an integer >= 1)")
+            n = 1
+        delay = None
+        if hb._delay is not None:
+            delay = self.duration(hb._delay, "hedge delay", loc) or None
+        on_timeout = hb._on_per_try_timeout
+        if not isinstance(on_timeout, bool):
+            self.error(loc, f"hedge on_per_try_timeout= must be True or False, got {on_timeout!r}")
+            on_timeout = False
+        if on_timeout and (retry is None or not retry.per_try_timeout):
+            self.error(
+                loc,
+                "hedge(on_per_try_timeout=True) needs the route's"
+                " retry(per_try_timeout=...) (it hedges when that timeout fires)",
+            )
+        if delay is not None and n == 1:
+            self.error(loc, "hedge(delay=...) needs initial >= 2 (the tries it spaces out)")
+        if n == 1 and not on_timeout:
+            return None  # nothing to hedge: the route keeps the one-try path
+        return HedgePolicy(
+            initial_requests=cast(int, n),
+            additional_request_delay=delay,
+            hedge_on_per_try_timeout=on_timeout,
         )
 
     def weighted(self, wb: WeightedBuilder) -> tuple[WeightedCluster, ...]:

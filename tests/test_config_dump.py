@@ -21,6 +21,7 @@ from trioproxy.config import (
     Endpoint,
     FilterChain,
     HeaderMatcher,
+    HedgePolicy,
     HttpConnectionManager,
     HttpFilterConfig,
     Listener,
@@ -231,6 +232,7 @@ def test_jsonable_routes_and_actions_are_typed() -> None:
             "prefix_rewrite": "/",
             "host_rewrite": None,
             "retry_policy": None,
+            "hedge_policy": None,
             "allow_upgrades": True,
         },
     }
@@ -333,3 +335,45 @@ def test_tree_of_empty_mesh() -> None:
 
 def test_tree_has_no_locations() -> None:
     assert "mesh.py:7" not in to_tree(MESH)
+
+
+def test_hedge_policy_in_both_dumps() -> None:
+    action = RouteAction(
+        cluster="api",
+        hedge_policy=HedgePolicy(
+            initial_requests=2, additional_request_delay=0.05, hedge_on_per_try_timeout=True
+        ),
+    )
+    route = Route(name="r", match=RouteMatch(path_kind="prefix", value="/"), action=action)
+    mesh = attrs.evolve(
+        MESH,
+        listeners=(
+            Listener(
+                name="h",
+                address=SocketAddress(host="127.0.0.1", port=0),
+                filter_chains=(
+                    FilterChain(
+                        filters=(
+                            HttpConnectionManager(
+                                stat_prefix="h",
+                                route_config=RouteConfig(
+                                    virtual_hosts=(
+                                        VirtualHost(name="v", domains=("*",), routes=(route,)),
+                                    )
+                                ),
+                            ),
+                        )
+                    ),
+                ),
+            ),
+        ),
+    )
+    assert "route r: prefix / -> cluster api timeout=15s hedge=initial=2,delay=50ms," in to_tree(
+        mesh
+    )
+    dumped = to_jsonable(mesh)["listeners"][0]["filter_chains"][0]["filters"][0]
+    assert dumped["route_config"]["virtual_hosts"][0]["routes"][0]["action"]["hedge_policy"] == {
+        "initial_requests": 2,
+        "additional_request_delay": 0.05,
+        "hedge_on_per_try_timeout": True,
+    }

@@ -39,6 +39,9 @@ class Upstream:
         self.always_status: int | None = None
         self.next_statuses: list[int] = []
         self.hang_all = False  # never answer any request
+        self.delay_all = 0.0  # wait this long before answering every request
+        # Hanging requests whose connection the proxy closed (a reset try).
+        self.abandoned = 0
 
     @property
     def address(self) -> str:
@@ -95,14 +98,18 @@ class Upstream:
             "body_length": len(body),
             "trailers": [(k.decode(), v.decode("latin-1")) for k, v in _TRAILERS.pop(id(req), [])],
             "server": self.name,
+            "at": trio.current_time(),
         }
         self.requests.append(record)
         if "x-test-delay" in headers:
             await trio.sleep(float(headers["x-test-delay"]))
+        if self.delay_all:
+            await trio.sleep(self.delay_all)
         if headers.get("x-test-hang") or self.hang_all:
             # Never answer, but notice when the proxy gives up on us.
             while await stream.receive_some(65536):
                 pass
+            self.abandoned += 1
             return False
         if headers.get("x-test-close"):
             return False

@@ -48,6 +48,7 @@ class UpstreamH2:
         self.connections = 0
         self.active_connections = 0
         self.resets_received = 0
+        self.hang_all = False  # never answer any request (until it is reset)
         self.port = 0
         self.max_concurrent_streams = 100
 
@@ -159,7 +160,7 @@ class UpstreamH2:
         self.requests.append(record)
         if "x-test-delay" in hdrs:
             await trio.sleep(float(hdrs["x-test-delay"]))
-        if hdrs.get("x-test-hang"):
+        if hdrs.get("x-test-hang") or self.hang_all:
             return
         if hdrs.get("x-test-reset") or hdrs.get("x-test-refuse"):
             code = (

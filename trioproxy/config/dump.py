@@ -231,6 +231,15 @@ def _action(action: object) -> str:
             extra.append(f"prefix_rewrite={action.prefix_rewrite}")
         if action.host_rewrite is not None:
             extra.append(f"host_rewrite={action.host_rewrite}")
+        h = action.hedge_policy
+        if h is not None:
+            delay = (
+                ""
+                if h.additional_request_delay is None
+                else f",delay={_seconds(h.additional_request_delay)}"
+            )
+            on_timeout = ",on_per_try_timeout" if h.hedge_on_per_try_timeout else ""
+            extra.append(f"hedge=initial={h.initial_requests}{delay}{on_timeout}")
         return f"{target} " + " ".join(extra)
     if isinstance(action, RedirectAction):
         parts = [f"redirect {action.code}"]

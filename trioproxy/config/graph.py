@@ -40,6 +40,7 @@ __all__ = [
     "HeaderMatcher",
     "HealthCheck",
     "HealthChecker",
+    "HedgePolicy",
     "HttpConnectionManager",
     "HttpFilterConfig",
     "Listener",
@@ -414,6 +415,25 @@ class RetryPolicy:
 
 
 @attrs.frozen(kw_only=True)
+class HedgePolicy:
+    """A route's hedge policy: more than one try in flight for one request.
+
+    `hedge_on_per_try_timeout` is Envoy's: when a try's per-try timeout (of
+    the route's retry policy) fires, that try is not cancelled; a retry
+    starts beside it (within `num_retries`) and the first good response wins.
+    `initial_requests` and `additional_request_delay` are request racing,
+    which Envoy declares but never implemented: `initial_requests` tries
+    start at once (delay None or 0) or one more every
+    `additional_request_delay` seconds while no response has arrived.
+    """
+
+    # Envoy: initial_requests 1, hedge_on_per_try_timeout false.
+    initial_requests: int = 1
+    additional_request_delay: float | None = None
+    hedge_on_per_try_timeout: bool = False
+
+
+@attrs.frozen(kw_only=True)
 class RouteAction:
     """Forward to one cluster, or to one of `weighted_clusters` by weight."""
 
@@ -424,6 +444,7 @@ class RouteAction:
     prefix_rewrite: str | None = None
     host_rewrite: str | None = None
     retry_policy: RetryPolicy | None = None
+    hedge_policy: HedgePolicy | None = None
     # Envoy's per-route UpgradeConfig `enabled` (default true): upgrades the
     # connection manager allows (`upgrade_types`) may be tunnelled here.
     allow_upgrades: bool = True

@@ -1,7 +1,9 @@
 """Retries: when a try may be retried, the back-off, and the replayable body.
 
 The router makes one try at a time inside the route timeout's cancel scope
-(so the route timeout covers every try, as in Envoy). At each point where a
+(so the route timeout covers every try, as in Envoy); with a hedge policy
+tries overlap instead (see `Router._hedged`), under the same conditions and
+limits. At each point where a
 try can fail before anything was sent downstream — connect failure, reset,
 per-try timeout, a response head with a retriable status — the router asks
 `RetryState.should_retry(...)`. A yes unwinds the try (its upstream stream is
@@ -95,9 +97,29 @@ class ReplayBody:
         self._size = 0
         self.overflow = limit <= 0
 
+    async def buffer(self) -> None:
+        """Read the body into the buffer before any try, for hedged tries that
+        send it concurrently. Stops once the body is over the limit: `overflow`
+        is then set and `send` sends what was read, then the rest.
+
+        Raises:
+            DownstreamReset / DownstreamProtocolError: as `read_body`.
+        """
+        stream = self.stream
+        while not self.overflow:
+            chunk = await stream.read_body()
+            if chunk is None:
+                return
+            self._size += len(chunk)
+            self._chunks.append(chunk)
+            self.overflow = self._size > self._limit
+
     async def send(self, up: UpstreamStream) -> None:
         for kept in self._chunks:
             await up.send_data(kept)
+        if self.overflow:
+            # Only left by `buffer()` for the one try that will be made.
+            self._chunks.clear()
         stream = self.stream
         while (chunk := await stream.read_body()) is not None:
             if not self.overflow:
@@ -178,6 +200,14 @@ class RetryState:
         return self._allowed(kind.replace("-", "_"))
 
     def should_retry_response(self, resp: ResponseHead) -> bool:
+        return self.response_retriable(resp) and self._allowed("retriable_response")
+
+    def retry_allowed(self) -> bool:
+        """The limits for a retriable response (`response_retriable` said yes)."""
+        return self._allowed("retriable_response")
+
+    def response_retriable(self, resp: ResponseHead) -> bool:
+        """The conditions alone: would this response be retried if the limits allowed?"""
         c = self.conditions
         status = resp.status
         hit = (
@@ -195,15 +225,24 @@ class RetryState:
             hit = code is not None and any(
                 name in c and code == value for name, value in _GRPC_CONDITIONS.items()
             )
-        return hit and self._allowed("retriable_response")
+        return hit
 
     # ------------------------------------------------------------ between tries
 
-    async def backoff(self) -> None:
-        """Fully jittered exponential back-off before retry number `attempt`."""
+    def begin_retry(self) -> float:
+        """Count retry number `attempt`; its fully jittered exponential back-off."""
         p = self.policy
         ceiling = min(p.base_interval * (2**self.attempt - 1), p.max_interval)
         self.attempt += 1
         self.retried = True
         self._cluster.rq_retry.inc()
-        await trio.sleep(self._rng.uniform(0, ceiling))
+        return self._rng.uniform(0, ceiling)
+
+    def should_hedge_per_try_timeout(self) -> bool:
+        """A hedged per-try timeout: retried whenever the limits allow, whatever
+        the conditions (Envoy's shouldHedgeRetryPerTryTimeout)."""
+        return self._allowed("per_try_timeout")
+
+    async def backoff(self) -> None:
+        """Fully jittered exponential back-off before retry number `attempt`."""
+        await trio.sleep(self.begin_retry())

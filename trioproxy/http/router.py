@@ -14,6 +14,13 @@ upstream reset before the response 503 `UC`, invalid upstream response 502
 `UPE`, route timeout 504 `UT`. After the response has started, a failure can
 only close the downstream connection (the client sees a truncated body).
 
+With a hedge policy (`_hedged`), tries overlap: each is a task in one
+nursery with its own cancel scope, a supervisor starts them (racing delay,
+retry back-off, hedged per-try timeouts), the first good response head wins
+and is relayed by its task, and the others are cancelled: their HTTP/1.1
+connection is closed, their HTTP/2 stream reset (CANCEL). Without a hedge
+policy none of this runs: no extra task or nursery per request.
+
 Every counter and pooled connection taken is given back in a `finally`, so
 a request cancelled at any checkpoint (client gone, timeout) leaks nothing.
 """
@@ -25,12 +32,14 @@ import math
 import random
 from typing import TYPE_CHECKING, Final
 
+import attrs
 import trio
 
 from trioproxy.codec.grpc import GRPC_STATUS, is_grpc, parse_timeout
 from trioproxy.codec.stream import RequestHead, ResponseHead
 from trioproxy.config import (
     DirectResponseAction,
+    HedgePolicy,
     RedirectAction,
     RetryPolicy,
     Route,
@@ -80,7 +89,12 @@ def _reset_reason(message: str) -> tuple[str, str]:
 
 # x-envoy-* request headers the router consumes; never forwarded upstream.
 _CONSUMED_HEADERS: Final = frozenset(
-    {b"x-envoy-retry-on", b"x-envoy-max-retries", b"x-envoy-upstream-rq-timeout-ms"}
+    {
+        b"x-envoy-retry-on",
+        b"x-envoy-max-retries",
+        b"x-envoy-upstream-rq-timeout-ms",
+        b"x-envoy-hedge-on-per-try-timeout",
+    }
 )
 
 
@@ -94,6 +108,9 @@ def _trusted(remote: str) -> bool:
         return False
     return ip.is_loopback or ip.is_private
 
+
+_DEFAULT_REPLAY_BYTES: Final = RetryPolicy().max_replay_bytes
+_NO_HEDGE: Final = HedgePolicy()
 
 # How long a bodiless request waits for the response head before a task
 # starts watching the downstream for a client that gives up.
@@ -148,6 +165,189 @@ class _Forward:
         # Envoy's route timeout starts once the whole request has been received.
         self.request_done = True
         self.route_scope.deadline = trio.current_time() + self.timeout
+
+
+class _Reply:
+    """A local reply a failed try would give, sent if it is the race's last."""
+
+    __slots__ = ("body", "details", "flag", "grpc_status", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        flag: str,
+        details: str,
+        *,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+        grpc_status: int | None = None,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.flag = flag
+        self.details = details
+        self.headers = headers
+        self.grpc_status = grpc_status
+
+    async def send(self, stream: ActiveStream) -> None:
+        await stream.local_reply(
+            self.status,
+            self.body,
+            flag=self.flag,
+            details=self.details,
+            headers=self.headers,
+            grpc_status=self.grpc_status,
+        )
+
+
+_OVERFLOW_REPLY: Final = _Reply(
+    503,
+    _OVERFLOW_BODY,
+    "UO",
+    "upstream_reset_before_response_started{overflow}",
+    headers=((b"x-envoy-overloaded", b"true"),),
+)
+_CONNECT_FAILURE_REPLY: Final = _Reply(
+    503,
+    _CONNECT_FAILURE_BODY,
+    "UF",
+    "upstream_reset_before_response_started{connection_failure}",
+)
+_PER_TRY_TIMEOUT_REPLY: Final = _Reply(
+    504,
+    b"upstream request timeout",
+    "UT",
+    "upstream_per_try_timeout",
+    grpc_status=GRPC_STATUS["DEADLINE_EXCEEDED"],
+)
+
+
+class _Try:
+    """One try of a hedged request."""
+
+    __slots__ = ("answered", "attempt", "deadline", "finished", "host", "scope", "won")
+
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt  # its x-envoy-attempt-count
+        self.scope = trio.CancelScope()  # cancelled when another try wins
+        self.host: Host | None = None
+        self.deadline = math.inf  # a hedged (soft) per-try timeout
+        self.answered = False  # its response head arrived
+        self.won = False
+        self.finished = False
+
+
+class _Race:
+    """The tries of one hedged request and what the supervisor waits for.
+
+    Tries report to the supervisor through `receive` (set on any news);
+    the supervisor alone starts tries and answers a race nobody won.
+    """
+
+    __slots__ = (
+        "cluster",
+        "decided",
+        "done",
+        "hedge",
+        "holding",
+        "inflight",
+        "last_failure",
+        "nursery",
+        "receive",
+        "responded",
+        "retry_at",
+        "state",
+        "tried",
+        "tries",
+    )
+
+    def __init__(
+        self, hedge: HedgePolicy, state: RetryState | None, cluster: ClusterRuntime
+    ) -> None:
+        self.hedge = hedge
+        self.cluster = cluster
+        self.state = state
+        self.nursery: trio.Nursery | None = None
+        self.tries: list[_Try] = []
+        self.tried: list[Host] = []
+        self.inflight = 0  # tries started and not yet finished or failed
+        self.retry_at: list[float] = []  # when retries after a back-off start
+        self.holding = False  # counted in the cluster's retries_active
+        self.responded = False  # some response head arrived: no more racing
+        self.decided = False  # a try won
+        self.done = False  # the winner relayed its response (or gave up)
+        self.last_failure = _Reply(
+            503, b"no healthy upstream", "UH", "no_healthy_upstream"
+        )  # replaced by the first failure
+        self.receive = trio.Event()
+
+    def next_deadline(self, next_hedge: float) -> float:
+        if self.decided:
+            return math.inf  # only the winner's end is awaited
+        soft = min((t.deadline for t in self.tries if not t.finished), default=math.inf)
+        return min(next_hedge, soft, self.retry_at[0] if self.retry_at else math.inf)
+
+    def retry(self, backoff: float, failed: _Try | None = None) -> None:
+        """Start another try after `backoff` (counted already by RetryState)."""
+        if failed is not None:
+            self._drop(failed)
+        if self.decided:
+            return
+        if not self.holding:
+            self.cluster.retries_active += 1
+            self.holding = True
+        self.retry_at.append(trio.current_time() + backoff)
+        self.retry_at.sort()
+        self.receive.set()
+
+    def fail(self, t: _Try, reply: _Reply, kind: str | None = None) -> None:
+        """`t` failed before a response: retry if the policy says so, else
+        keep `reply` for the client in case no other try succeeds."""
+        state = self.state
+        if self.decided:
+            self._drop(t)
+            return
+        if kind is not None and state is not None and state.should_retry_failure(kind):
+            self.retry(state.begin_retry(), t)
+            return
+        self.last_failure = reply
+        self._drop(t)
+        self.receive.set()
+
+    def others_pending(self, t: _Try) -> bool:
+        """Another try is in flight or a retry is due, besides `t`."""
+        return self.inflight - (not t.finished) > 0 or bool(self.retry_at)
+
+    def _drop(self, t: _Try) -> None:
+        if not t.finished:
+            t.finished = True
+            t.deadline = math.inf
+            self.inflight -= 1
+
+    def claim(self, winner: _Try) -> None:
+        """`winner` has a good response head: cancel every other try."""
+        self.decided = True
+        winner.won = True
+        winner.deadline = math.inf
+        self.retry_at.clear()
+        for t in self.tries:
+            if t is not winner and not t.finished:
+                # A loser: its upstream request is reset (HTTP/2 RST_STREAM
+                # CANCEL) or its connection closed, never pooled mid-message.
+                t.scope.cancel()
+                self.cluster.rq_tx_reset.inc()
+        self.receive.set()
+
+    def cancel_all(self) -> None:
+        self.done = True
+        assert self.nursery is not None
+        self.nursery.cancel_scope.cancel()
+
+    def finish(self, t: _Try) -> None:
+        self._drop(t)
+        if t.won:
+            self.done = True
+        self.receive.set()
 
 
 class Router:
@@ -225,6 +425,7 @@ class Router:
         policy = action.retry_policy
         retry_on: frozenset[str] | None = None
         max_retries: int | None = None
+        hedge = action.hedge_policy
         given = {k: v for k, v in reversed(head.headers) if k in _CONSUMED_HEADERS}
         if given:
             # Envoy's x-envoy-* request headers: honoured from trusted
@@ -240,9 +441,21 @@ class Router:
                 value = given.get(b"x-envoy-max-retries")
                 if value is not None and value.isdigit():
                     max_retries = int(value)
+                value = given.get(b"x-envoy-hedge-on-per-try-timeout")
+                if value is not None:
+                    hedge = attrs.evolve(
+                        hedge or _NO_HEDGE, hedge_on_per_try_timeout=value.lower() == b"true"
+                    )
+                    if hedge == _NO_HEDGE:
+                        hedge = None  # one try at a time: the ordinary path
         if policy is None and retry_on:
             policy = RetryPolicy(retry_on=retry_on)
-        body = ReplayBody(stream, policy.max_replay_bytes if policy is not None else 0)
+        if policy is not None:
+            replay = policy.max_replay_bytes
+        else:
+            # Hedged tries each send the body: keep it as a retry policy would.
+            replay = _DEFAULT_REPLAY_BYTES if hedge is not None else 0
+        body = ReplayBody(stream, replay)
         state = None
         if policy is not None:
             state = RetryState(
@@ -260,7 +473,10 @@ class Router:
                 fwd = _Forward(route_scope, timeout, body, state)
                 if not stream.has_body:
                     fwd.start_route_timer()
-                await self._tries(stream, cluster, fwd)
+                if hedge is None or stream.upgrade is not None:
+                    await self._tries(stream, cluster, fwd)
+                else:
+                    await self._hedged(stream, cluster, fwd, hedge)
             if route_scope.cancelled_caught:
                 cluster.rq_timeout.inc()
                 stream.info.add_flag("UT")
@@ -411,6 +627,224 @@ class Router:
                 host.pool.release(up, reusable=reusable)
         return False
 
+    # ------------------------------------------------------------------ hedging
+
+    async def _hedged(
+        self, stream: ActiveStream, cluster: ClusterRuntime, fwd: _Forward, hedge: HedgePolicy
+    ) -> None:
+        """Tries that overlap: racing (`initial_requests`, `additional_request_delay`)
+        and Envoy's hedge_on_per_try_timeout. The first good response wins.
+
+        The body is read into the replay buffer first (each try sends it);
+        one too big for it gets a single, unhedged try. Timers (the next
+        racing try, retry back-offs, hedged per-try timeouts) live here, in
+        the supervisor; each try is a task in the race nursery with its own
+        cancel scope, so a loser is cancelled and its stream reset or closed.
+        """
+        if stream.has_body:
+            try:
+                await fwd.body.buffer()
+            except (DownstreamReset, DownstreamProtocolError) as exc:
+                fwd.downstream_error = exc
+                stream.close_connection = True
+                return
+            if fwd.body.overflow:
+                await self._tries(stream, cluster, fwd)
+                stream.info.response_code_details += "{hedge_skipped_body_too_large}"
+                return
+            fwd.start_route_timer()
+        race = _Race(hedge, fwd.retry, cluster)
+        try:
+            async with trio.open_nursery() as nursery:
+                race.nursery = nursery
+                nursery.start_soon(self._watch_downstream, stream, fwd, nursery.cancel_scope)
+                await self._supervise(stream, cluster, fwd, race)
+                nursery.cancel_scope.cancel()
+        finally:
+            if race.holding:
+                cluster.retries_active -= 1
+        state = fwd.retry
+        if state is not None and state.retried and 0 < stream.info.response_code < 500:
+            cluster.rq_retry_success.inc()
+
+    async def _supervise(
+        self, stream: ActiveStream, cluster: ClusterRuntime, fwd: _Forward, race: _Race
+    ) -> None:
+        """Start tries on time, until a winner has relayed its response or the
+        last failure has been answered."""
+        hedge = race.hedge
+        delay = hedge.additional_request_delay or 0.0
+        extra = hedge.initial_requests - 1
+        self._launch(stream, cluster, fwd, race)
+        while extra and not delay:
+            self._launch(stream, cluster, fwd, race)
+            extra -= 1
+        next_hedge = trio.current_time() + delay
+        receive = race.receive
+        while True:
+            now = trio.current_time()
+            if race.done:
+                return
+            if not race.decided:
+                if race.inflight == 0 and not race.retry_at:
+                    if not extra:
+                        await race.last_failure.send(stream)
+                        return
+                    # Every try failed and no retry is due: race the next one now.
+                    self._launch(stream, cluster, fwd, race)
+                    extra -= 1
+                    next_hedge = now + delay
+                    continue
+                if extra and not race.responded and next_hedge <= now:
+                    self._launch(stream, cluster, fwd, race)
+                    extra -= 1
+                    next_hedge = now + delay
+                    continue
+                if race.retry_at and race.retry_at[0] <= now:
+                    race.retry_at.pop(0)
+                    self._launch(stream, cluster, fwd, race)
+                    continue
+                for t in race.tries:
+                    if not t.finished and not t.answered and t.deadline <= now:
+                        self._soft_per_try_timeout(cluster, race, t)
+            deadline = race.next_deadline(next_hedge if extra and not race.responded else math.inf)
+            with trio.move_on_at(deadline):
+                await receive.wait()
+            race.receive = receive = trio.Event()
+
+    def _soft_per_try_timeout(self, cluster: ClusterRuntime, race: _Race, t: _Try) -> None:
+        """Envoy's onSoftPerTryTimeout: count it, keep the try, maybe retry beside it."""
+        t.deadline = math.inf
+        cluster.rq_per_try_timeout.inc()
+        if t.host is not None:
+            cluster.on_local_failure(t.host)
+        state = race.state
+        if state is not None and state.should_hedge_per_try_timeout():
+            race.retry(state.begin_retry())
+
+    def _launch(
+        self, stream: ActiveStream, cluster: ClusterRuntime, fwd: _Forward, race: _Race
+    ) -> None:
+        t = _Try(len(race.tries) + 1)
+        state = race.state
+        if race.hedge.hedge_on_per_try_timeout and state is not None and state.per_try_timeout:
+            # A soft timeout, watched by the supervisor: the try goes on.
+            t.deadline = trio.current_time() + state.per_try_timeout
+        race.tries.append(t)
+        race.inflight += 1
+        assert race.nursery is not None
+        race.nursery.start_soon(self._hedge_try, stream, cluster, fwd, race, t)
+
+    async def _hedge_try(
+        self, stream: ActiveStream, cluster: ClusterRuntime, fwd: _Forward, race: _Race, t: _Try
+    ) -> None:
+        """One try of a race. Until it wins it never touches the downstream:
+        a failure is handed to the supervisor, which answers the client with
+        the last one if no try is left."""
+        state = race.state
+        host = self._choose(cluster, race.tried)
+        if host is None:
+            race.fail(t, _Reply(503, b"no healthy upstream", "UH", "no_healthy_upstream"))
+            return
+        if not cluster.request_allowed():
+            race.fail(t, _OVERFLOW_REPLY)
+            return
+        race.tried.append(host)
+        t.host = host
+        stream.info.upstream_host = host.address
+        cluster.on_request_start(host)
+        per_try = math.inf
+        if state is not None and state.per_try_timeout and not race.hedge.hedge_on_per_try_timeout:
+            per_try = state.per_try_timeout
+        up: UpstreamStream | None = None
+        reusable = False
+        try:
+            with t.scope, trio.move_on_after(per_try) as try_scope:
+                try:
+                    up = await host.pool.acquire()
+                except PoolOverflow:
+                    race.fail(t, _OVERFLOW_REPLY)
+                    return
+                except ConnectFailure as exc:
+                    stream.info.upstream_transport_failure_reason = f"{exc.reason}: {exc}"
+                    cluster.on_local_failure(host)
+                    race.fail(t, _CONNECT_FAILURE_REPLY, "connect-failure")
+                    return
+                started = trio.current_time()
+                # No checkpoint between setting the header and encoding the
+                # head, so concurrent tries each send their own number.
+                stream.head.set(b"x-envoy-attempt-count", str(t.attempt).encode())
+                await up.send_request_head(
+                    stream.head, body=stream.has_body, content_length=stream.content_length
+                )
+                if stream.has_body:
+                    await fwd.body.send(up)
+                resp = await up.receive_response_head()
+                t.answered = True
+                race.responded = True
+                if race.decided:
+                    return  # lost by a hair: reset like the other losers
+                if state is not None and state.response_retriable(resp):
+                    if state.retry_allowed():
+                        cluster.on_response(
+                            host, resp.status, (trio.current_time() - started) * 1000
+                        )
+                        race.retry(state.begin_retry(), t)
+                        return
+                    if race.others_pending(t):
+                        # Not retried, but another try may still do better
+                        # (Envoy: a "bad" response waits for the others).
+                        cluster.on_response(
+                            host, resp.status, (trio.current_time() - started) * 1000
+                        )
+                        race.fail(t, race.last_failure)
+                        return
+                race.claim(t)
+                stream.info.upstream_host = host.address
+                await self._relay_response(
+                    stream, cluster, host, up, started, fwd, resp, checked=True
+                )
+                reusable = fwd.downstream_error is None
+            if try_scope.cancelled_caught:
+                cluster.rq_per_try_timeout.inc()
+                cluster.on_local_failure(host)
+                if t.won:
+                    stream.info.add_flag("UT")
+                    stream.close_connection = True
+                else:
+                    race.fail(t, _PER_TRY_TIMEOUT_REPLY, "per-try-timeout")
+        except UpstreamReset as exc:
+            cluster.rq_rx_reset.inc()
+            flag, reason = _reset_reason(str(exc))
+            if t.won:
+                await self._upstream_failed(
+                    stream, flag, 503, _RESET_PREFIX + reason.encode(), reason.replace(" ", "_")
+                )
+            else:
+                cluster.on_local_failure(host)
+                kind = "refused-stream" if str(exc) == "refused_stream" else "reset"
+                details = f"upstream_reset_before_response_started{{{reason.replace(' ', '_')}}}"
+                race.fail(t, _Reply(503, _RESET_PREFIX + reason.encode(), flag, details), kind)
+        except UpstreamProtocolError as exc:
+            cluster.cx_protocol_error.inc()
+            stream.info.upstream_transport_failure_reason = str(exc)
+            if t.won:
+                await self._upstream_failed(
+                    stream, "UPE", 502, b"upstream protocol error", "upstream_protocol_error"
+                )
+            else:
+                details = "upstream_reset_before_response_started{upstream_protocol_error}"
+                race.fail(t, _Reply(502, b"upstream protocol error", "UPE", details))
+        except DownstreamReset as exc:
+            fwd.downstream_error = exc
+            stream.close_connection = True
+            race.cancel_all()
+        finally:
+            cluster.on_request_end(host)
+            if up is not None:
+                host.pool.release(up, reusable=reusable)
+            race.finish(t)
+
     async def _upstream_failed(
         self, stream: ActiveStream, flag: str, status: int, body: bytes, details: str
     ) -> None:
@@ -523,10 +957,12 @@ class Router:
         started: float,
         fwd: _Forward,
         resp: ResponseHead | None = None,
+        *,
+        checked: bool = False,
     ) -> None:
         if resp is None:
             resp = await up.receive_response_head()
-        if fwd.retry is not None and fwd.retry.should_retry_response(resp):
+        if not checked and fwd.retry is not None and fwd.retry.should_retry_response(resp):
             cluster.on_response(host, resp.status, (trio.current_time() - started) * 1000)
             raise _RetryResponse
         now = trio.current_time()
