@@ -63,6 +63,7 @@ import random
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 from typing import Final, Protocol
 
 __all__ = [
@@ -321,15 +322,18 @@ def build_ring(
     """
     if not members:
         return array("Q"), array("I")
+    # Exact rationals where Envoy uses doubles, so that a host's share does
+    # not depend on rounding in the running sums of the hosts before it.
     total = sum(w for _, w in members)
-    min_weight = min(w for _, w in members) / total
-    scale = min(math.ceil(min_weight * minimum_ring_size) / min_weight, float(maximum_ring_size))
+    min_weight = Fraction(min(w for _, w in members), total)
+    scale = min(math.ceil(min_weight * minimum_ring_size) / min_weight, Fraction(maximum_ring_size))
     entries: list[tuple[int, int]] = []
-    current = 0.0
-    target = 0.0
+    current = 0
+    cumulative = 0
     for index, (address, weight) in enumerate(members):
         prefix = address.encode() + b"_"
-        target += scale * weight / total
+        cumulative += weight
+        target = math.ceil(scale * cumulative / total)
         i = 0
         while current < target:
             entries.append((hash64(prefix + str(i).encode()), index))
