@@ -14,8 +14,11 @@ import attrs
 
 from trioproxy.config.graph import (
     Cluster,
+    CookieHashPolicy,
     DirectResponseAction,
     FilterChain,
+    HashPolicy,
+    HeaderHashPolicy,
     HeaderMatcher,
     HttpConnectionManager,
     HttpFilterConfig,
@@ -24,6 +27,7 @@ from trioproxy.config.graph import (
     Location,
     Mesh,
     NetworkFilterConfig,
+    QueryParameterHashPolicy,
     QueryParameterMatcher,
     RedirectAction,
     Route,
@@ -43,6 +47,7 @@ _POLYMORPHIC = (
     RouteAction,
     RedirectAction,
     DirectResponseAction,
+    HashPolicy,
 )
 
 
@@ -222,6 +227,8 @@ def _action(action: object) -> str:
             extra.append(f"prefix_rewrite={action.prefix_rewrite}")
         if action.host_rewrite is not None:
             extra.append(f"host_rewrite={action.host_rewrite}")
+        if action.hash_policy:
+            extra.append("hash_policy=" + ",".join(_hash_policy(p) for p in action.hash_policy))
         return f"{target} " + " ".join(extra)
     if isinstance(action, RedirectAction):
         parts = [f"redirect {action.code}"]
@@ -237,9 +244,39 @@ def _action(action: object) -> str:
     return _describe(action)
 
 
+def _hash_policy(p: HashPolicy) -> str:
+    """header:x-user, cookie:session(ttl=3600s,path=/), source_ip, query:u (!: terminal)."""
+    kind = {
+        HeaderHashPolicy: "header",
+        CookieHashPolicy: "cookie",
+        QueryParameterHashPolicy: "query",
+    }.get(type(p))
+    text = "source_ip" if kind is None else f"{kind}:{getattr(p, 'name', '')}"
+    if isinstance(p, CookieHashPolicy) and p.ttl is not None:
+        text += f"(ttl={p.ttl}s" + (f",path={p.path})" if p.path else ")")
+    return text + ("!" if p.terminal else "")
+
+
+def _lb_extra(c: Cluster) -> str:
+    """The cluster's balancing options that differ from Envoy's defaults."""
+    defaults = Cluster(name=c.name)
+    names = {
+        "least_request": ("choice_count", "active_request_bias"),
+        "ring_hash": ("minimum_ring_size", "maximum_ring_size"),
+        "maglev": ("maglev_table_size",),
+    }.get(c.lb_policy, ())
+    parts = [
+        f"{n}={getattr(c, n):g}"
+        for n in (*names, "healthy_panic_threshold")
+        if getattr(c, n) != getattr(defaults, n)
+    ]
+    return "".join(" " + p for p in parts)
+
+
 def _cluster(c: Cluster, ind: str) -> list[str]:
     lines = [
-        f"{ind}cluster {c.name} lb={c.lb_policy} connect_timeout={_seconds(c.connect_timeout)}"
+        f"{ind}cluster {c.name} lb={c.lb_policy}{_lb_extra(c)}"
+        f" connect_timeout={_seconds(c.connect_timeout)}"
     ]
     if c.tls is not None:
         v = c.tls.validation
@@ -250,7 +287,11 @@ def _cluster(c: Cluster, ind: str) -> list[str]:
         )
     if not c.endpoints:
         lines.append(f"{ind}  (no endpoints)")
-    lines.extend(f"{ind}  endpoint {e.address} weight={e.weight}" for e in c.endpoints)
+    lines.extend(
+        f"{ind}  endpoint {e.address} weight={e.weight}"
+        + (f" priority={e.priority}" if e.priority else "")
+        for e in c.endpoints
+    )
     return lines
 
 
