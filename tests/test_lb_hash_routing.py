@@ -20,6 +20,7 @@ from trioproxy.config import (
     CookieHashPolicy,
     HashPolicy,
     HeaderHashPolicy,
+    RetryPolicy,
     Route,
     RouteAction,
     RouteMatch,
@@ -124,3 +125,44 @@ async def test_round_robin_ignores_hash_policies(nursery: trio.Nursery) -> None:
         rs = [await c.get(url(server, "/rr")) for _ in range(6)]
     assert all("set-cookie" not in r.headers for r in rs)
     assert {r.headers["x-upstream"] for r in rs} == {"a", "b", "c"}
+
+
+async def test_retry_moves_off_the_hashed_host(nursery: trio.Nursery) -> None:
+    # The hashed host answers 503; the retry asks the ring for another host
+    # (Envoy's attempt offset), so the user still gets an answer.
+    ups = [await start_upstream(nursery, name) for name in ("a", "b", "c")]
+    ups[0].always_status = 503
+    retry = RetryPolicy(retry_on=frozenset({"5xx"}), num_retries=1)
+    mesh = simple_mesh(
+        [
+            Route(
+                name="h",
+                match=RouteMatch(path_kind="prefix", value="/"),
+                action=RouteAction(
+                    cluster="svc",
+                    hash_policy=(HeaderHashPolicy(name="x-user"),),
+                    retry_policy=retry,
+                ),
+            )
+        ],
+        [cluster("svc", *ups, lb_policy="ring_hash")],
+    )
+    server = await start_proxy(nursery, mesh)
+    names = {u.address: u.name for u in ups}
+    on_a = 0
+    failed = 0
+    async with httpx.AsyncClient() as c:
+        for i in range(60):
+            user = f"user-{i}"
+            r = await c.get(url(server, "/"), headers={"x-user": user})
+            if expected(server, names, user.encode()) == "a":
+                on_a += 1
+                failed += r.status_code != 200
+            else:
+                assert r.status_code == 200
+                assert r.headers["x-upstream"] == expected(server, names, user.encode())
+    assert on_a >= 4
+    # Up to three attempts to find another host; the ring's next points can
+    # all belong to the same host, rarely.
+    assert failed <= max(1, on_a // 4)
+    assert counter(server, "cluster.svc.upstream_rq_retry") == on_a
