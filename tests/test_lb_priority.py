@@ -207,3 +207,13 @@ def test_cluster_runtime_panic_counter_and_threshold() -> None:
 def test_cluster_runtime_gaps_in_priorities_are_empty_levels() -> None:
     c = _runtime([2, 2])
     assert _ports({c.choose_host() for _ in range(20)}) == {0, 1}
+
+
+def test_empty_cluster_gives_none_without_counting_panic() -> None:
+    c = _runtime([])
+    assert c.choose_host() is None
+    assert c.cx_none_healthy.value == 1
+    assert c.lb_healthy_panic.value == 0
+    lb, panics = _balancer([])
+    assert lb.choose() is None and lb.choose(5) is None
+    assert panics == [0]

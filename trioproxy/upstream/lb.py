@@ -490,11 +490,12 @@ class PriorityBalancer:
     ) -> None:
         self._rng = rng
         self._on_panic = on_panic
-        counts = [(len(healthy), len(every)) for every, healthy in levels] or [(0, 0)]
+        levels = list(levels) or [((), ())]
+        counts = [(len(healthy), len(every)) for every, healthy in levels]
         self.loads, self.panic = priority_loads(counts, panic_threshold)
         self.balancers = [
             factory(list(every if panic else healthy), rng=rng, **options)
-            for (every, healthy), panic in zip(levels or [((), ())], self.panic, strict=True)
+            for (every, healthy), panic in zip(levels, self.panic, strict=True)
         ]
         self.hash_based = self.balancers[0].hash_based
         # Level by (hash % 100): Envoy's cumulative walk, precomputed.
@@ -507,7 +508,8 @@ class PriorityBalancer:
             table[x] = level
         self._level_of = bytes(table)
         self._single = self.balancers[0] if len(self.balancers) == 1 else None
-        self._single_panic = self.panic[0] if len(self.balancers) == 1 else False
+        # (An empty cluster "panics" too, but there is nothing to count.)
+        self._single_panic = len(self.balancers) == 1 and self.panic[0] and bool(levels[0][0])
 
     def choose(self, lb_hash: int | None = None, attempt: int = 0) -> LbHost | None:
         single = self._single
