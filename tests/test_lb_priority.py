@@ -53,8 +53,11 @@ def test_two_levels_spill_as_envoy_documents(healthy_p0: int, loads: list[int]) 
         ([(20, 100), (20, 100), (100, 100)], [28, 28, 44]),
         ([(20, 100), (30, 100), (100, 100)], [28, 42, 30]),
         ([(100, 100), (100, 100), (100, 100)], [100, 0, 0]),
-        # Normalised: health sums to 28 + 28 = 56 < 100, scaled up to 100.
+        # Both in panic (20 % < 50 %): the load follows the host counts.
         ([(20, 100), (20, 100)], [50, 50]),
+        # Normalised: health 70 + 14 = 84 < 100, scaled by 100 / 84 (not
+        # 70 and 14 with the rest on P0); the rounding leftover goes to P0.
+        ([(50, 100), (10, 100)], [84, 16]),
     ],
 )
 def test_loads_follow_envoy(levels: list[tuple[int, int]], loads: list[int]) -> None:
@@ -79,6 +82,8 @@ def test_panic_below_the_threshold_only() -> None:
     assert priority_loads([(1, 4)], 50) == ([100], [True])
     # Threshold 0 disables panic.
     assert priority_loads([(0, 4)], 0) == ([100], [False])
+    # Short of 100 % in all: only the level below the threshold panics.
+    assert priority_loads([(50, 100), (10, 100)], 50)[1] == [False, True]
     # No panic anywhere while the levels together reach 100 % health.
     assert priority_loads([(3, 10), (10, 10)], 50) == ([42, 58], [False, False])
 
