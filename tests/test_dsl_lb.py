@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from trioproxy.dsl import (
     ClusterBuilder,
     MeshError,
@@ -179,3 +181,25 @@ def test_hash_policy_errors_point_at_the_call() -> None:
         == "route option hash_policy= needs a cluster or weighted() target, not redirect()"
     )
     assert "ttl of hash_cookie('s')" in got[5][1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(-3, 300), st.integers(-2, 200)), min_size=1, max_size=5),
+)
+def test_endpoint_weights_and_priorities_compile_or_fail_with_a_line(
+    eps: list[tuple[int, int]],
+) -> None:
+    builders = [
+        endpoint(f"127.0.0.1:{i + 1}", weight=w, priority=p) for i, (w, p) in enumerate(eps)
+    ]
+    m = mesh(listener("l", ":0").route(prefix("/"), cluster("c", *builders)))
+    valid = all(w >= 1 and 0 <= p <= 127 for w, p in eps)
+    if valid:
+        c = m.compile().clusters[0]
+        assert [(e.weight, e.priority) for e in c.endpoints] == eps
+    else:
+        bad = [i for i, (w, p) in enumerate(eps) if not (w >= 1 and 0 <= p <= 127)]
+        got = errors(m)
+        assert len(got) == len(bad)
+        assert all(f"127.0.0.1:{i + 1}" in msg for i, (_, msg) in zip(bad, got, strict=True))

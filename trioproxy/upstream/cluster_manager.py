@@ -7,6 +7,11 @@ accounts each request with `on_request_start()` / `on_response()` /
 `on_request_end()` so active-request counts and stats stay exact even when a
 request is cancelled (the router calls `on_request_end` in a `finally`).
 
+Hosts are grouped by endpoint priority; `rebuild()` makes one balancer per
+priority level (`lb.PriorityBalancer`: Envoy's priority loads and panic
+threshold) over the healthy hosts, or all hosts of a level in panic. For
+ring_hash and maglev, `choose_host(lb_hash)` takes the request's hash.
+
 Discovery, health checks and outlier detection (later issues) run as tasks
 in the cluster manager's nursery and only flip `Host.healthy` and rebuild
 the balancer; the request path never waits on them.
