@@ -46,6 +46,7 @@ __all__ = [
     "DemoServiceBuilder",
     "DirectResponseBuilder",
     "EndpointBuilder",
+    "HashPolicyBuilder",
     "HttpBuilder",
     "ListenerBuilder",
     "MatchBuilder",
@@ -60,6 +61,10 @@ __all__ = [
     "demo_service",
     "direct_response",
     "endpoint",
+    "hash_cookie",
+    "hash_header",
+    "hash_query",
+    "hash_source_ip",
     "http",
     "listener",
     "mesh",
@@ -220,12 +225,17 @@ class EndpointBuilder:
 
     _address: object
     _weight: object = 1
+    _priority: object = 0
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
 
-def endpoint(address: str, weight: int = 1) -> EndpointBuilder:
-    """An upstream host "host:port" (explicit host) with a load-balancing weight."""
-    return EndpointBuilder(address=address, weight=weight, location=caller_location())
+def endpoint(address: str, weight: int = 1, priority: int = 0) -> EndpointBuilder:
+    """An upstream host "host:port" (explicit host) with a load-balancing weight
+    and a priority (0, the default, is preferred; traffic spills to 1, 2, ...
+    as the hosts of better priorities become unhealthy, as in Envoy)."""
+    return EndpointBuilder(
+        address=address, weight=weight, priority=priority, location=caller_location()
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -239,6 +249,8 @@ class ClusterBuilder:
     _name: object
     _endpoints: tuple[object, ...] = ()
     _lb: Given[object] = Given("round_robin", None)
+    _lb_options: Given[dict[str, object]] | None = None
+    _panic_threshold: Given[object] | None = None
     _connect_timeout: Given[object] = Given(5.0, None)
     _protocol: Given[object] = Given("http1", None)
     _tls: Given[object] | None = None
@@ -251,14 +263,51 @@ class ClusterBuilder:
         """The cluster's name, as routes refer to it."""
         return str(self._name)
 
-    def endpoint(self, address: str, weight: int = 1) -> ClusterBuilder:
-        """Add an upstream host "host:port" with a load-balancing weight."""
-        ep = EndpointBuilder(address=address, weight=weight, location=caller_location())
+    def endpoint(self, address: str, weight: int = 1, priority: int = 0) -> ClusterBuilder:
+        """Add an upstream host "host:port" with a load-balancing weight and a
+        priority (0 is preferred; see `endpoint()`)."""
+        ep = EndpointBuilder(
+            address=address, weight=weight, priority=priority, location=caller_location()
+        )
         return attrs.evolve(self, endpoints=(*self._endpoints, ep))
 
-    def lb(self, policy: LbPolicy) -> ClusterBuilder:
-        """Set the load-balancing policy: "round_robin", "least_request" or "random"."""
-        return attrs.evolve(self, lb=Given(policy, caller_location()))
+    def lb(
+        self,
+        policy: LbPolicy,
+        *,
+        choice_count: int | None = None,
+        active_request_bias: float | None = None,
+        minimum_ring_size: int | None = None,
+        maximum_ring_size: int | None = None,
+        table_size: int | None = None,
+    ) -> ClusterBuilder:
+        """Set the load-balancing policy and its options (Envoy's defaults):
+
+        - "round_robin", "random";
+        - "least_request": `choice_count` (2), `active_request_bias` (1.0);
+        - "ring_hash": `minimum_ring_size` (1024), `maximum_ring_size` (8M);
+        - "maglev": `table_size` (65537, must be prime).
+
+        The hash policies hash a request by a route's `hash_policy=`.
+        """
+        here = caller_location()
+        options: dict[str, object] = {
+            k: v
+            for k, v in (
+                ("choice_count", choice_count),
+                ("active_request_bias", active_request_bias),
+                ("minimum_ring_size", minimum_ring_size),
+                ("maximum_ring_size", maximum_ring_size),
+                ("table_size", table_size),
+            )
+            if v is not None
+        }
+        return attrs.evolve(self, lb=Given(policy, here), lb_options=Given(options, here))
+
+    def healthy_panic_threshold(self, percent: float) -> ClusterBuilder:
+        """Below this share of healthy hosts (Envoy: 50 %) a priority level
+        balances across all its hosts, healthy or not; 0 disables panic."""
+        return attrs.evolve(self, panic_threshold=Given(percent, caller_location()))
 
     def connect_timeout(self, d: Duration) -> ClusterBuilder:
         """Set the upstream connect timeout (seconds or a string like "250ms")."""
@@ -470,8 +519,9 @@ def cluster(
 ) -> ClusterBuilder:
     """A cluster of upstream endpoints ("host:port" strings or `endpoint()`s).
 
-    `lb` is "round_robin", "least_request" or "random"; `connect_timeout`
-    defaults to Envoy's 5 s.
+    `lb` is "round_robin", "least_request", "random", "ring_hash" or
+    "maglev" (options with `.lb(...)`); `connect_timeout` defaults to
+    Envoy's 5 s.
     """
     here = caller_location()
     eps = tuple(
@@ -580,6 +630,55 @@ def hedge(
 
 
 @attrs.frozen(kw_only=True)
+class HashPolicyBuilder:
+    """One entry of a route's `hash_policy=`. Made by `hash_header()`,
+    `hash_cookie()`, `hash_source_ip()` or `hash_query()`."""
+
+    _kind: str
+    _name: object = None
+    _ttl: object = None
+    _path: object = None
+    _terminal: object = False
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def hash_header(name: str, *, terminal: bool = False) -> HashPolicyBuilder:
+    """Hash a request header's value (all values, sorted, if repeated).
+    `terminal` stops at this policy when it yields a hash."""
+    return HashPolicyBuilder(
+        kind="header", name=name, terminal=terminal, location=caller_location()
+    )
+
+
+def hash_cookie(
+    name: str,
+    *,
+    ttl: Duration | None = None,
+    path: str | None = None,
+    terminal: bool = False,
+) -> HashPolicyBuilder:
+    """Hash a cookie's value. With `ttl`, a request without the cookie gets
+    one: the proxy makes a value, hashes it and adds
+    `Set-Cookie: name="value"; Max-Age=ttl; Path=path; HttpOnly` to the
+    response (ttl 0: a session cookie without Max-Age), as Envoy does."""
+    return HashPolicyBuilder(
+        kind="cookie", name=name, ttl=ttl, path=path, terminal=terminal, location=caller_location()
+    )
+
+
+def hash_source_ip(*, terminal: bool = False) -> HashPolicyBuilder:
+    """Hash the client connection's IP address."""
+    return HashPolicyBuilder(kind="source_ip", terminal=terminal, location=caller_location())
+
+
+def hash_query(name: str, *, terminal: bool = False) -> HashPolicyBuilder:
+    """Hash a query parameter's first value (not percent-decoded)."""
+    return HashPolicyBuilder(
+        kind="query_parameter", name=name, terminal=terminal, location=caller_location()
+    )
+
+
+@attrs.frozen(kw_only=True)
 class RedirectBuilder:
     """Answer with an HTTP redirect. Made by `redirect()`."""
 
@@ -661,6 +760,7 @@ class RouteSpec:
     upgrades: object = None
     retry: object = None
     hedge: object = None
+    hash_policy: object = None
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
 
@@ -674,7 +774,10 @@ def _route_spec(
     upgrades: object = None,
     retry: object = None,
     hedge: object = None,
+    hash_policy: object = None,
 ) -> RouteSpec:
+    if isinstance(hash_policy, list):
+        hash_policy = tuple(hash_policy)  # builders hold tuples, never lists
     return RouteSpec(
         match=match,
         target=target,
@@ -685,6 +788,7 @@ def _route_spec(
         upgrades=upgrades,
         retry=retry,
         hedge=hedge,
+        hash_policy=hash_policy,
         location=caller_location(),
     )
 
@@ -710,17 +814,30 @@ class VhostBuilder:
         upgrades: bool | None = None,
         retry: RetryBuilder | None = None,
         hedge: HedgeBuilder | None = None,
+        hash_policy: Sequence[HashPolicyBuilder] | None = None,
     ) -> VhostBuilder:
         """Add a route; routes are tried in order and the first match wins.
 
         `timeout` (default 15 s, 0 = none), `prefix_rewrite`, `host_rewrite` and
         `upgrades` (WebSocket upgrades allowed, default True), `retry`
-        (a `retry(...)` policy) and `hedge` (a `hedge(...)` policy) apply only to
+        (a `retry(...)` policy), `hedge` (a `hedge(...)` policy) and
+        `hash_policy` (a list of `hash_header()`,
+        `hash_cookie()`, `hash_source_ip()`, `hash_query()`, used by
+        ring_hash and maglev clusters) apply only to
         routes forwarding to a cluster or `weighted()` clusters.
         `name` defaults to "<vhost>/<index>".
         """
         spec = _route_spec(
-            match, target, name, timeout, prefix_rewrite, host_rewrite, upgrades, retry, hedge
+            match,
+            target,
+            name,
+            timeout,
+            prefix_rewrite,
+            host_rewrite,
+            upgrades,
+            retry,
+            hedge,
+            hash_policy,
         )
         return attrs.evolve(self, routes=(*self._routes, spec))
 
@@ -815,11 +932,21 @@ class HttpBuilder:
         upgrades: bool | None = None,
         retry: RetryBuilder | None = None,
         hedge: HedgeBuilder | None = None,
+        hash_policy: Sequence[HashPolicyBuilder] | None = None,
     ) -> HttpBuilder:
         """Add a route to the virtual host "default" (domains "*"), creating it
         if needed. See `VhostBuilder.route` for the options."""
         spec = _route_spec(
-            match, target, name, timeout, prefix_rewrite, host_rewrite, upgrades, retry, hedge
+            match,
+            target,
+            name,
+            timeout,
+            prefix_rewrite,
+            host_rewrite,
+            upgrades,
+            retry,
+            hedge,
+            hash_policy,
         )
         vhosts = list(self._vhosts)
         for i, given in enumerate(vhosts):
@@ -999,6 +1126,7 @@ class ListenerBuilder:
         upgrades: bool | None = None,
         retry: RetryBuilder | None = None,
         hedge: HedgeBuilder | None = None,
+        hash_policy: Sequence[HashPolicyBuilder] | None = None,
     ) -> ListenerBuilder:
         """Add a route to the "default" virtual host of the last chain (adding
         `http()` first if the listener has no chain). See `VhostBuilder.route`."""
@@ -1013,6 +1141,7 @@ class ListenerBuilder:
             upgrades=upgrades,
             retry=retry,
             hedge=hedge,
+            hash_policy=hash_policy,
         )
         return this._with_last_chain(updated)
 

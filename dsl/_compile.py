@@ -21,6 +21,7 @@ address clashes between everything that binds a port.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterable, Iterator
 from typing import Final, TypeVar, cast, get_args
@@ -32,11 +33,14 @@ from trioproxy.config import (
     AccessLog,
     Admin,
     Cluster,
+    CookieHashPolicy,
     DemoService,
     DirectResponseAction,
     Endpoint,
     FilterChain,
     GrpcHealthCheck,
+    HashPolicy,
+    HeaderHashPolicy,
     HeaderMatcher,
     HealthCheck,
     HedgePolicy,
@@ -47,6 +51,7 @@ from trioproxy.config import (
     Mesh,
     OutlierDetection,
     OverloadManager,
+    QueryParameterHashPolicy,
     QueryParameterMatcher,
     RedirectAction,
     RetryPolicy,
@@ -55,6 +60,7 @@ from trioproxy.config import (
     RouteConfig,
     RouteMatch,
     SocketAddress,
+    SourceIpHashPolicy,
     TcpHealthCheck,
     VirtualHost,
     WeightedCluster,
@@ -78,6 +84,7 @@ from ._builders import (
     DirectResponseBuilder,
     EndpointBuilder,
     Given,
+    HashPolicyBuilder,
     HeaderSpec,
     HealthCheckFilterSpec,
     HedgeBuilder,
@@ -120,8 +127,29 @@ DEFAULT_ROUTE_TIMEOUT: Final = 15.0
 REDIRECT_CODES: Final = (301, 302, 303, 307, 308)
 # Envoy caps max_request_headers_kb at 8192 (8 MiB).
 MAX_REQUEST_HEADERS_KB: Final = 8192
+# RFC 6265 cookie-name (a token) and a path without ";" or controls.
+_COOKIE_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_COOKIE_PATH: Final = re.compile(r"[\x21-\x3a\x3c-\x7e]*")
 _MATCH_KINDS: Final = "exact=, prefix=, suffix=, contains=, regex=, present="
 _WILDCARD_ADDRESSES: Final = frozenset({"0.0.0.0", "::"})
+# Envoy bounds priorities by the number of levels configured; 128 is plenty.
+MAX_PRIORITY: Final = 127
+# Envoy: ring sizes are capped at 8M entries.
+MAX_RING_SIZE: Final = 8 * 1024 * 1024
+# The options of `.lb(...)` and the policies that take each one.
+_LB_OPTIONS: Final = {
+    "choice_count": ("least_request",),
+    "active_request_bias": ("least_request",),
+    "minimum_ring_size": ("ring_hash",),
+    "maximum_ring_size": ("ring_hash",),
+    "table_size": ("maglev",),
+}
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    return all(n % d for d in range(2, math.isqrt(n) + 1))
 
 
 def compile_mesh(m: MeshBuilder, source: str = "") -> Mesh:
@@ -362,8 +390,34 @@ class _Compiler:
                     " (expected a positive integer)",
                 )
                 continue
-            endpoints.append(Endpoint(address=address, weight=cast(int, weight)))
+            priority = raw._priority
+            if not _is_int(priority) or not 0 <= cast(int, priority) <= MAX_PRIORITY:
+                self.error(
+                    eloc,
+                    f"bad priority {priority!r} for endpoint {address} of cluster {name!r}"
+                    f" (expected an integer 0..{MAX_PRIORITY})",
+                )
+                continue
+            endpoints.append(
+                Endpoint(address=address, weight=cast(int, weight), priority=cast(int, priority))
+            )
         lb = self.choice(cb._lb.value, get_args(LbPolicy), "lb policy", cb._lb.location)
+        lb_options = self.lb_options(cb, name, lb)
+        panic = 50.0
+        if cb._panic_threshold is not None:
+            raw_panic = cb._panic_threshold.value
+            if (
+                isinstance(raw_panic, int | float)
+                and not isinstance(raw_panic, bool)
+                and (0 <= raw_panic <= 100)
+            ):
+                panic = float(raw_panic)
+            else:
+                self.error(
+                    cb._panic_threshold.location,
+                    f"bad healthy_panic_threshold {raw_panic!r} of cluster {name!r}"
+                    " (expected a percentage 0..100)",
+                )
         ct = cb._connect_timeout
         what = f"connect_timeout of cluster {name!r}"
         connect_timeout = self.duration(ct.value, what, ct.location, positive=True)
@@ -390,6 +444,8 @@ class _Compiler:
             name=name,
             endpoints=tuple(endpoints),
             lb_policy=lb,
+            healthy_panic_threshold=panic,
+            **lb_options,  # type: ignore[arg-type]
             protocol=protocol,
             connect_timeout=connect_timeout,
             tls=tls,
@@ -397,6 +453,41 @@ class _Compiler:
             health_check=self.health_check(cb, name, protocol),
             location=loc,
         )
+
+    def lb_options(self, cb: ClusterBuilder, name: str, policy: str) -> dict[str, object]:
+        """The `.lb(...)` options as `Cluster` fields, each checked against its policy."""
+        given = cb._lb_options
+        if given is None:
+            return {}
+        loc = given.location
+        out: dict[str, object] = {}
+        for key, raw in given.value.items():
+            what = f"{key} of cluster {name!r}"
+            policies = _LB_OPTIONS[key]
+            if policy not in policies:
+                self.error(loc, f"{what} applies to lb policy {_one_of(policies)}, not {policy!r}")
+                continue
+            if key == "active_request_bias":
+                if isinstance(raw, int | float) and not isinstance(raw, bool) and 0 <= raw <= 100:
+                    out[key] = float(raw)
+                else:
+                    self.error(loc, f"bad {what} {raw!r} (expected a number 0..100)")
+            elif key == "choice_count":
+                out[key] = self.count(raw, what, loc, low=1, high=100)
+            elif key == "table_size":
+                size = self.count(raw, what, loc, low=2, high=5_000_011)
+                if _is_int(raw) and not _is_prime(size):
+                    self.error(loc, f"{what} must be a prime number (Envoy), got {size}")
+                out["maglev_table_size"] = size
+            else:
+                out[key] = self.count(raw, what, loc, low=1, high=MAX_RING_SIZE)
+        low = out.get("minimum_ring_size", 1024)
+        high = out.get("maximum_ring_size", MAX_RING_SIZE)
+        if cast(int, low) > cast(int, high):
+            self.error(
+                loc, f"cluster {name!r}: minimum_ring_size {low} exceeds maximum_ring_size {high}"
+            )
+        return out
 
     def health_check(
         self, cb: ClusterBuilder, name: str, protocol: str = "http1"
@@ -751,6 +842,7 @@ class _Compiler:
                 "upgrades",
                 "retry",
                 "hedge",
+                "hash_policy",
             ):
                 if getattr(spec, option) is not None:
                     self.error(
@@ -788,8 +880,10 @@ class _Compiler:
                 hedge_policy = self.hedge_policy(spec.hedge, retry_policy)
             else:
                 self.error(loc, f"route option hedge= takes hedge(...), got {_kind(spec.hedge)}")
+        hash_policy = self.hash_policies(spec.hash_policy, loc)
         if isinstance(target, WeightedBuilder):
             return RouteAction(
+                hash_policy=hash_policy,
                 retry_policy=retry_policy,
                 hedge_policy=hedge_policy,
                 weighted_clusters=self.weighted(target),
@@ -806,6 +900,7 @@ class _Compiler:
             )
         forwards = isinstance(target, ClusterBuilder | str)
         return RouteAction(
+            hash_policy=hash_policy,
             retry_policy=retry_policy,
             hedge_policy=hedge_policy,
             cluster=self.cluster_ref(target, loc) if forwards else "",
@@ -814,6 +909,55 @@ class _Compiler:
             host_rewrite=host_rewrite,
             allow_upgrades=upgrades,
         )
+
+    def hash_policies(self, raw: object, location: Location | None) -> tuple[HashPolicy, ...]:
+        """A route's `hash_policy=`: a list of hash_header(), hash_cookie(), ..."""
+        if raw is None:
+            return ()
+        if isinstance(raw, HashPolicyBuilder):
+            raw = (raw,)
+        if not isinstance(raw, tuple | list):
+            self.error(
+                location,
+                "route option hash_policy= takes a list of hash_header(...), hash_cookie(...),"
+                f" hash_source_ip() or hash_query(...), got {_kind(raw)}",
+            )
+            return ()
+        out: list[HashPolicy] = []
+        for item in raw:
+            if not isinstance(item, HashPolicyBuilder):
+                self.error(
+                    location,
+                    "a hash_policy entry must be hash_header(...), hash_cookie(...),"
+                    f" hash_source_ip() or hash_query(...), got {_kind(item)}",
+                )
+                continue
+            loc = item._location
+            terminal = self.flag(item._terminal, f"hash_{item._kind} terminal", loc)
+            if item._kind == "source_ip":
+                out.append(SourceIpHashPolicy(terminal=terminal))
+                continue
+            what = {"header": "hash_header", "cookie": "hash_cookie"}.get(item._kind, "hash_query")
+            name = self.name(item._name, what, loc)
+            if item._kind == "header":
+                out.append(HeaderHashPolicy(name=name.lower(), terminal=terminal))
+            elif item._kind == "query_parameter":
+                out.append(QueryParameterHashPolicy(name=name, terminal=terminal))
+            else:
+                if not _COOKIE_NAME.fullmatch(name):
+                    self.error(loc, f"bad cookie name {name!r} in hash_cookie()")
+                ttl = None
+                if item._ttl is not None:
+                    ttl = round(self.duration(item._ttl, f"ttl of hash_cookie({name!r})", loc))
+                path = self.optional_text(item._path, f"path of hash_cookie({name!r})", loc)
+                if path is not None and (
+                    not path.startswith("/") or not _COOKIE_PATH.fullmatch(path)
+                ):
+                    self.error(
+                        loc, f"bad cookie path {path!r} in hash_cookie() (must start with '/')"
+                    )
+                out.append(CookieHashPolicy(name=name, ttl=ttl, path=path, terminal=terminal))
+        return tuple(out)
 
     def retry_policy(self, rb: RetryBuilder) -> RetryPolicy:
         loc = rb._location

@@ -440,7 +440,9 @@ async def test_clusters_json(nursery: trio.Nursery) -> None:
 
 
 async def test_clusters_json_ipv6_host(nursery: trio.Nursery) -> None:
-    ipv6 = Cluster(name="v6", endpoints=(Endpoint(address=SocketAddress(host="::1", port=8080)),))
+    ipv6 = Cluster(
+        name="v6", endpoints=(Endpoint(address=SocketAddress(host="::1", port=8080), priority=1),)
+    )
     server, _ = await start(nursery, ipv6)
     statuses = {
         c["name"]: c
@@ -450,6 +452,8 @@ async def test_clusters_json_ipv6_host(nursery: trio.Nursery) -> None:
     assert host["address"] == {"socket_address": {"address": "::1", "port_value": 8080}}
     text = (await get(server, "/clusters")).text
     assert "v6::[::1]:8080::weight::1\n" in text
+    assert "v6::[::1]:8080::priority::1\n" in text
+    assert host["priority"] == 1
 
 
 # --------------------------------------------------------------------------- other endpoints

@@ -175,13 +175,18 @@ def test_jsonable_clusters() -> None:
     assert api == {
         "name": "api",
         "endpoints": [
-            {"address": {"host": "127.0.0.1", "port": 8081}, "weight": 1},
-            {"address": {"host": "api.internal", "port": 80}, "weight": 3},
+            {"address": {"host": "127.0.0.1", "port": 8081}, "weight": 1, "priority": 0},
+            {"address": {"host": "api.internal", "port": 80}, "weight": 3, "priority": 0},
         ],
         "lb_policy": "least_request",
         "protocol": "http1",
         "connect_timeout": 5.0,
         "choice_count": 2,
+        "active_request_bias": 1.0,
+        "minimum_ring_size": 1024,
+        "maximum_ring_size": 8 * 1024 * 1024,
+        "maglev_table_size": 65537,
+        "healthy_panic_threshold": 50.0,
         "idle_timeout": 3600.0,
         "max_idle_per_host": 128,
         "tls": None,
@@ -234,6 +239,7 @@ def test_jsonable_routes_and_actions_are_typed() -> None:
             "retry_policy": None,
             "hedge_policy": None,
             "allow_upgrades": True,
+            "hash_policy": [],
         },
     }
     assert routes[1]["action"]["weighted_clusters"] == [

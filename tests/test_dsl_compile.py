@@ -326,8 +326,11 @@ ERROR_CASES: list[tuple[str, Callable[[], MeshBuilder], list[str]]] = [
     ),
     (
         "unknown-lb",
-        lambda: mesh(ok(), cluster("c").lb("maglev")),  # type: ignore[arg-type]
-        ["unknown lb policy 'maglev' (expected 'round_robin', 'least_request' or 'random')"],
+        lambda: mesh(ok(), cluster("c").lb("consistent")),  # type: ignore[arg-type]
+        [
+            "unknown lb policy 'consistent' (expected 'round_robin', 'least_request',"
+            " 'random', 'ring_hash' or 'maglev')"
+        ],
     ),
     (
         "unknown-codec",

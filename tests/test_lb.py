@@ -332,12 +332,17 @@ def test_least_request_weighted_with_choice_count_still_weighted() -> None:
 # --------------------------------------------------------------------------- cluster manager
 
 
-def runtime(lb_policy: str, *weights: int) -> ClusterRuntime:
+def runtime(lb_policy: str, *weights: int, panic: float = 50.0) -> ClusterRuntime:
     eps = tuple(
         Endpoint(address=SocketAddress(host="127.0.0.1", port=9000 + i), weight=w)
         for i, w in enumerate(weights)
     )
-    config = Cluster(name="svc", endpoints=eps, lb_policy=lb_policy)  # type: ignore[arg-type]
+    config = Cluster(
+        name="svc",
+        endpoints=eps,
+        lb_policy=lb_policy,  # type: ignore[arg-type]
+        healthy_panic_threshold=panic,
+    )
     return ClusterRuntime(config, TrioNetwork(), StatsStore(), random.Random(4))
 
 
@@ -363,7 +368,8 @@ def test_cluster_runtime_least_request_uses_request_accounting() -> None:
 
 
 def test_cluster_runtime_rebuild_drops_unhealthy_hosts() -> None:
-    c = runtime("round_robin", 1, 1, 1)
+    # With panic disabled (threshold 0), no healthy host means no host.
+    c = runtime("round_robin", 1, 1, 1, panic=0)
     c.hosts[1].healthy = False
     c.rebuild()
     assert {c.choose_host() for _ in range(30)} == {c.hosts[0], c.hosts[2]}
@@ -372,3 +378,15 @@ def test_cluster_runtime_rebuild_drops_unhealthy_hosts() -> None:
     c.rebuild()
     assert c.choose_host() is None
     assert c.cx_none_healthy.value == 1
+
+
+def test_cluster_runtime_all_unhealthy_panics_by_default() -> None:
+    # Envoy's default panic threshold (50 %): with every host unhealthy the
+    # balancer uses all of them, counting lb_healthy_panic per choice.
+    c = runtime("round_robin", 1, 1, 1)
+    for h in c.hosts:
+        h.healthy = False
+    c.rebuild()
+    assert {c.choose_host() for _ in range(30)} == set(c.hosts)
+    assert c.cx_none_healthy.value == 0
+    assert c.lb_healthy_panic.value == 30

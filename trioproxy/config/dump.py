@@ -14,9 +14,12 @@ import attrs
 
 from trioproxy.config.graph import (
     Cluster,
+    CookieHashPolicy,
     DirectResponseAction,
     FilterChain,
     GrpcHealthCheck,
+    HashPolicy,
+    HeaderHashPolicy,
     HeaderMatcher,
     HealthCheck,
     HealthChecker,
@@ -27,6 +30,7 @@ from trioproxy.config.graph import (
     Location,
     Mesh,
     NetworkFilterConfig,
+    QueryParameterHashPolicy,
     QueryParameterMatcher,
     RedirectAction,
     Route,
@@ -48,6 +52,7 @@ _POLYMORPHIC = (
     RedirectAction,
     DirectResponseAction,
     HealthChecker,
+    HashPolicy,
 )
 
 
@@ -240,6 +245,8 @@ def _action(action: object) -> str:
             )
             on_timeout = ",on_per_try_timeout" if h.hedge_on_per_try_timeout else ""
             extra.append(f"hedge=initial={h.initial_requests}{delay}{on_timeout}")
+        if action.hash_policy:
+            extra.append("hash_policy=" + ",".join(_hash_policy(p) for p in action.hash_policy))
         return f"{target} " + " ".join(extra)
     if isinstance(action, RedirectAction):
         parts = [f"redirect {action.code}"]
@@ -255,9 +262,39 @@ def _action(action: object) -> str:
     return _describe(action)
 
 
+def _hash_policy(p: HashPolicy) -> str:
+    """header:x-user, cookie:session(ttl=3600s,path=/), source_ip, query:u (!: terminal)."""
+    kind = {
+        HeaderHashPolicy: "header",
+        CookieHashPolicy: "cookie",
+        QueryParameterHashPolicy: "query",
+    }.get(type(p))
+    text = "source_ip" if kind is None else f"{kind}:{getattr(p, 'name', '')}"
+    if isinstance(p, CookieHashPolicy) and p.ttl is not None:
+        text += f"(ttl={p.ttl}s" + (f",path={p.path})" if p.path else ")")
+    return text + ("!" if p.terminal else "")
+
+
+def _lb_extra(c: Cluster) -> str:
+    """The cluster's balancing options that differ from Envoy's defaults."""
+    defaults = Cluster(name=c.name)
+    names = {
+        "least_request": ("choice_count", "active_request_bias"),
+        "ring_hash": ("minimum_ring_size", "maximum_ring_size"),
+        "maglev": ("maglev_table_size",),
+    }.get(c.lb_policy, ())
+    parts = [
+        f"{n}={getattr(c, n):g}"
+        for n in (*names, "healthy_panic_threshold")
+        if getattr(c, n) != getattr(defaults, n)
+    ]
+    return "".join(" " + p for p in parts)
+
+
 def _cluster(c: Cluster, ind: str) -> list[str]:
     lines = [
-        f"{ind}cluster {c.name} lb={c.lb_policy} connect_timeout={_seconds(c.connect_timeout)}"
+        f"{ind}cluster {c.name} lb={c.lb_policy}{_lb_extra(c)}"
+        f" connect_timeout={_seconds(c.connect_timeout)}"
     ]
     if c.tls is not None:
         v = c.tls.validation
@@ -280,7 +317,11 @@ def _cluster(c: Cluster, ind: str) -> list[str]:
         )
     if not c.endpoints:
         lines.append(f"{ind}  (no endpoints)")
-    lines.extend(f"{ind}  endpoint {e.address} weight={e.weight}" for e in c.endpoints)
+    lines.extend(
+        f"{ind}  endpoint {e.address} weight={e.weight}"
+        + (f" priority={e.priority}" if e.priority else "")
+        for e in c.endpoints
+    )
     return lines
 
 

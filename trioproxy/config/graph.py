@@ -30,6 +30,7 @@ __all__ = [
     "CertificateValidation",
     "CircuitBreakers",
     "Cluster",
+    "CookieHashPolicy",
     "DemoService",
     "DirectResponseAction",
     "DownstreamTlsContext",
@@ -37,6 +38,8 @@ __all__ = [
     "FilterChain",
     "FilterChainMatch",
     "GrpcHealthCheck",
+    "HashPolicy",
+    "HeaderHashPolicy",
     "HeaderMatcher",
     "HealthCheck",
     "HealthChecker",
@@ -51,6 +54,7 @@ __all__ = [
     "OutlierDetection",
     "OverloadActionName",
     "OverloadManager",
+    "QueryParameterHashPolicy",
     "QueryParameterMatcher",
     "RedirectAction",
     "RetryPolicy",
@@ -60,6 +64,7 @@ __all__ = [
     "RouteMatch",
     "SanMatcher",
     "SocketAddress",
+    "SourceIpHashPolicy",
     "TcpHealthCheck",
     "TcpProxy",
     "TlsCertificate",
@@ -77,7 +82,9 @@ DEFAULT_ACCESS_LOG_FORMAT = (
     '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n'
 )
 
-LbPolicy = Literal["round_robin", "least_request", "random"]
+LbPolicy = Literal["round_robin", "least_request", "random", "ring_hash", "maglev"]
+# The policies that balance on a request hash (a route's hash_policy).
+HASH_LB_POLICIES: Final = frozenset({"ring_hash", "maglev"})
 PathKind = Literal["prefix", "path", "regex"]
 StringMatchKind = Literal["exact", "prefix", "suffix", "contains", "regex", "present"]
 CodecType = Literal["auto", "http1", "http2"]
@@ -209,6 +216,9 @@ class UpstreamTlsContext:
 class Endpoint:
     address: SocketAddress
     weight: int = 1
+    # Envoy's LocalityLbEndpoints priority: 0 is preferred; traffic spills to
+    # 1, 2, ... as the better levels lose healthy hosts.
+    priority: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -220,8 +230,16 @@ class Cluster:
     protocol: UpstreamProtocol = "http1"
     # Envoy: connect_timeout 5 s.
     connect_timeout: float = 5.0
-    # Envoy: least_request choice_count 2.
+    # Envoy: least_request choice_count 2, active_request_bias 1.0.
     choice_count: int = 2
+    active_request_bias: float = 1.0
+    # Envoy: ring_hash minimum_ring_size 1024, maximum_ring_size 8M.
+    minimum_ring_size: int = 1024
+    maximum_ring_size: int = 8 * 1024 * 1024
+    # Envoy: maglev table_size 65537 (a prime).
+    maglev_table_size: int = 65537
+    # Envoy: common_lb_config.healthy_panic_threshold 50 %; 0 disables panic.
+    healthy_panic_threshold: float = 50.0
     # Envoy: common_http_protocol_options.idle_timeout 1 h for upstream connections.
     idle_timeout: float = 3600.0
     # Not an Envoy knob: idle connections kept per host. Envoy keeps every idle
@@ -434,6 +452,44 @@ class HedgePolicy:
 
 
 @attrs.frozen(kw_only=True)
+class HashPolicy:
+    """Base of Envoy's route hash_policy entries (for ring_hash and maglev).
+
+    Hashes of the policies that yield one combine as
+    `hash = rotl(hash, 1) ^ next`; a `terminal` policy that yields a hash
+    ends the list. Kinds register by type at run time.
+    """
+
+    terminal: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class HeaderHashPolicy(HashPolicy):
+    name: str  # lower-case; every value of the header, sorted, is hashed
+
+
+@attrs.frozen(kw_only=True)
+class CookieHashPolicy(HashPolicy):
+    """Hash a cookie's value. With `ttl` set and the cookie absent, the proxy
+    makes a value, hashes it, and sets the cookie on the response
+    (`Max-Age=ttl` unless ttl is 0, `Path=path` if set, HttpOnly)."""
+
+    name: str
+    ttl: int | None = None
+    path: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SourceIpHashPolicy(HashPolicy):
+    """Hash the downstream connection's remote IP address (no port)."""
+
+
+@attrs.frozen(kw_only=True)
+class QueryParameterHashPolicy(HashPolicy):
+    name: str  # the first value, not percent-decoded
+
+
+@attrs.frozen(kw_only=True)
 class RouteAction:
     """Forward to one cluster, or to one of `weighted_clusters` by weight."""
 
@@ -448,6 +504,9 @@ class RouteAction:
     # Envoy's per-route UpgradeConfig `enabled` (default true): upgrades the
     # connection manager allows (`upgrade_types`) may be tunnelled here.
     allow_upgrades: bool = True
+    # Envoy's hash_policy: how ring_hash / maglev clusters hash a request
+    # (ignored by the other policies, as in Envoy).
+    hash_policy: tuple[HashPolicy, ...] = ()
 
 
 @attrs.frozen(kw_only=True)

@@ -237,6 +237,7 @@ async def _clusters(server: Server, q: dict[str, str]) -> AdminResponse:
                             )
                         },
                         "weight": h.weight,
+                        "priority": h.priority,
                     }
                 )
             statuses.append(
@@ -263,6 +264,7 @@ async def _clusters(server: Server, q: dict[str, str]) -> AdminResponse:
                 f"{p}rq_total::{h.rq_total}",
                 f"{p}health_flags::{_health_flags(h)}",
                 f"{p}weight::{h.weight}",
+                f"{p}priority::{h.priority}",
             ]
     return AdminResponse("\n".join(lines) + "\n" if lines else "")
 

@@ -7,6 +7,11 @@ accounts each request with `on_request_start()` / `on_response()` /
 `on_request_end()` so active-request counts and stats stay exact even when a
 request is cancelled (the router calls `on_request_end` in a `finally`).
 
+Hosts are grouped by endpoint priority; `rebuild()` makes one balancer per
+priority level (`lb.PriorityBalancer`: Envoy's priority loads and panic
+threshold) over the healthy hosts, or all hosts of a level in panic. For
+ring_hash and maglev, `choose_host(lb_hash)` takes the request's hash.
+
 Discovery, health checks and outlier detection (later issues) run as tasks
 in the cluster manager's nursery and only flip `Host.healthy` and rebuild
 the balancer; the request path never waits on them.
@@ -30,7 +35,7 @@ from trioproxy.net.tls import ClientTls
 from trioproxy.net.upstream import UpstreamPool
 from trioproxy.observe.stats import Counter, StatsStore
 from trioproxy.upstream.health_check import run_health_checks
-from trioproxy.upstream.lb import BALANCERS, LoadBalancer
+from trioproxy.upstream.lb import BALANCERS, PriorityBalancer
 from trioproxy.upstream.outlier import OutlierDetector
 
 __all__ = ["ClusterManager", "ClusterRuntime", "Host"]
@@ -72,15 +77,17 @@ class Host:
         "healthy",
         "outlier_ejected",
         "pool",
+        "priority",
         "rq_error",
         "rq_success",
         "rq_total",
         "weight",
     )
 
-    def __init__(self, address: str, weight: int, pool: UpstreamPool) -> None:
+    def __init__(self, address: str, weight: int, pool: UpstreamPool, priority: int = 0) -> None:
         self.address = address  # "127.0.0.1:8081", as Envoy prints hosts
         self.weight = weight
+        self.priority = priority  # 0 is the most preferred level (Envoy)
         self.pool = pool
         self.active_requests = 0
         self.healthy = True  # active health checks (none yet: always True)
@@ -125,7 +132,12 @@ class ClusterRuntime:
                     f"cluster {config.name!r} cannot load its TLS files: {exc.strerror or exc}",
                 ) from exc
         self.hosts = [
-            Host(str(ep.address), ep.weight, self._pool(network, config, ep, pool_stats, self.tls))
+            Host(
+                str(ep.address),
+                ep.weight,
+                self._pool(network, config, ep, pool_stats, self.tls),
+                ep.priority,
+            )
             for ep in config.endpoints
         ]
         self._rng = rng
@@ -140,6 +152,10 @@ class ClusterRuntime:
         self.cx_protocol_error = stats.counter(p + "upstream_cx_protocol_error")
         self.membership_total = stats.gauge(p + "membership_total")
         self.membership_healthy = stats.gauge(p + "membership_healthy")
+        self.lb_healthy_panic = stats.counter(p + "lb_healthy_panic")
+        # Whether the policy balances on a request hash (ring_hash, maglev):
+        # only then does the router compute one from the route's hash policy.
+        self.hash_based = BALANCERS[config.lb_policy].hash_based  # type: ignore[attr-defined]
         self._code_counters: dict[int, tuple[Counter, Counter]] = {}
         self._grpc: dict[tuple[str, str], tuple[Counter, Counter, Counter]] = {}
         # Retries and the request circuit breakers (Envoy's names).
@@ -154,7 +170,7 @@ class ClusterRuntime:
         self.cb_rq_open = stats.gauge(cb + "rq_open")
         self.cb_rq_retry_open = stats.gauge(cb + "rq_retry_open")
         self.retries_active = 0
-        self.lb: LoadBalancer
+        self.lb: PriorityBalancer
         self.hc_stats: HealthCheckStats | None = None
         if config.health_check is not None:
             self.hc_stats = HealthCheckStats(stats, p)
@@ -235,17 +251,38 @@ class ClusterRuntime:
         self.pool_stats.cx_destroy.inc()
 
     def rebuild(self) -> None:
-        """Recompute the balancer and membership gauges after a health change."""
+        """Recompute the per-priority balancers (priority loads, panic) and the
+        membership gauges after a health change."""
         healthy = [h for h in self.hosts if h.healthy and not h.outlier_ejected]
         self.membership_total.set(len(self.hosts))
         self.membership_healthy.set(len(healthy))
         if self.hc_stats is not None:
             self.hc_stats.healthy.set(sum(1 for h in self.hosts if h.healthy))
-        factory = BALANCERS[self.config.lb_policy]
-        self.lb = factory(healthy, rng=self._rng, choice_count=self.config.choice_count)
+        top = max((h.priority for h in self.hosts), default=0)
+        levels: list[tuple[list[Host], list[Host]]] = [([], []) for _ in range(top + 1)]
+        for h in self.hosts:
+            levels[h.priority][0].append(h)
+        for h in healthy:
+            levels[h.priority][1].append(h)
+        c = self.config
+        self.lb = PriorityBalancer(
+            levels,
+            BALANCERS[c.lb_policy],
+            rng=self._rng,
+            panic_threshold=c.healthy_panic_threshold,
+            on_panic=self.lb_healthy_panic.inc,
+            choice_count=c.choice_count,
+            active_request_bias=c.active_request_bias,
+            minimum_ring_size=c.minimum_ring_size,
+            maximum_ring_size=c.maximum_ring_size,
+            table_size=c.maglev_table_size,
+        )
 
-    def choose_host(self) -> Host | None:
-        host = self.lb.choose()
+    def choose_host(self, lb_hash: int | None = None, attempt: int = 0) -> Host | None:
+        """A host for one try. `lb_hash` is the request's hash (hash-based
+        policies; None: a random one); `attempt` > 0 asks a hash-based
+        policy for another host, as Envoy's retry host predicate does."""
+        host = self.lb.choose(lb_hash, attempt)
         if host is None:
             self.cx_none_healthy.inc()
         return host  # type: ignore[return-value]
