@@ -76,6 +76,9 @@ def _jsonable(value: object) -> object:
             item = getattr(value, field.name)
             if isinstance(item, Location) or field.name == "location":
                 continue
+            if field.metadata.get("secret") and item is not None:
+                out[field.name] = "[redacted]"
+                continue
             out[field.name] = _jsonable(item)
         return out
     if isinstance(value, Mapping):

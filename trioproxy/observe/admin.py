@@ -21,7 +21,7 @@ import h11
 import trio
 
 from trioproxy.config import SocketAddress
-from trioproxy.observe.stats import QUANTILES, Counter, Gauge, Histogram
+from trioproxy.observe.stats import QUANTILES, SUPPORTED_QUANTILES, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from trioproxy.runtime.server import Server
@@ -149,12 +149,12 @@ async def _stats(server: Server, q: dict[str, str]) -> AdminResponse:
         stats.append(
             {
                 "histograms": {
-                    "supported_quantiles": [q * 100 for q in QUANTILES],
+                    "supported_quantiles": list(SUPPORTED_QUANTILES),
                     "computed_quantiles": [
                         {
                             "name": h.name,
                             "values": [
-                                {"interval": h.quantile(x), "cumulative": h.quantile(x)}
+                                {"interval": h.interval_quantile(x), "cumulative": h.quantile(x)}
                                 for x in QUANTILES
                             ],
                         }
@@ -173,13 +173,30 @@ async def _stats(server: Server, q: dict[str, str]) -> AdminResponse:
     return AdminResponse("\n".join(lines) + "\n" if lines else "")
 
 
+_PROM_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+_LE_INF = 'le="+Inf"'
+
+
 def _prom_name(name: str) -> str:
-    return "envoy_" + re.sub(r"[^a-zA-Z0-9_]", "_", name)
+    return "envoy_" + _PROM_INVALID.sub("_", name)
+
+
+def _prom_value(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _prom_labels(tags: tuple[tuple[str, str], ...], extra: str = "") -> str:
+    parts = [f'{_PROM_INVALID.sub("_", k)}="{_prom_value(v)}"' for k, v in tags]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
 
 
 @endpoint("/stats/prometheus", "print server stats in prometheus format (?filter=REGEX, ?usedonly)")
 async def _prometheus(server: Server, q: dict[str, str]) -> AdminResponse:
-    # Untagged names for now (the tagged form arrives with the observability work).
+    """Text exposition format 0.0.4 with Envoy's tag extraction: one
+    `# TYPE` per metric family, samples labelled by their tags, histograms
+    as cumulative `_bucket{le=...}`, `_sum` and `_count`."""
     # ?filter matches the Envoy (dotted) name, as Envoy's handler does.
     try:
         flt = _stat_filter(q)
@@ -187,27 +204,49 @@ async def _prometheus(server: Server, q: dict[str, str]) -> AdminResponse:
         return AdminResponse(f"invalid filter regex: {exc}\n", status=400)
     used = "usedonly" in q
     store = server.stats
+    tags = server.stat_tags
 
     def shown(stat: Counter | Gauge | Histogram) -> bool:
         return (not used or stat.used) and (flt is None or flt.search(stat.name) is not None)
 
+    # family name -> (type, [(labels, stat)])
+    families: dict[str, tuple[str, list[tuple[tuple[tuple[str, str], ...], Any]]]] = {}
+    kinds: tuple[tuple[str, Any], ...] = (
+        ("counter", store.counters.values()),
+        ("gauge", store.gauges.values()),
+        ("histogram", store.histograms.values()),
+    )
+    for kind, stats in kinds:
+        for stat in filter(shown, stats):
+            t = tags.get(stat.name)
+            family = _prom_name(t.name)
+            labels = t.tags
+            entry = families.get(family)
+            if entry is not None and entry[0] != kind:
+                # Two kinds under one family name: keep this one untagged.
+                family, labels = _prom_name(stat.name), ()
+                entry = families.get(family)
+            if entry is None:
+                entry = families[family] = (kind, [])
+            entry[1].append((labels, stat))
+
     out: list[str] = []
-    for c in sorted(filter(shown, store.counters.values()), key=lambda c: c.name):
-        n = _prom_name(c.name)
-        out += [f"# TYPE {n} counter", f"{n} {c.value}"]
-    for g in sorted(filter(shown, store.gauges.values()), key=lambda g: g.name):
-        n = _prom_name(g.name)
-        out += [f"# TYPE {n} gauge", f"{n} {g.value}"]
-    for h in sorted(filter(shown, store.histograms.values()), key=lambda h: h.name):
-        n = _prom_name(h.name)
-        out.append(f"# TYPE {n} histogram")
-        cum = 0
-        for bound, count in zip(h.bucket_bounds(), h.buckets, strict=False):
-            cum += count
-            out.append(f'{n}_bucket{{le="{bound:g}"}} {cum}')
-        out.append(f'{n}_bucket{{le="+Inf"}} {h.count}')
-        out.append(f"{n}_sum {h.sum:g}")
-        out.append(f"{n}_count {h.count}")
+    for family in sorted(families):
+        kind, members = families[family]
+        out.append(f"# TYPE {family} {kind}")
+        for labels, stat in sorted(members, key=lambda m: m[0]):
+            if kind != "histogram":
+                out.append(f"{family}{_prom_labels(labels)} {stat.value}")
+                continue
+            h: Histogram = stat
+            cum = 0
+            for bound, count in zip(h.bucket_bounds(), h.buckets, strict=False):
+                cum += count
+                le = f'le="{bound:g}"'
+                out.append(f"{family}_bucket{_prom_labels(labels, le)} {cum}")
+            out.append(f"{family}_bucket{_prom_labels(labels, _LE_INF)} {h.count}")
+            out.append(f"{family}_sum{_prom_labels(labels)} {h.sum:g}")
+            out.append(f"{family}_count{_prom_labels(labels)} {h.count}")
     body = "\n".join(out) + "\n" if out else ""
     return AdminResponse(body, content_type="text/plain; version=0.0.4")
 
