@@ -52,6 +52,8 @@ __all__ = [
     "MeshBuilder",
     "MeshItem",
     "RedirectBuilder",
+    "RuntimeBuilder",
+    "StatsdBuilder",
     "Target",
     "VhostBuilder",
     "WeightedBuilder",
@@ -67,6 +69,8 @@ __all__ = [
     "prefix",
     "redirect",
     "regex",
+    "runtime",
+    "statsd",
     "vhost",
     "weighted",
 ]
@@ -887,15 +891,61 @@ def listener(name: str, address: str) -> ListenerBuilder:
 
 @attrs.frozen(kw_only=True)
 class AdminBuilder:
-    """The admin server's address. Made by `admin()`."""
+    """The admin server's address (and token). Made by `admin()`."""
 
     _address: object
+    _token: object = attrs.field(default=None, repr=False)
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
 
-def admin(address: str = "127.0.0.1:8001") -> AdminBuilder:
-    """The admin server (/stats, /clusters, /config_dump, ...) on `address`."""
-    return AdminBuilder(address=address, location=caller_location())
+def admin(address: str = "127.0.0.1:8001", *, token: str | None = None) -> AdminBuilder:
+    """The admin server (/stats, /clusters, /config_dump, ...) on `address`.
+
+    With `token`, every request must carry `Authorization: Bearer <token>`
+    (else 401). Binding anywhere but loopback requires a token. Read it from
+    the environment rather than writing it in the mesh file, e.g.
+    `admin(":9901", token=os.environ["TRIOPROXY_ADMIN_TOKEN"])`.
+    """
+    return AdminBuilder(address=address, token=token, location=caller_location())
+
+
+@attrs.frozen(kw_only=True)
+class StatsdBuilder:
+    """A StatsD stats sink. Made by `statsd()`."""
+
+    _address: object
+    _prefix: object = "envoy"
+    _tags: object = False
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def statsd(
+    address: str = "127.0.0.1:8125", *, prefix: str = "envoy", tags: bool = False
+) -> StatsdBuilder:
+    """Send stats over UDP to a StatsD server at `address` (an IP and port)
+    every stats flush (5 s): counters as deltas, gauges, timers. `tags=True`
+    sends DogStatsD tags (`|#envoy.cluster_name:x`) with Envoy's tag-extracted
+    names instead of plain dotted names."""
+    return StatsdBuilder(address=address, prefix=prefix, tags=tags, location=caller_location())
+
+
+RuntimeScalar = str | int | float | bool
+
+
+@attrs.frozen(kw_only=True)
+class RuntimeBuilder:
+    """Runtime keys for the static layer. Made by `runtime()`."""
+
+    _values: object
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def runtime(values: dict[str, RuntimeScalar]) -> RuntimeBuilder:
+    """Envoy's runtime static layer: feature flags and percentages read at
+    request time (e.g. a route's `runtime_fraction` key). The admin's
+    `POST /runtime_modify?key=value` overrides them without a restart."""
+    frozen = tuple(values.items()) if isinstance(values, dict) else values
+    return RuntimeBuilder(values=frozen, location=caller_location())
 
 
 @attrs.frozen(kw_only=True)
@@ -913,7 +963,14 @@ def demo_service(name: str, address: str) -> DemoServiceBuilder:
     return DemoServiceBuilder(name=name, address=address, location=caller_location())
 
 
-MeshItem = ListenerBuilder | ClusterBuilder | AdminBuilder | DemoServiceBuilder
+MeshItem = (
+    ListenerBuilder
+    | ClusterBuilder
+    | AdminBuilder
+    | DemoServiceBuilder
+    | StatsdBuilder
+    | RuntimeBuilder
+)
 """What `mesh()` accepts, in any order."""
 
 

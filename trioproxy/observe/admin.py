@@ -1,13 +1,19 @@
 """The admin server: Envoy's admin endpoints over a small HTTP/1.1 server.
 
-Bound to 127.0.0.1 by default. Read-only endpoints answer GET; endpoints
-that change the server answer only POST (a GET gets 405 and says so).
+Bound to 127.0.0.1 by default. With a token (`admin(address, token=...)`)
+every request must carry `Authorization: Bearer <token>` or gets 401; an
+admin reachable from other hosts without a token refuses to start (the
+compiler refuses it first). Read-only endpoints answer GET; endpoints that
+change the server answer only POST (a GET gets 405 and says so).
 Handlers are registered in `ENDPOINTS` with their help text; `/help` and `/`
 list them. Nothing here runs on the data path.
 """
 
 from __future__ import annotations
 
+import errno
+import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -361,6 +367,23 @@ async def _logging(server: Server, q: dict[str, str]) -> AdminResponse:
     )
 
 
+@endpoint("/runtime", "print runtime values (layers and entries, JSON)")
+async def _runtime(server: Server, q: dict[str, str]) -> AdminResponse:
+    return _json(server.runtime.dump())
+
+
+@endpoint(
+    "/runtime_modify",
+    "set runtime values in the admin layer (?key=value; empty removes)",
+    mutating=True,
+)
+async def _runtime_modify(server: Server, q: dict[str, str]) -> AdminResponse:
+    if not q:
+        return AdminResponse("usage: POST /runtime_modify?key1=value1&key2=value2\n", status=400)
+    server.runtime.modify(q)
+    return AdminResponse("OK\n")
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -383,6 +406,14 @@ async def serve_admin(
             exc.errno, f"admin cannot listen on {address}: {exc.strerror or exc}"
         ) from exc
     bound = SocketAddress(host=host, port=port)
+    if server.admin_token is None and not _is_loopback(host):
+        # The compiler refuses this; an `--admin` override must not bypass it.
+        await listener.aclose()
+        raise OSError(
+            errno.EACCES,
+            f"admin on {bound} would be reachable from other hosts without a token; "
+            "set admin(..., token=...) in the mesh or bind it to 127.0.0.1",
+        )
     log.info("admin listening on %s", bound)
     task_status.started(bound)
     async with listener, trio.open_nursery() as nursery:
@@ -491,6 +522,13 @@ async def _answer(server: Server, req: h11.Request) -> AdminResponse:
     target = bytes(req.target).decode("latin-1")
     parts = urlsplit(target)
     query = parse_query(parts.query)
+    token = server.admin_token
+    if token is not None and not _authorized(req, token):
+        return AdminResponse(
+            "unauthorized: send Authorization: Bearer <admin token>\n",
+            status=401,
+            headers=((b"www-authenticate", b'Bearer realm="trioproxy admin"'),),
+        )
     ep = ENDPOINTS.get(parts.path)
     if ep is None:
         return AdminResponse(f"no admin endpoint {parts.path!r}; see /help\n", status=404)
@@ -512,6 +550,22 @@ async def _answer(server: Server, req: h11.Request) -> AdminResponse:
     except Exception as exc:  # an admin bug must not kill the admin server
         log.exception("admin handler %s failed", parts.path)
         return AdminResponse(f"internal error: {exc}\n", status=500)
+
+
+def _authorized(req: h11.Request, token: str) -> bool:
+    expected = b"Bearer " + token.encode()
+    for name, value in req.headers:
+        if name == b"authorization":
+            # Constant time: the comparison must not leak the token's prefix.
+            return hmac.compare_digest(bytes(value), expected)
+    return False
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _health_flags(h: Any) -> str:
