@@ -125,7 +125,19 @@ class MatchBuilder:
     _queries: tuple[QuerySpec, ...] = ()
     _case_sensitive: bool = True
     _grpc: bool = False
+    _fraction: tuple[object, object, object, Location | None] | None = None
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+    def runtime_fraction(
+        self, numerator: int, *, denominator: int = 100, key: str = ""
+    ) -> MatchBuilder:
+        """Match only `numerator/denominator` of the requests (denominator
+        100, 10000 or 1000000), Envoy's `runtime_fraction`. With `key`, an
+        integer under that runtime key (`runtime({...})`, or
+        `POST /runtime_modify?key=N`) replaces the numerator at request time:
+        a canary can be dialled up without a restart."""
+        spec = (numerator, denominator, key, caller_location())
+        return attrs.evolve(self, fraction=spec)
 
     def grpc(self) -> MatchBuilder:
         """Only gRPC requests (content-type application/grpc*), as Envoy's `grpc: {}`."""

@@ -50,6 +50,7 @@ from trioproxy.config import (
     RouteAction,
     RouteConfig,
     RouteMatch,
+    RuntimeFraction,
     RuntimeValue,
     SocketAddress,
     StatsdSink,
@@ -847,7 +848,24 @@ class _Compiler:
             headers=tuple(self.header(spec) for spec in mb._headers),
             query_parameters=tuple(self.query(spec) for spec in mb._queries),
             grpc=mb._grpc,
+            runtime_fraction=self.runtime_fraction(mb._fraction),
         )
+
+    def runtime_fraction(
+        self, spec: tuple[object, object, object, Location | None] | None
+    ) -> RuntimeFraction | None:
+        if spec is None:
+            return None
+        numerator, denominator, key, loc = spec
+        if denominator not in (100, 10_000, 1_000_000) or not _is_int(denominator):
+            self.error(
+                loc, f"bad runtime_fraction denominator {denominator!r} (100, 10000 or 1000000)"
+            )
+            denominator = 100
+        high = denominator if isinstance(denominator, int) else 100
+        num = self.count(numerator, "runtime_fraction numerator", loc, low=0, high=high)
+        key_text = self.text(key, "runtime_fraction key", loc)
+        return RuntimeFraction(numerator=num, denominator=high, runtime_key=key_text)
 
     def _string_match(
         self,

@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 from trioproxy.dsl import (
+    MatchBuilder,
     MeshBuilder,
     MeshError,
     admin,
@@ -132,3 +133,32 @@ def test_runtime_fraction_is_plain_data() -> None:
     f = RuntimeFraction(numerator=5, runtime_key="routing.canary")
     assert f.denominator == 100
     assert pickle.loads(pickle.dumps(f)) == f
+
+
+def test_runtime_fraction_in_the_dsl() -> None:
+    def with_match(m: MatchBuilder) -> MeshBuilder:
+        return mesh(listener("l", ":0").route(m, direct_response(200)))
+
+    built = with_match(prefix("/").runtime_fraction(5, key="routing.canary")).compile()
+    route = built.listeners[0].filter_chains[0].filters[0].route_config.virtual_hosts[0].routes[0]  # type: ignore[attr-defined]
+    assert route.match.runtime_fraction == RuntimeFraction(
+        numerator=5, denominator=100, runtime_key="routing.canary"
+    )
+    m = prefix("/").runtime_fraction(5, denominator=1_000_000)
+    assert (
+        with_match(m)
+        .compile()
+        .listeners[0]
+        .filter_chains[0]
+        .filters[0]
+        .route_config.virtual_hosts[0]  # type: ignore[attr-defined]
+        .routes[0]
+        .match.runtime_fraction.denominator
+        == 1_000_000
+    )
+    assert errors(with_match(prefix("/").runtime_fraction(5, denominator=1000))) == [
+        "bad runtime_fraction denominator 1000 (100, 10000 or 1000000)"
+    ]
+    assert errors(with_match(prefix("/").runtime_fraction(101))) == [
+        "bad runtime_fraction numerator 101 (expected an integer 0..100)"
+    ]

@@ -7,9 +7,27 @@ import random
 
 import attrs
 import httpx
+import pytest
 import trio
 
-from tests.conftest import cluster, route_to, simple_mesh, start_proxy, start_upstream
+from tests.conftest import (
+    cluster,
+    proxy_url,
+    route_to,
+    simple_mesh,
+    start_proxy,
+    start_upstream,
+)
+from trioproxy.codec.stream import RequestHead
+from trioproxy.config import (
+    Route,
+    RouteAction,
+    RouteConfig,
+    RouteMatch,
+    RuntimeFraction,
+    VirtualHost,
+)
+from trioproxy.http.route_table import RouteTable
 from trioproxy.runtime.layers import Runtime, parse_runtime_value
 from trioproxy.runtime.server import Server
 
@@ -114,3 +132,68 @@ async def test_runtime_endpoints(nursery: trio.Nursery) -> None:
 
         r = await c.post(admin + "/runtime_modify")
         assert r.status_code == 400 and "usage" in r.text
+
+
+# --------------------------------------------------------------------------- route runtime_fraction
+
+
+async def test_route_runtime_fraction_follows_the_runtime(nursery: trio.Nursery) -> None:
+    stable = await start_upstream(nursery, "stable")
+    canary = await start_upstream(nursery, "canary")
+    canary_route = Route(
+        name="canary",
+        match=RouteMatch(
+            value="/",
+            runtime_fraction=RuntimeFraction(numerator=0, runtime_key="routing.canary"),
+        ),
+        action=RouteAction(cluster="canary"),
+    )
+    mesh = simple_mesh(
+        [canary_route, route_to("stable")],
+        [cluster("stable", stable), cluster("canary", canary)],
+        admin=True,
+    )
+    server = await start_proxy(nursery, mesh)
+    bound = server.admin_bound
+    assert bound is not None
+    admin = f"http://127.0.0.1:{bound.port}"
+
+    async def served_by(n: int) -> dict[str, int]:
+        seen = {"stable": 0, "canary": 0}
+        async with httpx.AsyncClient() as c:
+            for _ in range(n):
+                r = await c.get(proxy_url(server))
+                seen[r.headers["x-upstream"]] += 1
+        return seen
+
+    assert await served_by(20) == {"stable": 20, "canary": 0}  # default 0/100
+    async with httpx.AsyncClient() as c:
+        assert (await c.post(admin + "/runtime_modify?routing.canary=100")).status_code == 200
+    assert await served_by(20) == {"stable": 0, "canary": 20}
+    async with httpx.AsyncClient() as c:
+        await c.post(admin + "/runtime_modify?routing.canary=50")
+    seen = await served_by(200)
+    assert 60 <= seen["canary"] <= 140, seen
+    async with httpx.AsyncClient() as c:
+        await c.post(admin + "/runtime_modify?routing.canary=")  # back to the default
+    assert await served_by(20) == {"stable": 20, "canary": 0}
+
+
+def test_route_table_without_runtime_refuses_a_fraction() -> None:
+    route = Route(
+        name="r",
+        match=RouteMatch(runtime_fraction=RuntimeFraction(numerator=5)),
+        action=RouteAction(cluster="c"),
+    )
+    with pytest.raises(ValueError, match="runtime_fraction"):
+        RouteTable(RouteConfig(virtual_hosts=(VirtualHost(name="v", routes=(route,)),)))
+    table = RouteTable(
+        RouteConfig(virtual_hosts=(VirtualHost(name="v", routes=(route,)),)),
+        Runtime(rng=random.Random(3)),
+    )
+    vh = table.virtual_host(b"x")
+    assert vh is not None
+    head = RequestHead(method=b"GET", path=b"/", authority=b"x", headers=[])
+    hits = sum(vh.match(head) is not None for _ in range(2000))
+    assert 50 <= hits <= 150  # 5 %
+    assert vh.routes[0].why_not(head, "/") == "matches only a runtime fraction, 5/100"
