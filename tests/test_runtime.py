@@ -12,14 +12,17 @@ import trio
 
 from tests.conftest import (
     cluster,
+    counter,
     proxy_url,
     route_to,
+    settle,
     simple_mesh,
     start_proxy,
     start_upstream,
 )
 from trioproxy.codec.stream import RequestHead
 from trioproxy.config import (
+    RetryPolicy,
     Route,
     RouteAction,
     RouteConfig,
@@ -197,3 +200,29 @@ def test_route_table_without_runtime_refuses_a_fraction() -> None:
     hits = sum(vh.match(head) is not None for _ in range(2000))
     assert 50 <= hits <= 150  # 5 %
     assert vh.routes[0].why_not(head, "/") == "matches only a runtime fraction, 5/100"
+
+
+# --------------------------------------------------------------------------- retries
+
+
+async def test_upstream_use_retry_switches_retries_off(nursery: trio.Nursery) -> None:
+    up = await start_upstream(nursery)
+    retry = RetryPolicy(retry_on=frozenset({"5xx"}), num_retries=2, base_interval=0.001)
+    server = await start_proxy(
+        nursery,
+        simple_mesh([route_to("svc", retry_policy=retry)], [cluster("svc", up)], admin=True),
+    )
+    bound = server.admin_bound
+    assert bound is not None
+    fail = {"x-test-status": "503"}
+    async with httpx.AsyncClient() as c:
+        assert (await c.get(proxy_url(server), headers=fail)).status_code == 503
+        await settle(server)
+        assert counter(server, "cluster.svc.upstream_rq_retry") == 2  # Envoy default: 100 %
+
+        r = await c.post(f"http://127.0.0.1:{bound.port}/runtime_modify?upstream.use_retry=0")
+        assert r.status_code == 200
+        assert (await c.get(proxy_url(server), headers=fail)).status_code == 503
+        await settle(server)
+        assert counter(server, "cluster.svc.upstream_rq_retry") == 2  # no new retries
+        assert counter(server, "cluster.svc.upstream_rq_total") == 4

@@ -36,7 +36,7 @@ from trioproxy.config import (
     Route,
     RouteAction,
 )
-from trioproxy.http.retry import ReplayBody, RetryState, parse_retry_on
+from trioproxy.http.retry import ReplayBody, RetryRuntime, RetryState, parse_retry_on
 from trioproxy.http.upgrade import tunnel
 from trioproxy.net.errors import (
     ConnectFailure,
@@ -151,9 +151,16 @@ class _Forward:
 
 
 class Router:
-    def __init__(self, clusters: ClusterManager, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        clusters: ClusterManager,
+        *,
+        rng: random.Random | None = None,
+        runtime: RetryRuntime | None = None,
+    ) -> None:
         self.clusters = clusters
         self._rng = rng or random.Random()
+        self._runtime = runtime
 
     async def route(self, hcm: ConnectionManager, stream: ActiveStream) -> None:
         head = stream.head
@@ -254,6 +261,7 @@ class Router:
                 rng=self._rng,
                 retry_on=retry_on,
                 num_retries=max_retries,
+                runtime=self._runtime,
             )
         try:
             with trio.CancelScope() as route_scope:

@@ -163,9 +163,9 @@ class Server:
         self.listeners: dict[str, ListenerRuntime] = {}
         self.demo_ports: dict[str, int] = {}
         self.clusters = ClusterManager(mesh.clusters, self.network, self.stats)
-        self.router = Router(self.clusters)
         # Envoy's runtime: the mesh's static layer, an admin layer on top.
         self.runtime = Runtime(mesh.runtime, rng=self.clusters.rng)
+        self.router = Router(self.clusters, runtime=self.runtime)
         # Tag extraction for tagged outputs (/stats/prometheus), once per name.
         self.stat_tags = TagCache()
         self.stats_sinks: list[StatsdSink] = []
