@@ -374,3 +374,9 @@ async def test_prometheus_parses_with_prometheus_client(nursery: trio.Nursery) -
     assert samples[("envoy_cluster_upstream_rq_time_sum", (svc,))] >= 0
     cx_length = families["envoy_listener_downstream_cx_length_ms"]
     assert cx_length.type == "histogram"
+
+
+def test_concurrency_follows_the_workers_option() -> None:
+    mesh = simple_mesh([route_to("svc")], [cluster("svc", "127.0.0.1:1")])
+    assert Server(mesh).stats.gauges["server.concurrency"].value == 1
+    assert Server(mesh, options={"concurrency": 3}).stats.gauges["server.concurrency"].value == 3

@@ -172,7 +172,8 @@ class Server:
         self._shutdown = trio.Event()
         self._access_logs: Any = None
         self.connection_errors = self.stats.counter("server.connection_task_errors")
-        self.stats.gauge("server.concurrency").set(1)
+        # Workers serving the mesh (`--workers`; one per process for now).
+        self.stats.gauge("server.concurrency").set(int(self.options.get("concurrency", 1)))
         self.stats.gauge("server.live").set(0)
 
     # ------------------------------------------------------------------ lifecycle
