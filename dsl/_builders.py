@@ -295,11 +295,72 @@ class ClusterBuilder:
     ) -> ClusterBuilder:
         """Actively check each host with `GET path` (Envoy's HTTP health check):
         `unhealthy_threshold` failures in a row take a host out of the
-        balancer, `healthy_threshold` successes bring it back."""
+        balancer, `healthy_threshold` successes bring it back. A cluster has
+        one health check: a later `*health_check()` call replaces this one."""
         options: dict[str, object] = {
+            "kind": "http",
             "path": path,
             "host": host,
             "expected_statuses": tuple(expected_statuses),
+            "interval": interval,
+            "timeout": timeout,
+            "unhealthy_threshold": unhealthy_threshold,
+            "healthy_threshold": healthy_threshold,
+            "interval_jitter": interval_jitter,
+            "no_traffic_interval": no_traffic_interval,
+        }
+        return attrs.evolve(self, health_check=Given(options, caller_location()))
+
+    def tcp_health_check(
+        self,
+        send: bytes = b"",
+        expect: bytes | Sequence[bytes] = (),
+        *,
+        interval: Duration = 5.0,
+        timeout: Duration = 1.0,
+        unhealthy_threshold: int = 2,
+        healthy_threshold: int = 1,
+        interval_jitter: Duration = 0,
+        no_traffic_interval: Duration = 60.0,
+    ) -> ClusterBuilder:
+        """Actively check each host over TCP (Envoy's tcp_health_check): connect,
+        write `send`, and expect every block of `expect` back, in order,
+        within `timeout` (bytes, not Envoy's hex). With neither, a successful
+        connect is healthy. Thresholds and intervals as in `health_check`."""
+        options: dict[str, object] = {
+            "kind": "tcp",
+            "send": send,
+            "expect": expect,
+            "interval": interval,
+            "timeout": timeout,
+            "unhealthy_threshold": unhealthy_threshold,
+            "healthy_threshold": healthy_threshold,
+            "interval_jitter": interval_jitter,
+            "no_traffic_interval": no_traffic_interval,
+        }
+        return attrs.evolve(self, health_check=Given(options, caller_location()))
+
+    def grpc_health_check(
+        self,
+        service: str = "",
+        *,
+        authority: str | None = None,
+        interval: Duration = 5.0,
+        timeout: Duration = 1.0,
+        unhealthy_threshold: int = 2,
+        healthy_threshold: int = 1,
+        interval_jitter: Duration = 0,
+        no_traffic_interval: Duration = 60.0,
+    ) -> ClusterBuilder:
+        """Actively check each host with `grpc.health.v1.Health/Check` (Envoy's
+        grpc_health_check) for `service` ("" asks about the whole server);
+        healthy iff the answer is SERVING. `authority` defaults to the
+        cluster name. Needs an HTTP/2 cluster (`.http2()` or `.auto_http()`).
+        Thresholds and intervals as in `health_check`."""
+        options: dict[str, object] = {
+            "kind": "grpc",
+            "service": service,
+            "authority": authority,
             "interval": interval,
             "timeout": timeout,
             "unhealthy_threshold": unhealthy_threshold,
@@ -320,10 +381,27 @@ class ClusterBuilder:
         base_ejection_time: Duration = 30.0,
         max_ejection_time: Duration = 300.0,
         max_ejection_percent: int = 10,
+        max_ejection_time_jitter: Duration = 0,
+        enforcing_success_rate: int = 100,
+        success_rate_minimum_hosts: int = 5,
+        success_rate_request_volume: int = 100,
+        success_rate_stdev_factor: int = 1900,
+        enforcing_failure_percentage: int = 0,
+        failure_percentage_threshold: int = 85,
+        failure_percentage_minimum_hosts: int = 5,
+        failure_percentage_request_volume: int = 50,
     ) -> ClusterBuilder:
-        """Eject hosts that fail in a row (Envoy's outlier_detection, its defaults):
-        `consecutive_5xx` 5xx answers (or connect failures/resets), for
-        `base_ejection_time` x times ejected (at most `max_ejection_time`),
+        """Eject misbehaving hosts (Envoy's outlier_detection, its defaults):
+        `consecutive_5xx` 5xx answers in a row (or connect failures/resets);
+        every `interval`, hosts whose success rate is below
+        mean - (`success_rate_stdev_factor` / 1000) x stdev of the hosts with
+        `success_rate_request_volume` requests (if there are
+        `success_rate_minimum_hosts` of them); and, if
+        `enforcing_failure_percentage` is set (0 by default, as in Envoy),
+        hosts failing `failure_percentage_threshold` % of their requests.
+        Each ejection lasts `base_ejection_time` x the host's multiplier
+        (which grows per ejection and decays while the host stays in; at
+        most `max_ejection_time`, plus up to `max_ejection_time_jitter`);
         at most `max_ejection_percent` of the hosts (always at least one)."""
         options: dict[str, object] = {
             "consecutive_5xx": consecutive_5xx,
@@ -334,6 +412,15 @@ class ClusterBuilder:
             "base_ejection_time": base_ejection_time,
             "max_ejection_time": max_ejection_time,
             "max_ejection_percent": max_ejection_percent,
+            "max_ejection_time_jitter": max_ejection_time_jitter,
+            "enforcing_success_rate": enforcing_success_rate,
+            "success_rate_minimum_hosts": success_rate_minimum_hosts,
+            "success_rate_request_volume": success_rate_request_volume,
+            "success_rate_stdev_factor": success_rate_stdev_factor,
+            "enforcing_failure_percentage": enforcing_failure_percentage,
+            "failure_percentage_threshold": failure_percentage_threshold,
+            "failure_percentage_minimum_hosts": failure_percentage_minimum_hosts,
+            "failure_percentage_request_volume": failure_percentage_request_volume,
         }
         return attrs.evolve(self, outlier=Given(options, caller_location()))
 
@@ -637,6 +724,15 @@ class AccessLogSpec:
 
 
 @attrs.frozen(kw_only=True)
+class HealthCheckFilterSpec:
+    """An `http(...).health_check(...)` call, raw."""
+
+    path: object
+    pass_through: object
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
 class HttpBuilder:
     """An HTTP connection manager: a listener's filter chain. Made by `http()`."""
 
@@ -672,6 +768,17 @@ class HttpBuilder:
     def vhost(self, vh: VhostBuilder) -> HttpBuilder:
         """Add a virtual host."""
         return attrs.evolve(self, vhosts=(*self._vhosts, Given(vh, caller_location())))
+
+    def health_check(self, path: str = "/healthz", *, pass_through: bool = False) -> HttpBuilder:
+        """Answer health checks for `path` here (Envoy's health_check filter,
+        matching `:path` exactly): 200, or 503 after the admin's
+        `POST /healthcheck/fail` (until `POST /healthcheck/ok`). With
+        `pass_through`, healthy checks go on to the routes instead. It runs
+        where it is added among the `.filter(...)`s."""
+        spec = HealthCheckFilterSpec(
+            path=path, pass_through=pass_through, location=caller_location()
+        )
+        return attrs.evolve(self, filters=(*self._filters, Given(spec, spec.location)))
 
     def route(
         self,
@@ -775,6 +882,7 @@ class ListenerBuilder:
     _tls_inspector: Location | None = attrs.field(default=None, eq=False, repr=False)
     _inspect: bool = False
     _listener_filters_timeout: Given[object] | None = None
+    _max_connections: Given[object] | None = None
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
@@ -891,6 +999,11 @@ class ListenerBuilder:
         """Name the listener's stats `listener.<s>.*` instead of by address."""
         return attrs.evolve(self, stat_prefix=Given(s, caller_location()))
 
+    def max_connections(self, n: int) -> ListenerBuilder:
+        """Close connections past `n` open ones at accept, counted in
+        `listener.<name>.downstream_cx_overflow` (default: no limit)."""
+        return attrs.evolve(self, max_connections=Given(n, caller_location()))
+
 
 def listener(name: str, address: str) -> ListenerBuilder:
     """A listener on `address`: ":8000" (all IPv4 interfaces), "127.0.0.1:8000",
@@ -975,6 +1088,57 @@ def demo_service(name: str, address: str) -> DemoServiceBuilder:
     return DemoServiceBuilder(name=name, address=address, location=caller_location())
 
 
+@attrs.frozen(kw_only=True)
+class OverloadBuilder:
+    """The overload manager. Made by `overload()`."""
+
+    _max_heap: object
+    _max_connections: object
+    _actions: tuple[tuple[str, object], ...]
+    _refresh_interval: object
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def overload(
+    *,
+    max_heap: int | str | None = None,
+    max_connections: int | None = None,
+    stop_accepting_requests: float | None = None,
+    disable_http_keepalive: float | None = None,
+    stop_accepting_connections: float | None = None,
+    refresh_interval: Duration = 0.25,
+) -> OverloadBuilder:
+    """Envoy's overload manager.
+
+    Monitors: `max_heap` (bytes or '512MiB'; the process's resident memory
+    is measured against it) and `max_connections` (active downstream
+    connections on all listeners). Each action is given the pressure
+    (use / maximum, 0..1] at which it turns on:
+
+    - `stop_accepting_requests`: new requests get 503 with flag `OM`;
+    - `disable_http_keepalive`: HTTP/1.1 responses carry `connection: close`;
+    - `stop_accepting_connections`: new connections are closed at accept.
+
+    Readings are taken every `refresh_interval` (Envoy: 250 ms).
+    """
+    actions = tuple(
+        (name, value)
+        for name, value in (
+            ("stop_accepting_requests", stop_accepting_requests),
+            ("disable_http_keepalive", disable_http_keepalive),
+            ("stop_accepting_connections", stop_accepting_connections),
+        )
+        if value is not None
+    )
+    return OverloadBuilder(
+        max_heap=max_heap,
+        max_connections=max_connections,
+        actions=actions,
+        refresh_interval=refresh_interval,
+        location=caller_location(),
+    )
+
+
 MeshItem = (
     ListenerBuilder
     | ClusterBuilder
@@ -982,6 +1146,7 @@ MeshItem = (
     | DemoServiceBuilder
     | StatsdBuilder
     | RuntimeBuilder
+    | OverloadBuilder
 )
 """What `mesh()` accepts, in any order."""
 

@@ -26,6 +26,8 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Final, TypeVar, cast, get_args
 
+import attrs
+
 from trioproxy.config import (
     DEFAULT_ACCESS_LOG_FORMAT,
     AccessLog,
@@ -35,6 +37,7 @@ from trioproxy.config import (
     DirectResponseAction,
     Endpoint,
     FilterChain,
+    GrpcHealthCheck,
     HeaderMatcher,
     HealthCheck,
     HttpConnectionManager,
@@ -43,6 +46,7 @@ from trioproxy.config import (
     Location,
     Mesh,
     OutlierDetection,
+    OverloadManager,
     QueryParameterMatcher,
     RedirectAction,
     RetryPolicy,
@@ -54,6 +58,7 @@ from trioproxy.config import (
     RuntimeValue,
     SocketAddress,
     StatsdSink,
+    TcpHealthCheck,
     VirtualHost,
     WeightedCluster,
 )
@@ -62,10 +67,12 @@ from trioproxy.config.graph import (
     Action,
     CodecType,
     LbPolicy,
+    OverloadActionName,
     PathKind,
     StringMatchKind,
     UpstreamProtocol,
 )
+from trioproxy.filters.http.health_check import LocalHealthCheck
 
 from ._builders import (
     AdminBuilder,
@@ -75,10 +82,12 @@ from ._builders import (
     EndpointBuilder,
     Given,
     HeaderSpec,
+    HealthCheckFilterSpec,
     HttpBuilder,
     ListenerBuilder,
     MatchBuilder,
     MeshBuilder,
+    OverloadBuilder,
     QuerySpec,
     RedirectBuilder,
     RetryBuilder,
@@ -98,7 +107,13 @@ from ._compile_tls import (
 )
 from ._errors import MeshError, MeshIssue
 from ._tls_builders import TcpProxyBuilder
-from ._values import BadValue, parse_bind_address, parse_duration, parse_endpoint_address
+from ._values import (
+    BadValue,
+    parse_bind_address,
+    parse_duration,
+    parse_endpoint_address,
+    parse_size,
+)
 
 __all__ = ["compile_mesh"]
 
@@ -273,6 +288,7 @@ class _Compiler:
         demos: list[DemoServiceBuilder] = []
         sinks: list[StatsdBuilder] = []
         runtimes: list[RuntimeBuilder] = []
+        overloads: list[OverloadBuilder] = []
         for i, item in enumerate(m._items, 1):
             if isinstance(item, ListenerBuilder):
                 listeners.append(item)
@@ -284,11 +300,14 @@ class _Compiler:
                 sinks.append(item)
             elif isinstance(item, RuntimeBuilder):
                 runtimes.append(item)
+            elif isinstance(item, OverloadBuilder):
+                overloads.append(item)
             elif not isinstance(item, ClusterBuilder):
                 self.error(
                     m._location,
                     f"mesh() item {i} must be listener(...), cluster(...), admin(...), "
-                    f"demo_service(...), statsd(...) or runtime(...), got {_kind(item)}",
+                    f"demo_service(...), statsd(...), runtime(...) or overload(...), "
+                    f"got {_kind(item)}",
                 )
         if not listeners:
             self.error(m._location, "mesh has no listeners")
@@ -297,6 +316,7 @@ class _Compiler:
         built_listeners = self.listeners(listeners)
         built_admin = self.admin(admins)
         built_demos = self.demo_services(demos)
+        built_overload = self.overload(overloads)
         self.address_clashes(built_listeners, built_admin, built_demos)
         built_sinks = tuple(self.statsd(b) for b in sinks)
         built_runtime = self.runtime(runtimes)
@@ -309,6 +329,7 @@ class _Compiler:
             demo_services=built_demos,
             stats_sinks=built_sinks,
             runtime=built_runtime,
+            overload=built_overload,
             source=source,
         )
 
@@ -395,17 +416,38 @@ class _Compiler:
             connect_timeout=connect_timeout,
             tls=tls,
             outlier_detection=self.outlier(cb, name),
-            health_check=self.health_check(cb, name),
+            health_check=self.health_check(cb, name, protocol),
             location=loc,
         )
 
-    def health_check(self, cb: ClusterBuilder, name: str) -> HealthCheck | None:
+    def health_check(
+        self, cb: ClusterBuilder, name: str, protocol: str = "http1"
+    ) -> HealthCheck | None:
         given = cb._health_check
         if given is None:
             return None
         loc = given.location
         o = given.value
-        what = f"health_check of cluster {name!r}"
+        kind = str(o.get("kind", "http"))
+        what = f"{'' if kind == 'http' else kind + '_'}health_check of cluster {name!r}"
+        base = HealthCheck(
+            interval=self.duration(o["interval"], f"interval of {what}", loc, positive=True),
+            timeout=self.duration(o["timeout"], f"timeout of {what}", loc, positive=True),
+            unhealthy_threshold=self.count(
+                o["unhealthy_threshold"], f"unhealthy_threshold of {what}", loc, low=1, high=1000
+            ),
+            healthy_threshold=self.count(
+                o["healthy_threshold"], f"healthy_threshold of {what}", loc, low=1, high=1000
+            ),
+            interval_jitter=self.duration(o["interval_jitter"], f"interval_jitter of {what}", loc),
+            no_traffic_interval=self.duration(
+                o["no_traffic_interval"], f"no_traffic_interval of {what}", loc, positive=True
+            ),
+        )
+        if kind == "tcp":
+            return attrs.evolve(base, checker=self.tcp_checker(o, what, loc))
+        if kind == "grpc":
+            return attrs.evolve(base, checker=self.grpc_checker(o, what, loc, protocol))
         path = o["path"]
         if not isinstance(path, str) or not path.startswith("/"):
             self.error(loc, f"{what}: path must start with '/', got {path!r}")
@@ -420,22 +462,67 @@ class _Compiler:
                 statuses.append((cast(int, code), cast(int, code) + 1))
             else:
                 self.error(loc, f"{what}: bad expected status {code!r}")
-        return HealthCheck(
-            path=path,
-            host=host,
-            expected_statuses=tuple(statuses) or ((200, 201),),
-            interval=self.duration(o["interval"], f"interval of {what}", loc, positive=True),
-            timeout=self.duration(o["timeout"], f"timeout of {what}", loc, positive=True),
-            unhealthy_threshold=self.count(
-                o["unhealthy_threshold"], f"unhealthy_threshold of {what}", loc, low=1, high=1000
-            ),
-            healthy_threshold=self.count(
-                o["healthy_threshold"], f"healthy_threshold of {what}", loc, low=1, high=1000
-            ),
-            interval_jitter=self.duration(o["interval_jitter"], f"interval_jitter of {what}", loc),
-            no_traffic_interval=self.duration(
-                o["no_traffic_interval"], f"no_traffic_interval of {what}", loc, positive=True
-            ),
+        return attrs.evolve(
+            base, path=path, host=host, expected_statuses=tuple(statuses) or ((200, 201),)
+        )
+
+    def tcp_checker(self, o: dict[str, object], what: str, loc: Location | None) -> TcpHealthCheck:
+        send = o["send"]
+        if not isinstance(send, bytes):
+            hint = f" (write b{send!r})" if isinstance(send, str) else ""
+            self.error(loc, f"{what}: send must be bytes, got {_kind(send)}{hint}")
+            send = b""
+        raw = o["expect"]
+        blocks = (raw,) if isinstance(raw, bytes | str) else raw
+        expect: list[bytes] = []
+        if not isinstance(blocks, tuple | list):
+            self.error(loc, f"{what}: expect must be bytes or a list of bytes, got {_kind(raw)}")
+            blocks = ()
+        for block in blocks:
+            if not isinstance(block, bytes):
+                hint = f" (write b{block!r})" if isinstance(block, str) else ""
+                self.error(loc, f"{what}: expect must be bytes, got {_kind(block)}{hint}")
+            elif not block:
+                if raw != b"":
+                    self.error(loc, f"{what}: an expected block is empty")
+            else:
+                expect.append(block)
+        return TcpHealthCheck(send=send, receive=tuple(expect))
+
+    def grpc_checker(
+        self, o: dict[str, object], what: str, loc: Location | None, protocol: str
+    ) -> GrpcHealthCheck:
+        service = o["service"]
+        if not isinstance(service, str):
+            self.error(loc, f"{what}: service must be a string, got {_kind(service)}")
+            service = ""
+        authority = o["authority"]
+        if authority is not None and (not isinstance(authority, str) or not authority):
+            self.error(loc, f"{what}: authority must be a non-empty string, got {authority!r}")
+            authority = None
+        if protocol == "http1":
+            # Envoy refuses this too: gRPC needs HTTP/2.
+            self.error(
+                loc,
+                f"{what}: gRPC health checks need HTTP/2; add .http2() (or .auto_http() with TLS)",
+            )
+        return GrpcHealthCheck(service_name=service, authority=authority)
+
+    def health_check_filter(
+        self, spec: HealthCheckFilterSpec, stat_prefix: str, before: list[HttpFilterConfig]
+    ) -> LocalHealthCheck:
+        what = f"health_check filter of http {stat_prefix!r}"
+        path = spec.path
+        if not isinstance(path, str) or not path.startswith("/"):
+            self.error(spec.location, f"{what}: path must start with '/', got {path!r}")
+            path = "/healthz"
+        if not isinstance(spec.pass_through, bool):
+            self.error(spec.location, f"{what}: pass_through must be True or False")
+        if any(isinstance(f, LocalHealthCheck) for f in before):
+            self.error(spec.location, f"{what}: one health_check per http(...)")
+        return LocalHealthCheck(
+            headers=(HeaderMatcher(name=":path", kind="exact", value=path),),
+            pass_through_mode=spec.pass_through is True,
         )
 
     def outlier(self, cb: ClusterBuilder, name: str) -> OutlierDetection | None:
@@ -448,8 +535,15 @@ class _Compiler:
             what = f"outlier_detection {key} of cluster {name!r}"
             if key in ("interval", "base_ejection_time", "max_ejection_time"):
                 values[key] = self.duration(raw, what, loc, positive=True)
-            elif key.startswith("enforcing_") or key == "max_ejection_percent":
+            elif key == "max_ejection_time_jitter":
+                values[key] = self.duration(raw, what, loc)
+            elif key.startswith("enforcing_") or key in (
+                "max_ejection_percent",
+                "failure_percentage_threshold",
+            ):
                 values[key] = self.count(raw, what, loc, low=0, high=100)
+            elif key == "success_rate_stdev_factor":
+                values[key] = self.count(raw, what, loc, low=0, high=2**31 - 1)
             else:
                 values[key] = self.count(raw, what, loc, low=1, high=2**31 - 1)
         return OutlierDetection(**values)  # type: ignore[arg-type]
@@ -513,6 +607,12 @@ class _Compiler:
         stat_prefix = None
         if lb._stat_prefix is not None:
             stat_prefix = self.name(lb._stat_prefix.value, "stat_prefix", lb._stat_prefix.location)
+        max_connections = None
+        if lb._max_connections is not None:
+            g = lb._max_connections
+            max_connections = self.count(
+                g.value, f"listener {name!r} max_connections", g.location, low=1, high=10**9
+            )
         return Listener(
             name=name,
             address=address,
@@ -520,6 +620,7 @@ class _Compiler:
             stat_prefix=stat_prefix,
             listener_filters=listener_filters,
             listener_filters_timeout=filters_timeout,
+            max_connections=max_connections,
             location=loc,
         )
 
@@ -545,6 +646,8 @@ class _Compiler:
         for given in hb._filters:
             if isinstance(given.value, HttpFilterConfig):
                 filters.append(given.value)
+            elif isinstance(given.value, HealthCheckFilterSpec):
+                filters.append(self.health_check_filter(given.value, stat_prefix, filters))
             else:
                 self.error(
                     given.location,
@@ -972,6 +1075,51 @@ class _Compiler:
                     self.error(loc, f"runtime key {key!r} is set twice")
                 values[key] = value
         return tuple(sorted(values.items()))
+
+    def overload(self, builders: list[OverloadBuilder]) -> OverloadManager | None:
+        if not builders:
+            return None
+        first = builders[0]
+        for extra in builders[1:]:
+            self.error(
+                extra._location, f"more than one overload (first defined{_at(first._location)})"
+            )
+        loc = first._location
+        max_heap = None
+        if first._max_heap is not None:
+            try:
+                max_heap = parse_size(first._max_heap, "overload max_heap")
+            except BadValue as exc:
+                self.error(loc, str(exc))
+        max_cx = None
+        if first._max_connections is not None:
+            max_cx = self.count(
+                first._max_connections, "overload max_connections", loc, low=1, high=10**9
+            )
+        if max_heap is None and max_cx is None:
+            self.error(loc, "overload() needs a monitor: max_heap=... and/or max_connections=...")
+        if not first._actions:
+            self.error(
+                loc,
+                "overload() has no action: give a threshold for stop_accepting_requests, "
+                "disable_http_keepalive or stop_accepting_connections",
+            )
+        actions: list[tuple[OverloadActionName, float]] = []
+        for name, value in first._actions:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+                self.error(loc, f"bad {name} threshold {value!r} (expected a pressure in (0, 1])")
+                continue
+            actions.append((cast(OverloadActionName, name), float(value)))
+        interval = self.duration(
+            first._refresh_interval, "overload refresh_interval", loc, positive=True
+        )
+        return OverloadManager(
+            refresh_interval=interval,
+            max_heap_bytes=max_heap,
+            max_active_downstream_connections=max_cx,
+            actions=tuple(actions),
+            location=loc,
+        )
 
     def demo_services(self, builders: list[DemoServiceBuilder]) -> tuple[DemoService, ...]:
         out: list[DemoService] = []

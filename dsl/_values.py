@@ -68,6 +68,32 @@ def parse_duration(value: object, what: str) -> float:
     return seconds
 
 
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+}
+
+
+def parse_size(value: object, what: str) -> int:
+    """Bytes as an int, from an int or a string like '512MiB' or '2GB'."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        m = _SIZE.fullmatch(value.strip())
+        if m and int(m.group(1)) > 0:
+            return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    raise BadValue(
+        f"bad size {value!r} for {what} (expected bytes > 0 or a string like '512MiB', '2GB')"
+    )
+
+
 _HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 

@@ -163,6 +163,7 @@ def test_jsonable_top_level() -> None:
         "stats_sinks",
         "stats_flush_interval",
         "runtime",
+        "overload",
         "source",
     }
     assert data["source"] == "mesh.py"
@@ -290,6 +291,7 @@ def test_jsonable_empty_mesh() -> None:
         "stats_sinks": [],
         "stats_flush_interval": 5.0,
         "runtime": [],
+        "overload": None,
         "source": "",
     }
 

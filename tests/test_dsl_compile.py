@@ -406,7 +406,7 @@ ERROR_CASES: list[tuple[str, Callable[[], MeshBuilder], list[str]]] = [
         lambda: mesh(ok(), "service1"),  # type: ignore[arg-type]
         [
             "mesh() item 2 must be listener(...), cluster(...), admin(...), demo_service(...),"
-            " statsd(...) or runtime(...), got str"
+            " statsd(...), runtime(...) or overload(...), got str"
         ],
     ),
     (

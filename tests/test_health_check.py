@@ -75,3 +75,31 @@ async def test_unreachable_host_is_a_network_failure(
         host = server.clusters.get("svc").hosts[1]  # type: ignore[union-attr]
         assert not host.healthy
         n.cancel_scope.cancel()
+
+
+def test_an_unhealthy_answer_fails_at_once() -> None:
+    """Envoy: only network failures count towards unhealthy_threshold; an
+    answer that says unhealthy (e.g. a 503) takes the host out at once."""
+    st = HealthState(HealthCheck(unhealthy_threshold=3))
+    assert st.record(False) is False  # a network failure: 1 of 3
+    assert st.record(False, immediate=True) is True
+    assert not st.healthy
+    assert st.record(False, immediate=True) is False  # already out
+
+
+async def test_a_503_fails_the_host_at_the_first_check(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = MemoryNetwork()
+    async with trio.open_nursery() as n:
+        good = await start_upstream(n, "good", network=net)
+        bad = await start_upstream(n, "bad", network=net)
+        bad.always_status = 503
+        hc = HealthCheck(interval=5.0, no_traffic_interval=5.0, unhealthy_threshold=3)
+        server = await start_proxy(
+            n, simple_mesh([route_to("svc")], [cluster("svc", good, bad, health_check=hc)]), net
+        )
+        await trio.sleep(0.5)  # the first round of checks only
+        assert _counter(server, "cluster.svc.health_check.failure") == 1
+        assert gauge(server, "cluster.svc.membership_healthy") == 1
+        n.cancel_scope.cancel()

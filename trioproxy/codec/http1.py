@@ -20,7 +20,10 @@ from typing import Final
 
 import h11
 
+from trioproxy.codec import h11_strict
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead
+
+h11_strict.apply()
 
 __all__ = [
     "CLOSED",
@@ -307,6 +310,8 @@ class Http1ServerCodec(_Base):
                 "http1.content_length_and_chunked_not_allowed",
             )
         if ev.http_version != b"1.1":
+            if ev.http_version != b"1.0":
+                raise Http1Error("invalid HTTP version", 400, "http1.codec_error")
             # Envoy rejects HTTP/1.0 unless accept_http_10 is set: 426.
             raise Http1Error("HTTP/1.0 is not accepted", 426, "low_version")
         authority = b""
@@ -440,6 +445,15 @@ class Http1ClientCodec(_Base):
             raw = list(ev.headers)
             if len(raw) > self._max_headers:
                 raise Http1Error("too many response headers", 502, "upstream_protocol")
+            names = {k for k, _ in raw}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                # RFC 9112 6.3: "ought to be handled as an error" (response
+                # splitting); h11 would let Transfer-Encoding win.
+                raise Http1Error(
+                    "response has both content-length and transfer-encoding",
+                    502,
+                    "upstream_protocol",
+                )
             return ResponseHead(
                 status=ev.status_code,
                 headers=list(raw),

@@ -148,6 +148,7 @@ class StreamInfo:
         "downstream_remote_address",
         "end_monotonic",
         "first_upstream_rx_monotonic",
+        "is_health_check",
         "last_downstream_rx_monotonic",
         "protocol",
         "request",
@@ -196,6 +197,9 @@ class StreamInfo:
         self.upstream_host: str | None = None
         self.upstream_cluster: str | None = None
         self.upstream_transport_failure_reason: str | None = None
+        # Set by the health_check filter (Envoy's StreamInfo::healthCheck()),
+        # for access-log filters such as not_health_check.
+        self.is_health_check = False
 
     def add_flag(self, flag: str) -> None:
         if flag not in self.response_flags:

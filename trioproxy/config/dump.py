@@ -16,7 +16,10 @@ from trioproxy.config.graph import (
     Cluster,
     DirectResponseAction,
     FilterChain,
+    GrpcHealthCheck,
     HeaderMatcher,
+    HealthCheck,
+    HealthChecker,
     HttpConnectionManager,
     HttpFilterConfig,
     Listener,
@@ -29,6 +32,7 @@ from trioproxy.config.graph import (
     Route,
     RouteAction,
     RouteMatch,
+    TcpHealthCheck,
     VirtualHost,
 )
 
@@ -43,6 +47,7 @@ _POLYMORPHIC = (
     RouteAction,
     RedirectAction,
     DirectResponseAction,
+    HealthChecker,
 )
 
 
@@ -50,8 +55,9 @@ def to_jsonable(mesh: Mesh) -> dict[str, object]:
     """The graph as JSON-able data: dicts, lists, str, int, float, bool, None.
 
     Tuples become lists, bytes are decoded as UTF-8 (undecodable bytes are
-    replaced), `Location`s are omitted, and filter configs and route actions
-    carry their class name under "@type".
+    replaced), `Location`s are omitted, and filter configs, route actions
+    and health checkers carry their class name under "@type". A TCP health
+    check's payloads are shown as Envoy shows them: `{"text": "<hex>"}`.
     """
     out = _jsonable(mesh)
     assert isinstance(out, dict)
@@ -80,6 +86,9 @@ def _jsonable(value: object) -> object:
                 out[field.name] = "[redacted]"
                 continue
             out[field.name] = _jsonable(item)
+        if isinstance(value, TcpHealthCheck):
+            out["send"] = {"text": value.send.hex()}
+            out["receive"] = [{"text": b.hex()} for b in value.receive]
         return out
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -251,10 +260,42 @@ def _cluster(c: Cluster, ind: str) -> list[str]:
             f"{ind}  tls sni={c.tls.sni or '(endpoint host)'} ca={ca}"
             f" alpn={','.join(c.tls.alpn_protocols) or '-'}"
         )
+    if c.health_check is not None:
+        lines.append(f"{ind}  {_health_check(c.health_check)}")
+    od = c.outlier_detection
+    if od is not None:
+        lines.append(
+            f"{ind}  outlier_detection consecutive_5xx={od.consecutive_5xx}"
+            f" interval={_seconds(od.interval)}"
+            f" base_ejection_time={_seconds(od.base_ejection_time)}"
+            f" max_ejection_percent={od.max_ejection_percent}"
+            f" success_rate={od.enforcing_success_rate}%"
+            f" failure_percentage={od.enforcing_failure_percentage}%"
+        )
     if not c.endpoints:
         lines.append(f"{ind}  (no endpoints)")
     lines.extend(f"{ind}  endpoint {e.address} weight={e.weight}" for e in c.endpoints)
     return lines
+
+
+def _health_check(hc: HealthCheck) -> str:
+    ch = hc.checker
+    if isinstance(ch, TcpHealthCheck):
+        receive = ",".join(b.hex() for b in ch.receive)
+        kind = f"tcp send={ch.send.hex() or '-'} receive={receive or '-'}"
+    elif isinstance(ch, GrpcHealthCheck):
+        kind = f"grpc service={ch.service_name or '-'} authority={ch.authority or '(cluster)'}"
+    elif ch is None:
+        codes = ",".join(
+            str(lo) if hi == lo + 1 else f"{lo}-{hi - 1}" for lo, hi in hc.expected_statuses
+        )
+        kind = f"http path={hc.path} expected={codes}"
+    else:
+        kind = _describe(ch)
+    return (
+        f"health_check {kind} interval={_seconds(hc.interval)} timeout={_seconds(hc.timeout)}"
+        f" unhealthy={hc.unhealthy_threshold} healthy={hc.healthy_threshold}"
+    )
 
 
 def _describe(value: object) -> str:

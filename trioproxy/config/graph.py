@@ -24,6 +24,7 @@ from typing import Final, Literal
 import attrs
 
 __all__ = [
+    "OVERLOAD_ACTIONS",
     "AccessLog",
     "Admin",
     "CertificateValidation",
@@ -35,8 +36,10 @@ __all__ = [
     "Endpoint",
     "FilterChain",
     "FilterChainMatch",
+    "GrpcHealthCheck",
     "HeaderMatcher",
     "HealthCheck",
+    "HealthChecker",
     "HttpConnectionManager",
     "HttpFilterConfig",
     "Listener",
@@ -45,6 +48,8 @@ __all__ = [
     "Mesh",
     "NetworkFilterConfig",
     "OutlierDetection",
+    "OverloadActionName",
+    "OverloadManager",
     "QueryParameterMatcher",
     "RedirectAction",
     "RetryPolicy",
@@ -57,6 +62,7 @@ __all__ = [
     "SanMatcher",
     "SocketAddress",
     "StatsdSink",
+    "TcpHealthCheck",
     "TcpProxy",
     "TlsCertificate",
     "TlsInspector",
@@ -234,9 +240,40 @@ class Cluster:
 
 
 @attrs.frozen(kw_only=True)
-class HealthCheck:
-    """Envoy's HTTP health check (interval and timeout are required there)."""
+class HealthChecker:
+    """Base of the non-HTTP health checkers (Envoy's `health_checker` oneof).
+    Probes register by type in `upstream.health_check`."""
 
+
+@attrs.frozen(kw_only=True)
+class TcpHealthCheck(HealthChecker):
+    """Envoy's tcp_health_check: connect, write `send`, then read until every
+    block of `receive` has been seen, in order (any chunking, other bytes in
+    between allowed). Both empty: a successful connect is healthy."""
+
+    send: bytes = b""
+    receive: tuple[bytes, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class GrpcHealthCheck(HealthChecker):
+    """Envoy's grpc_health_check: `grpc.health.v1.Health/Check` over HTTP/2;
+    healthy iff grpc-status 0 and the response's status is SERVING."""
+
+    service_name: str = ""
+    authority: str | None = None  # the :authority; default: the cluster name
+
+
+@attrs.frozen(kw_only=True)
+class HealthCheck:
+    """Envoy's health check (interval and timeout are required there).
+
+    `checker` None is the HTTP check (`path`, `host`, `expected_statuses`);
+    a `TcpHealthCheck` or `GrpcHealthCheck` replaces it. The thresholds,
+    intervals and stats are common to all three.
+    """
+
+    checker: HealthChecker | None = None
     path: str = "/"
     host: str | None = None  # the Host header; default: the cluster name
     expected_statuses: tuple[tuple[int, int], ...] = ((200, 201),)  # [start, end)
@@ -253,7 +290,12 @@ class HealthCheck:
 
 @attrs.frozen(kw_only=True)
 class OutlierDetection:
-    """Envoy's outlier_detection, with its defaults (consecutive-error kinds)."""
+    """Envoy's outlier_detection, with its defaults.
+
+    Kinds: consecutive 5xx, consecutive gateway failures (both inline),
+    success rate and failure percentage (both evaluated every `interval`
+    over the requests of that interval).
+    """
 
     consecutive_5xx: int = 5
     consecutive_gateway_failure: int = 5
@@ -264,6 +306,20 @@ class OutlierDetection:
     base_ejection_time: float = 30.0
     max_ejection_time: float = 300.0
     max_ejection_percent: int = 10
+    # Envoy: max_ejection_time_jitter 0 (a random 0..jitter added to each ejection).
+    max_ejection_time_jitter: float = 0.0
+    # Success rate (Envoy: enforcing 100 %, at least 5 hosts with at least 100
+    # requests in the interval; threshold mean - (stdev_factor / 1000) * stdev).
+    enforcing_success_rate: int = 100
+    success_rate_minimum_hosts: int = 5
+    success_rate_request_volume: int = 100
+    success_rate_stdev_factor: int = 1900
+    # Failure percentage (Envoy: enforcing 0 %, so off unless set; 85 %, at
+    # least 5 hosts with at least 50 requests in the interval).
+    enforcing_failure_percentage: int = 0
+    failure_percentage_threshold: int = 85
+    failure_percentage_minimum_hosts: int = 5
+    failure_percentage_request_volume: int = 50
 
 
 @attrs.frozen(kw_only=True)
@@ -573,6 +629,9 @@ class Listener:
     listener_filters: tuple[ListenerFilterConfig, ...] = ()
     # Envoy: listener_filters_timeout 15 s; the connection is closed on expiry.
     listener_filters_timeout: float = 15.0
+    # Envoy: the connection_limit filter / listener max_connections; None = no limit.
+    # Connections past it are closed at accept (`downstream_cx_overflow`).
+    max_connections: int | None = None
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
@@ -581,6 +640,35 @@ class Listener:
 
 
 # --------------------------------------------------------------------------- top level
+
+
+OverloadActionName = Literal[
+    "stop_accepting_requests", "disable_http_keepalive", "stop_accepting_connections"
+]
+OVERLOAD_ACTIONS: tuple[OverloadActionName, ...] = (
+    "stop_accepting_requests",
+    "disable_http_keepalive",
+    "stop_accepting_connections",
+)
+
+
+@attrs.frozen(kw_only=True)
+class OverloadManager:
+    """Envoy's overload manager: resource monitors sampled every
+    `refresh_interval`, and actions that turn on when a resource's pressure
+    (its use over its maximum, 0..1) reaches the action's threshold.
+
+    Monitors: `max_heap_bytes` (Envoy's fixed_heap; we measure the process's
+    resident memory) and `max_active_downstream_connections` (Envoy's
+    global_downstream_max_connections). `actions` maps an action name to
+    its threshold; an action is active while any monitor is at or above it.
+    """
+
+    refresh_interval: float = 0.25  # Envoy's default refresh interval
+    max_heap_bytes: int | None = None
+    max_active_downstream_connections: int | None = None
+    actions: tuple[tuple[OverloadActionName, float], ...] = ()
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -633,6 +721,7 @@ class Mesh:
     stats_flush_interval: float = 5.0
     # Envoy's runtime static_layer: (key, value) pairs, sorted by key.
     runtime: tuple[tuple[str, RuntimeValue], ...] = ()
+    overload: OverloadManager | None = None
     source: str = ""
 
     def cluster(self, name: str) -> Cluster:

@@ -51,6 +51,7 @@ from trioproxy.http.route_table import RouteTable, RuntimeFractions
 from trioproxy.http.upgrade import ByteChannel
 from trioproxy.net.errors import DownstreamProtocolError, DownstreamReset
 from trioproxy.net.network import Connection
+from trioproxy.net.overload import INACTIVE, OverloadState
 from trioproxy.observe.stats import Counter, StatsStore
 
 if TYPE_CHECKING:
@@ -123,6 +124,7 @@ class HcmStats:
         self.rq_header_timeout = c(p + "downstream_rq_header_timeout")
         self.rq_idle_timeout = c(p + "downstream_rq_idle_timeout")
         self.rq_rx_reset = c(p + "downstream_rq_rx_reset")
+        self.rq_overload_close = c(p + "downstream_rq_overload_close")
         self.rq_time = stats.histogram(p + "downstream_rq_time")
         self.rq_class: dict[int, Counter] = {
             k: c(f"{p}downstream_rq_{k}xx") for k in (1, 2, 3, 4, 5)
@@ -443,7 +445,9 @@ class Http1Stream(ActiveStream):
 
     async def _write_head(self, head: ResponseHead, end_stream: bool) -> None:
         headers = strip_hop_by_hop(head.headers)
-        if self.close_connection or self._hcm.draining:
+        hcm = self._hcm
+        if self.close_connection or hcm.draining or hcm.overload.disable_keepalive:
+            self.close_connection = True
             headers.append((b"connection", b"close"))
         head.headers = headers
         try:
@@ -493,8 +497,10 @@ class ConnectionManager:
         access_loggers: Sequence[object] = (),
         scheme: bytes = b"http",
         runtime: RuntimeFractions | None = None,
+        overload: OverloadState = INACTIVE,
     ) -> None:
         self.config = config
+        self.overload = overload
         self.router = router
         self.route_table = RouteTable(config.route_config, runtime)
         self.stats = HcmStats(stats, config.stat_prefix)
@@ -702,6 +708,11 @@ class ConnectionManager:
                 stream.idle_scope = idle
                 if refuse:
                     await stream.local_reply(400, b"extended CONNECT is not enabled")
+                elif self.overload.stop_requests:
+                    stats.rq_overload_close.inc()
+                    await stream.local_reply(
+                        503, b"envoy overloaded", flag="OM", details="overload"
+                    )
                 else:
                     await self._run_stream(stream)
             if idle.cancelled_caught:

@@ -47,6 +47,8 @@ class AutoPool:
     ) -> None:
         self.host = host
         self.port = port
+        self._stats = stats
+        self._dialing = 0  # connections being dialled (ALPN not known yet)
         self.h1 = Http1Pool(
             network,
             host,
@@ -87,12 +89,25 @@ class AutoPool:
         self.h2.nursery = value
 
     async def acquire(self) -> UpstreamStream:
-        if self.h2.has_room():
-            return await self.h2.acquire()
-        up = self.h1.pop_idle()
-        if up is not None:
-            return up
-        stream = await self.h1.dial()
+        s = self._stats
+        while True:
+            if self.h2.has_room():
+                return await self.h2.acquire()
+            up = self.h1.pop_idle()
+            if up is not None:
+                return up
+            if s.room_for_connection(self.h1.active + self.h2.active + self._dialing):
+                break
+            await s.wait_pending()  # the connection breakers are full
+        s.cx_open.set(0)
+        s.dialing += 1
+        self._dialing += 1
+        try:
+            stream = await self.h1.dial()
+        finally:
+            s.dialing -= 1
+            self._dialing -= 1
+            s.notify_freed()
         alpn = getattr(stream, "selected_alpn_protocol", lambda: None)()
         if alpn == "h2":
             return await self.h2.adopt(stream)

@@ -434,6 +434,7 @@ class Http2Pool:
         self._connect_lock = trio.Lock()
         self.nursery: trio.Nursery | None = None
         self.active = 0  # connections open
+        self._dialing = 0  # connections being dialled (or waiting for SETTINGS)
         self.closed = False
 
     def _pick(self) -> H2UpstreamConnection | None:
@@ -455,12 +456,22 @@ class Http2Pool:
         Raises:
             ConnectFailure / ConnectTimeout: a new connection could not be made.
         """
-        cx = self._pick()
-        if cx is None:
+        s = self._stats
+        while True:
+            cx = self._pick()
+            if cx is not None:
+                break
             async with self._connect_lock:
                 cx = self._pick()
-                if cx is None:
+                if cx is not None:
+                    break
+                # Every connection is full (or there is none): open another
+                # if the connection breakers allow, else wait as pending.
+                if s.room_for_connection(self.active + self._dialing):
+                    s.cx_open.set(0)
                     cx = await self._connect()
+                    break
+            await s.wait_pending()
         cx.lent += 1
         return UpstreamHttp2(cx)
 
@@ -482,14 +493,22 @@ class Http2Pool:
     async def _connect(self) -> H2UpstreamConnection:
         if self.nursery is None:
             raise RuntimeError("Http2Pool.nursery is not set (ClusterManager.run not started)")
-        stream = await self._stats.dial(
-            self._network,
-            self.host,
-            self.port,
-            timeout=self._connect_timeout,
-            tls=self._tls,
-            accept_alpn=("h2",),
-        )
+        s = self._stats
+        s.dialing += 1
+        self._dialing += 1
+        try:
+            stream = await s.dial(
+                self._network,
+                self.host,
+                self.port,
+                timeout=self._connect_timeout,
+                tls=self._tls,
+                accept_alpn=("h2",),
+            )
+        finally:
+            s.dialing -= 1
+            self._dialing -= 1
+            s.notify_freed()
         return await self._start(stream)
 
     async def _start(self, stream: trio.abc.Stream) -> H2UpstreamConnection:
@@ -525,6 +544,7 @@ class Http2Pool:
             self._stats.cx_active.dec()
             self._stats.cx_destroy.inc()
             self.active -= 1
+            self._stats.notify_freed()
 
     def release(self, up: UpstreamStream, *, reusable: bool) -> None:
         assert isinstance(up, UpstreamHttp2)
@@ -532,6 +552,7 @@ class Http2Pool:
         cx.release(up)
         if (self.closed or cx.goaway) and cx.lent == 0:
             self._destroy(cx)
+        self._stats.notify_freed()  # a stream slot is free: pending requests recheck
 
     def _destroy(self, cx: H2UpstreamConnection) -> None:
         if cx in self._connections:

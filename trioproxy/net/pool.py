@@ -108,6 +108,39 @@ class PoolStats:
     async def wait_freed(self) -> None:
         await self._freed.wait()
 
+    def room_for_connection(self, host_open: int) -> bool:
+        """The connection breakers let one more connection open: cluster-wide
+        `max_connections` (open or being dialled) and, with `host_open` the
+        host's own count, `max_connections_per_host`."""
+        b = self.breakers
+        if b is None:
+            return True
+        per_host = b.max_connections_per_host
+        return self.cx_active.value + self.dialing < b.max_connections and (
+            per_host is None or host_open < per_host
+        )
+
+    async def wait_pending(self) -> None:
+        """No connection is free and there is no room for one: wait as a
+        pending request until a connection is freed, or overflow at once
+        (`PoolOverflow`) when `max_pending_requests` are already waiting.
+        A cancel while waiting gives the pending slot back."""
+        b = self.breakers
+        assert b is not None
+        self.cx_overflow.inc()
+        self.cx_open.set(1)
+        if self.pending >= b.max_pending_requests:
+            self.rq_pending_overflow.inc()
+            self.rq_pending_open.set(1)
+            raise PoolOverflow("pending requests overflow")
+        self.pending += 1
+        try:
+            await self.wait_freed()
+        finally:
+            self.pending -= 1
+            if self.pending < b.max_pending_requests:
+                self.rq_pending_open.set(0)
+
     async def dial(
         self,
         network: Network,
@@ -261,28 +294,11 @@ class Http1Pool:
             up = self.pop_idle()
             if up is not None:
                 return up
-            b = s.breakers
-            if b is None:
+            if s.breakers is None:
                 return self.adopt(await self.dial())
-            per_host = b.max_connections_per_host
-            if s.cx_active.value + s.dialing < b.max_connections and (
-                per_host is None or self.active + self._dialing < per_host
-            ):
+            if s.room_for_connection(self.active + self._dialing):
                 break
-            # No connection free and no room for one: pending, or overflow.
-            s.cx_overflow.inc()
-            s.cx_open.set(1)
-            if s.pending >= b.max_pending_requests:
-                s.rq_pending_overflow.inc()
-                s.rq_pending_open.set(1)
-                raise PoolOverflow("pending requests overflow")
-            s.pending += 1
-            try:
-                await s.wait_freed()
-            finally:
-                s.pending -= 1
-                if s.pending < b.max_pending_requests:
-                    s.rq_pending_open.set(0)
+            await s.wait_pending()
         s.cx_open.set(0)
         s.dialing += 1
         self._dialing += 1

@@ -347,6 +347,30 @@ async def _reset_counters(server: Server, q: dict[str, str]) -> AdminResponse:
     return AdminResponse("OK\n")
 
 
+# /healthcheck/fail and /healthcheck/ok: the server-wide flag the health_check
+# HTTP filter answers from (503 + x-envoy-immediate-health-check-fail while
+# failed). As in Envoy, a failed server also reports state DRAINING (so
+# /ready answers 503) and `server.live` 0; normal traffic is still served.
+
+
+@endpoint("/healthcheck/fail", "cause the server to fail health checks", mutating=True)
+async def _healthcheck_fail(server: Server, q: dict[str, str]) -> AdminResponse:
+    server.health.failed = True
+    if server.state == "LIVE":
+        server.state = "DRAINING"
+    server.stats.gauge("server.live").set(0)
+    return AdminResponse("OK\n")
+
+
+@endpoint("/healthcheck/ok", "cause the server to pass health checks", mutating=True)
+async def _healthcheck_ok(server: Server, q: dict[str, str]) -> AdminResponse:
+    if server.health.failed and server.state == "DRAINING":
+        server.state = "LIVE"
+        server.stats.gauge("server.live").set(1)
+    server.health.failed = False
+    return AdminResponse("OK\n")
+
+
 @endpoint("/quitquitquit", "exit the server", mutating=True)
 async def _quit(server: Server, q: dict[str, str]) -> AdminResponse:
     server.shutdown()

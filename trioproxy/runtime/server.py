@@ -39,7 +39,8 @@ from typing import Any
 
 import trio
 
-# Built-in network and listener filters register themselves on import.
+# Built-in filters register themselves on import.
+import trioproxy.filters.http.health_check
 import trioproxy.filters.network.http_connection_manager
 import trioproxy.filters.network.tcp_proxy
 import trioproxy.filters.network.tls_inspector  # noqa: F401
@@ -50,8 +51,10 @@ from trioproxy.config import (
     HttpConnectionManager,
     Listener,
     Mesh,
+    OverloadManager,
     SocketAddress,
 )
+from trioproxy.filters.http.health_check import SERVER_HEALTH, ServerHealth
 from trioproxy.filters.network.base import (
     LISTENER_FILTERS,
     NETWORK_FILTERS,
@@ -62,9 +65,10 @@ from trioproxy.filters.network.base import (
 from trioproxy.filters.network.http_connection_manager import HttpConnectionManagerFilter
 from trioproxy.http.conn_manager import ConnectionManager
 from trioproxy.http.router import Router
-from trioproxy.net.network import Network, TrioNetwork
+from trioproxy.net.network import Network, TrioNetwork, close_stream_nowait
+from trioproxy.net.overload import OverloadState
 from trioproxy.net.tls import HandshakeError, ServerTls, server_handshake
-from trioproxy.observe.stats import StatsStore
+from trioproxy.observe.stats import Gauge, StatsStore
 from trioproxy.observe.statsd import StatsdSink
 from trioproxy.observe.tags import TagCache
 from trioproxy.runtime.demo import serve_demo_service
@@ -110,6 +114,8 @@ class ListenerRuntime:
         self.cx_destroy = stats.counter(p + "downstream_cx_destroy")
         self.cx_length = stats.histogram(p + "downstream_cx_length_ms")
         self.no_filter_chain_match = stats.counter(p + "no_filter_chain_match")
+        self.cx_overflow = stats.counter(p + "downstream_cx_overflow")
+        self.cx_overload_reject = stats.counter(p + "downstream_cx_overload_reject")
         self.pre_cx_timeout = stats.counter(p + "downstream_pre_cx_timeout")
         # Envoy's listener ssl stats exist only where a chain terminates TLS.
         self.ssl_connection_error = (
@@ -169,9 +175,12 @@ class Server:
         # Tag extraction for tagged outputs (/stats/prometheus), once per name.
         self.stat_tags = TagCache()
         self.stats_sinks: list[StatsdSink] = []
+        # `/healthcheck/fail|ok` flip it; the health_check filter reads it.
+        self.health = ServerHealth()
         self._shutdown = trio.Event()
         self._access_logs: Any = None
         self.connection_errors = self.stats.counter("server.connection_task_errors")
+        self.overload = OverloadState(mesh.overload)
         # Workers serving the mesh (`--workers`; one per process for now).
         self.stats.gauge("server.concurrency").set(int(self.options.get("concurrency", 1)))
         self.stats.gauge("server.live").set(0)
@@ -190,6 +199,8 @@ class Server:
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         self.state = "INITIALIZING"
+        # Every task started below (connections included) inherits this.
+        SERVER_HEALTH.set(self.health)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.clusters.run)
@@ -216,6 +227,8 @@ class Server:
                 nursery.start_soon(self._uptime)
                 self._open_stats_sinks()
                 nursery.start_soon(self._flush_stats)
+                if self.mesh.overload is not None:
+                    nursery.start_soon(self._overload_manager, self.mesh.overload)
                 self.state = "LIVE"
                 self.stats.gauge("server.live").set(1)
                 log.info(
@@ -265,6 +278,34 @@ class Server:
             samples = self.stats.take_samples()
             for sink in self.stats_sinks:
                 sink.flush(samples)
+
+    def downstream_connections(self) -> int:
+        """Active downstream connections on every listener."""
+        return sum(lr.cx_active.value for lr in self.listeners.values())
+
+    async def _overload_manager(self, config: OverloadManager) -> None:
+        """Sample the resource monitors and flip the overload actions."""
+        state = self.overload
+        gauges = {
+            name: self.stats.gauge(f"overload.envoy.overload_actions.{name}.active")
+            for name, _ in config.actions
+        }
+        pressure: dict[str, Gauge] = {}
+        while True:
+            state.update(
+                rss_bytes=_rss_bytes() if config.max_heap_bytes else 0,
+                downstream_connections=self.downstream_connections(),
+            )
+            for name, gauge in gauges.items():
+                gauge.set(1 if state.active(name) else 0)
+            for resource, value in state.pressures.items():
+                g = pressure.get(resource)
+                if g is None:
+                    g = pressure[resource] = self.stats.gauge(
+                        f"overload.envoy.resource_monitors.{resource}.pressure"
+                    )
+                g.set(min(100, int(value * 100)))
+            await trio.sleep(config.refresh_interval)
 
     def _make_access_logs(self) -> Any:
         configs = [
@@ -352,6 +393,18 @@ class Server:
                         await trio.sleep(_ACCEPT_BACKOFF)
                         continue
                     raise
+                limit = lr.config.max_connections
+                if (limit is not None and lr.cx_active.value >= limit) or (
+                    self.overload.stop_connections
+                ):
+                    # Closed at accept, before any byte is read (Envoy's
+                    # listener limit / stop_accepting_connections).
+                    if limit is not None and lr.cx_active.value >= limit:
+                        lr.cx_overflow.inc()
+                    else:
+                        lr.cx_overload_reject.inc()
+                    close_stream_nowait(stream)
+                    continue
                 conns.start_soon(self._connection, lr, stream)
 
     @property

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from trioproxy.http.route_table import RuntimeFractions
     from trioproxy.http.router import Router
     from trioproxy.net.network import Network
+    from trioproxy.net.overload import OverloadState
     from trioproxy.net.tls import DownstreamTlsInfo
     from trioproxy.observe.stats import StatsStore
     from trioproxy.upstream.cluster_manager import ClusterManager
@@ -95,6 +96,7 @@ class FilterContext(Protocol):
     clusters: ClusterManager
     router: Router
     network: Network
+    overload: OverloadState
 
     def access_loggers(self, configs: Sequence[AccessLog]) -> list[Any]:
         """Loggers (with `.log(StreamInfo)`) for access-log configs."""

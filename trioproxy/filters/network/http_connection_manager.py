@@ -55,6 +55,7 @@ class HttpConnectionManagerFilter(NetworkFilter):
             access_loggers=ctx.access_loggers(config.access_logs),
             scheme=b"https" if chain.tls is not None else b"http",
             runtime=ctx.runtime,
+            overload=ctx.overload,
         )
 
     async def serve(self, stream: trio.abc.Stream, conn: DownstreamConnection) -> None:
