@@ -13,6 +13,8 @@ import math
 import httpx
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import (
     cluster,
@@ -380,3 +382,43 @@ def test_concurrency_follows_the_workers_option() -> None:
     mesh = simple_mesh([route_to("svc")], [cluster("svc", "127.0.0.1:1")])
     assert Server(mesh).stats.gauges["server.concurrency"].value == 1
     assert Server(mesh, options={"concurrency": 3}).stats.gauges["server.concurrency"].value == 3
+
+
+# --------------------------------------------------------------------------- properties
+
+_SEGMENT = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=12)
+
+
+@given(cluster_name=_SEGMENT, code=st.integers(100, 599))
+def test_cluster_code_tags_for_any_cluster_name(cluster_name: str, code: int) -> None:
+    t = extract_tags(f"cluster.{cluster_name}.upstream_rq_{code}")
+    assert (t.name, t.tags) == (
+        "cluster.upstream_rq",
+        (("envoy.response_code", str(code)), ("envoy.cluster_name", cluster_name)),
+    )
+    t = extract_tags(f"cluster.{cluster_name}.upstream_rq_{code // 100}xx")
+    assert t.name == "cluster.upstream_rq_xx"
+
+
+@given(st.lists(_SEGMENT, min_size=1, max_size=6).map(".".join))
+def test_extraction_only_cuts_text_out(name: str) -> None:
+    t = extract_tags(name)
+    # What remains plus what was cut is the whole name: every tag value and
+    # every kept character comes from it, nothing is invented.
+    assert len(t.name) <= len(name)
+    assert all(v in name for _, v in t.tags)
+    assert len({k for k, _ in t.tags}) == len(t.tags)
+    it = iter(name)
+    assert all(ch in it for ch in t.name)  # a subsequence of the original
+
+
+@settings(max_examples=50)
+@given(st.text(min_size=1, max_size=20).filter(lambda s: "\x00" not in s))
+def test_prometheus_label_values_are_escaped(value: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from trioproxy.observe.admin import _prom_labels
+
+    body = f"# TYPE envoy_x counter\nenvoy_x{_prom_labels((('envoy.cluster_name', value),))} 1\n"
+    (family,) = text_string_to_metric_families(body)
+    assert family.samples[0].labels == {"envoy_cluster_name": value}
