@@ -20,6 +20,7 @@ from tests.conftest import (
     start_proxy,
     start_upstream,
 )
+from tests.memnet import MemoryNetwork, RawClient
 from trioproxy.config import Mesh, SocketAddress, StatsdSink
 from trioproxy.observe.stats import StatsStore
 from trioproxy.observe.statsd import MAX_DATAGRAM_BYTES, StatsdFormatter, pack_lines
@@ -181,3 +182,35 @@ async def test_a_dead_collector_costs_nothing(nursery: trio.Nursery) -> None:
     assert server.state == "LIVE"
     async with httpx.AsyncClient() as c:
         assert (await c.get(proxy_url(server))).status_code == 200
+
+
+async def test_in_virtual_time_over_the_memory_network(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The whole proxy on MockClock: latencies are exact, the flush is at 5 s."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as n:
+        up = await start_upstream(n, network=net)
+        mesh = with_statsd(simple_mesh([route_to("svc")], [cluster("svc", up)]), 8125)
+        server = await start_proxy(n, mesh, net)
+        t0 = trio.current_time()
+        client = await RawClient.connect(net, server.listener_address("ingress").port)
+        for delay in ("0.25", "1.5"):
+            resp = await client.request(headers=[("x-test-delay", delay)])
+            assert resp.status == 200
+        await trio.sleep(5 - (trio.current_time() - t0) + 0.001)  # past the first flush
+        lines = b"\n".join(net.datagrams[("127.0.0.1", 8125)]).decode().split("\n")
+        assert "envoy.cluster.svc.upstream_rq_total:2|c" in lines
+        assert "envoy.cluster.svc.upstream_rq_time:250|ms" in lines
+        assert "envoy.cluster.svc.upstream_rq_time:1500|ms" in lines
+        assert "envoy.http.ingress_http.downstream_rq_time:250|ms" in lines
+        # The same flush closed the histogram interval: P100 is exact.
+        h = server.stats.histograms["cluster.svc.upstream_rq_time"]
+        assert h.interval_quantile(1.0) == 1500 and h.interval_quantile(0.0) == 250
+        assert h.summary().startswith("P0(250,250) ")
+
+        # A blackholed collector: datagrams dropped and counted, never waited on.
+        net.blackhole("127.0.0.1", 8125)
+        await trio.sleep(5)
+        assert counter(server, "stats_sinks.statsd.datagrams_dropped") >= 1
+        n.cancel_scope.cancel()
