@@ -16,7 +16,7 @@ Rules of this file:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Generic, TypeVar
 
 import attrs
@@ -1065,11 +1065,11 @@ class RuntimeBuilder:
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
 
-def runtime(values: dict[str, RuntimeScalar]) -> RuntimeBuilder:
+def runtime(values: Mapping[str, RuntimeScalar]) -> RuntimeBuilder:
     """Envoy's runtime static layer: feature flags and percentages read at
     request time (e.g. a route's `runtime_fraction` key). The admin's
     `POST /runtime_modify?key=value` overrides them without a restart."""
-    frozen = tuple(values.items()) if isinstance(values, dict) else values
+    frozen = tuple(values.items()) if isinstance(values, Mapping) else values
     return RuntimeBuilder(values=frozen, location=caller_location())
 
 
