@@ -162,3 +162,16 @@ def test_runtime_fraction_in_the_dsl() -> None:
     assert errors(with_match(prefix("/").runtime_fraction(101))) == [
         "bad runtime_fraction numerator 101 (expected an integer 0..100)"
     ]
+
+
+def test_show_prints_sinks_runtime_and_whether_admin_has_a_token() -> None:
+    built = (
+        ok()
+        .add(admin(":9901", token="s3cret"), statsd(tags=True), runtime({"a.b": 5, "c": "x"}))
+        .compile()
+    )
+    tree = to_tree(built)
+    assert "  admin 0.0.0.0:9901 (token)\n" in tree
+    assert "  statsd 127.0.0.1:8125 prefix 'envoy', tags\n" in tree
+    assert "  runtime\n    a.b = 5\n    c = 'x'\n" in tree
+    assert "s3cret" not in tree
