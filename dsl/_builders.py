@@ -16,7 +16,7 @@ Rules of this file:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Generic, TypeVar
 
 import attrs
@@ -53,6 +53,8 @@ __all__ = [
     "MeshBuilder",
     "MeshItem",
     "RedirectBuilder",
+    "RuntimeBuilder",
+    "StatsdBuilder",
     "Target",
     "VhostBuilder",
     "WeightedBuilder",
@@ -72,6 +74,8 @@ __all__ = [
     "prefix",
     "redirect",
     "regex",
+    "runtime",
+    "statsd",
     "vhost",
     "weighted",
 ]
@@ -126,7 +130,19 @@ class MatchBuilder:
     _queries: tuple[QuerySpec, ...] = ()
     _case_sensitive: bool = True
     _grpc: bool = False
+    _fraction: tuple[object, object, object, Location | None] | None = None
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+    def runtime_fraction(
+        self, numerator: int, *, denominator: int = 100, key: str = ""
+    ) -> MatchBuilder:
+        """Match only `numerator/denominator` of the requests (denominator
+        100, 10000 or 1000000), Envoy's `runtime_fraction`. With `key`, an
+        integer under that runtime key (`runtime({...})`, or
+        `POST /runtime_modify?key=N`) replaces the numerator at request time:
+        a canary can be dialled up without a restart."""
+        spec = (numerator, denominator, key, caller_location())
+        return attrs.evolve(self, fraction=spec)
 
     def grpc(self) -> MatchBuilder:
         """Only gRPC requests (content-type application/grpc*), as Envoy's `grpc: {}`."""
@@ -1171,15 +1187,61 @@ def listener(name: str, address: str) -> ListenerBuilder:
 
 @attrs.frozen(kw_only=True)
 class AdminBuilder:
-    """The admin server's address. Made by `admin()`."""
+    """The admin server's address (and token). Made by `admin()`."""
 
     _address: object
+    _token: object = attrs.field(default=None, repr=False)
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
 
-def admin(address: str = "127.0.0.1:8001") -> AdminBuilder:
-    """The admin server (/stats, /clusters, /config_dump, ...) on `address`."""
-    return AdminBuilder(address=address, location=caller_location())
+def admin(address: str = "127.0.0.1:8001", *, token: str | None = None) -> AdminBuilder:
+    """The admin server (/stats, /clusters, /config_dump, ...) on `address`.
+
+    With `token`, every request must carry `Authorization: Bearer <token>`
+    (else 401). Binding anywhere but loopback requires a token. Read it from
+    the environment rather than writing it in the mesh file, e.g.
+    `admin(":9901", token=os.environ["TRIOPROXY_ADMIN_TOKEN"])`.
+    """
+    return AdminBuilder(address=address, token=token, location=caller_location())
+
+
+@attrs.frozen(kw_only=True)
+class StatsdBuilder:
+    """A StatsD stats sink. Made by `statsd()`."""
+
+    _address: object
+    _prefix: object = "envoy"
+    _tags: object = False
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def statsd(
+    address: str = "127.0.0.1:8125", *, prefix: str = "envoy", tags: bool = False
+) -> StatsdBuilder:
+    """Send stats over UDP to a StatsD server at `address` (an IP and port)
+    every stats flush (5 s): counters as deltas, gauges, timers. `tags=True`
+    sends DogStatsD tags (`|#envoy.cluster_name:x`) with Envoy's tag-extracted
+    names instead of plain dotted names."""
+    return StatsdBuilder(address=address, prefix=prefix, tags=tags, location=caller_location())
+
+
+RuntimeScalar = str | int | float | bool
+
+
+@attrs.frozen(kw_only=True)
+class RuntimeBuilder:
+    """Runtime keys for the static layer. Made by `runtime()`."""
+
+    _values: object
+    _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def runtime(values: Mapping[str, RuntimeScalar]) -> RuntimeBuilder:
+    """Envoy's runtime static layer: feature flags and percentages read at
+    request time (e.g. a route's `runtime_fraction` key). The admin's
+    `POST /runtime_modify?key=value` overrides them without a restart."""
+    frozen = tuple(values.items()) if isinstance(values, Mapping) else values
+    return RuntimeBuilder(values=frozen, location=caller_location())
 
 
 @attrs.frozen(kw_only=True)
@@ -1248,7 +1310,15 @@ def overload(
     )
 
 
-MeshItem = ListenerBuilder | ClusterBuilder | AdminBuilder | DemoServiceBuilder | OverloadBuilder
+MeshItem = (
+    ListenerBuilder
+    | ClusterBuilder
+    | AdminBuilder
+    | DemoServiceBuilder
+    | StatsdBuilder
+    | RuntimeBuilder
+    | OverloadBuilder
+)
 """What `mesh()` accepts, in any order."""
 
 

@@ -21,6 +21,7 @@ address clashes between everything that binds a port.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -59,8 +60,11 @@ from trioproxy.config import (
     RouteAction,
     RouteConfig,
     RouteMatch,
+    RuntimeFraction,
+    RuntimeValue,
     SocketAddress,
     SourceIpHashPolicy,
+    StatsdSink,
     TcpHealthCheck,
     VirtualHost,
     WeightedCluster,
@@ -97,6 +101,8 @@ from ._builders import (
     RedirectBuilder,
     RetryBuilder,
     RouteSpec,
+    RuntimeBuilder,
+    StatsdBuilder,
     VhostBuilder,
     WeightedBuilder,
 )
@@ -161,6 +167,13 @@ def compile_mesh(m: MeshBuilder, source: str = "") -> Mesh:
     if not isinstance(m, MeshBuilder):
         raise MeshError([MeshIssue(location=None, message=f"expected mesh(...), got {_kind(m)}")])
     return _Compiler().mesh(m, source)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _kind(value: object) -> str:
@@ -303,6 +316,8 @@ class _Compiler:
         listeners: list[ListenerBuilder] = []
         admins: list[AdminBuilder] = []
         demos: list[DemoServiceBuilder] = []
+        sinks: list[StatsdBuilder] = []
+        runtimes: list[RuntimeBuilder] = []
         overloads: list[OverloadBuilder] = []
         for i, item in enumerate(m._items, 1):
             if isinstance(item, ListenerBuilder):
@@ -311,13 +326,18 @@ class _Compiler:
                 admins.append(item)
             elif isinstance(item, DemoServiceBuilder):
                 demos.append(item)
+            elif isinstance(item, StatsdBuilder):
+                sinks.append(item)
+            elif isinstance(item, RuntimeBuilder):
+                runtimes.append(item)
             elif isinstance(item, OverloadBuilder):
                 overloads.append(item)
             elif not isinstance(item, ClusterBuilder):
                 self.error(
                     m._location,
                     f"mesh() item {i} must be listener(...), cluster(...), admin(...), "
-                    f"demo_service(...) or overload(...), got {_kind(item)}",
+                    f"demo_service(...), statsd(...), runtime(...) or overload(...), "
+                    f"got {_kind(item)}",
                 )
         if not listeners:
             self.error(m._location, "mesh has no listeners")
@@ -328,6 +348,8 @@ class _Compiler:
         built_demos = self.demo_services(demos)
         built_overload = self.overload(overloads)
         self.address_clashes(built_listeners, built_admin, built_demos)
+        built_sinks = tuple(self.statsd(b) for b in sinks)
+        built_runtime = self.runtime(runtimes)
         if self.issues:
             raise MeshError(self.issues)
         return Mesh(
@@ -335,6 +357,8 @@ class _Compiler:
             clusters=clusters,
             admin=built_admin,
             demo_services=built_demos,
+            stats_sinks=built_sinks,
+            runtime=built_runtime,
             overload=built_overload,
             source=source,
         )
@@ -1117,7 +1141,24 @@ class _Compiler:
             headers=tuple(self.header(spec) for spec in mb._headers),
             query_parameters=tuple(self.query(spec) for spec in mb._queries),
             grpc=mb._grpc,
+            runtime_fraction=self.runtime_fraction(mb._fraction),
         )
+
+    def runtime_fraction(
+        self, spec: tuple[object, object, object, Location | None] | None
+    ) -> RuntimeFraction | None:
+        if spec is None:
+            return None
+        numerator, denominator, key, loc = spec
+        if denominator not in (100, 10_000, 1_000_000) or not _is_int(denominator):
+            self.error(
+                loc, f"bad runtime_fraction denominator {denominator!r} (100, 10000 or 1000000)"
+            )
+            denominator = 100
+        high = denominator if isinstance(denominator, int) else 100
+        num = self.count(numerator, "runtime_fraction numerator", loc, low=0, high=high)
+        key_text = self.text(key, "runtime_fraction key", loc)
+        return RuntimeFraction(numerator=num, denominator=high, runtime_key=key_text)
 
     def _string_match(
         self,
@@ -1165,8 +1206,65 @@ class _Compiler:
             self.error(
                 extra._location, f"more than one admin (first defined{_at(first._location)})"
             )
-        address = self.bind_address(first._address, "admin", first._location)
-        return Admin(address=address, location=first._location)
+        loc = first._location
+        issues = len(self.issues)
+        address = self.bind_address(first._address, "admin", loc)
+        bad_address = len(self.issues) > issues
+        token = first._token
+        if token is not None and not (isinstance(token, str) and token.strip()):
+            self.error(loc, "admin token must be a non-empty string (or None)")
+            token = None
+        if token is None and not bad_address and not _is_loopback(address.host):
+            # Envoy's admin has no authentication; we refuse to expose it bare.
+            self.error(
+                loc,
+                f"admin on {address} is reachable from other hosts: give it a token "
+                "(admin(..., token=os.environ[...])) or bind it to 127.0.0.1",
+            )
+        return Admin(address=address, token=token, location=loc)
+
+    def statsd(self, b: StatsdBuilder) -> StatsdSink:
+        loc = b._location
+        address = SocketAddress(host="127.0.0.1", port=8125)
+        try:
+            address = parse_endpoint_address(b._address, "statsd")
+        except BadValue as exc:
+            self.error(loc, str(exc))
+        else:
+            try:
+                ipaddress.ip_address(address.host)
+            except ValueError:
+                # The sink sends from the stats flush: no DNS lookups there.
+                self.error(loc, f"statsd address {b._address!r} must be an IP address and port")
+        prefix = self.text(b._prefix, "statsd prefix", loc)
+        if prefix and not re.fullmatch(r"[A-Za-z0-9_.-]+", prefix):
+            self.error(loc, f"bad statsd prefix {prefix!r} (letters, digits, '_', '-', '.')")
+        tags = self.flag(b._tags, "statsd tags", loc)
+        return StatsdSink(address=address, prefix=prefix, tags=tags, location=loc)
+
+    def runtime(self, builders: list[RuntimeBuilder]) -> tuple[tuple[str, RuntimeValue], ...]:
+        values: dict[str, RuntimeValue] = {}
+        for b in builders:
+            loc = b._location
+            raw = b._values
+            if not isinstance(raw, tuple):
+                self.error(loc, f"runtime() takes a dict of key: value, got {_kind(raw)}")
+                continue
+            for key, value in raw:
+                if not isinstance(key, str) or not key:
+                    self.error(loc, f"runtime key must be a non-empty string, got {key!r}")
+                    continue
+                if not isinstance(value, str | int | float | bool):
+                    self.error(
+                        loc,
+                        f"runtime key {key!r}: value must be a string, number or bool, "
+                        f"got {_kind(value)}",
+                    )
+                    continue
+                if key in values:
+                    self.error(loc, f"runtime key {key!r} is set twice")
+                values[key] = value
+        return tuple(sorted(values.items()))
 
     def overload(self, builders: list[OverloadBuilder]) -> OverloadManager | None:
         if not builders:

@@ -6,7 +6,8 @@ instant and deterministic: no real socket wait can make the clock jump early.
 - `listen_tcp` hands out ports from 40000 up when asked for port 0;
 - `connect_tcp` to a port nobody listens on fails like a refused connection;
 - `blackhole(host, port)` makes connects to that address hang (until the
-  caller's connect timeout), like a dropped SYN.
+  caller's connect timeout), like a dropped SYN, and drops datagrams sent there;
+- `open_udp` datagrams land in `datagrams[(host, port)]`.
 """
 
 from __future__ import annotations
@@ -31,8 +32,24 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
         await self.receive.aclose()
 
 
+class MemoryDatagramSender:
+    def __init__(self, net: MemoryNetwork, host: str, port: int) -> None:
+        self._net = net
+        self._to = (host, port)
+
+    def send_nowait(self, data: bytes) -> bool:
+        if self._to in self._net.blackholes:
+            return False
+        self._net.datagrams.setdefault(self._to, []).append(data)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
 class MemoryNetwork:
     def __init__(self) -> None:
+        self.datagrams: dict[tuple[str, int], list[bytes]] = {}
         self.listeners: dict[tuple[str, int], MemoryListener] = {}
         self.blackholes: set[tuple[str, int]] = set()
         self.connects = 0
@@ -76,6 +93,9 @@ class MemoryNetwork:
 
     def addresses(self, stream: trio.abc.Stream) -> tuple[str, str]:
         return self._addrs.get(stream, ("127.0.0.1:1", "127.0.0.1:2"))
+
+    def open_udp(self, host: str, port: int) -> MemoryDatagramSender:
+        return MemoryDatagramSender(self, host, port)
 
 
 class Response:

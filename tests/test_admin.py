@@ -298,22 +298,28 @@ async def test_prometheus_is_parseable_with_envoy_values(nursery: trio.Nursery) 
     assert r.headers["content-type"] == "text/plain; version=0.0.4"
     types, samples = parse_prometheus(r.text)
 
-    # Untagged names (documented in admin.py; Envoy's tagged form
-    # `envoy_cluster_upstream_rq_total{envoy_cluster_name="svc"}` is not built yet).
-    assert types["envoy_cluster_svc_upstream_rq_total"] == "counter"
-    assert samples[("envoy_cluster_svc_upstream_rq_total", "")] == 3
-    assert samples[("envoy_cluster_svc_upstream_rq_2xx", "")] == 2
-    assert samples[("envoy_cluster_svc_upstream_rq_200", "")] == 2
-    assert samples[("envoy_http_ingress_http_downstream_rq_total", "")] == 3
-    assert samples[("envoy_listener_127_0_0_1_0_downstream_cx_total", "")] == 1
-    assert types["envoy_cluster_svc_upstream_rq_active"] == "gauge"
-    assert samples[("envoy_cluster_svc_membership_healthy", "")] == 1
+    # Envoy's tag extraction: the cluster name, response code (class),
+    # connection manager prefix and listener address become labels.
+    svc = 'envoy_cluster_name="svc"'
+    assert types["envoy_cluster_upstream_rq_total"] == "counter"
+    assert samples[("envoy_cluster_upstream_rq_total", svc)] == 3
+    assert samples[("envoy_cluster_upstream_rq_xx", f'envoy_response_code_class="2",{svc}')] == 2
+    assert samples[("envoy_cluster_upstream_rq", f'envoy_response_code="200",{svc}')] == 2
+    assert samples[("envoy_cluster_upstream_rq", f'envoy_response_code="503",{svc}')] == 1
+    ingress = 'envoy_http_conn_manager_prefix="ingress_http"'
+    assert samples[("envoy_http_downstream_rq_total", ingress)] == 3
+    assert (
+        samples[("envoy_listener_downstream_cx_total", 'envoy_listener_address="127.0.0.1_0"')] == 1
+    )
+    assert types["envoy_cluster_upstream_rq_active"] == "gauge"
+    assert samples[("envoy_cluster_membership_healthy", svc)] == 1
+    assert samples[("envoy_server_live", "")] == 1
 
     # Histograms: cumulative buckets ending in +Inf == _count, plus _sum.
-    name = "envoy_cluster_svc_upstream_rq_time"
+    name = "envoy_cluster_upstream_rq_time"
     assert types[name] == "histogram"
     buckets = [
-        (float(re.fullmatch(r'le="([^"]+)"', labels)[1]), value)  # type: ignore[index]
+        (float(re.fullmatch(r'envoy_cluster_name="svc",le="([^"]+)"', labels)[1]), value)  # type: ignore[index]
         for (n, labels), value in samples.items()
         if n == f"{name}_bucket"
     ]
@@ -321,8 +327,8 @@ async def test_prometheus_is_parseable_with_envoy_values(nursery: trio.Nursery) 
     counts = [c for _, c in buckets]
     assert bounds == sorted(bounds) and bounds[-1] == math.inf
     assert counts == sorted(counts)
-    assert counts[-1] == samples[(f"{name}_count", "")] == 3
-    assert samples[(f"{name}_sum", "")] >= 0
+    assert counts[-1] == samples[(f"{name}_count", svc)] == 3
+    assert samples[(f"{name}_sum", svc)] >= 0
 
 
 async def test_prometheus_via_stats_format_and_filters(nursery: trio.Nursery) -> None:
@@ -335,14 +341,14 @@ async def test_prometheus_via_stats_format_and_filters(nursery: trio.Nursery) ->
     b = await get(server, "/stats", params={"format": "prometheus", **flt})
     assert a.text == b.text
     types, samples = parse_prometheus(a.text)
-    assert all(n.startswith("envoy_cluster_svc_upstream_rq_") for n in types)
-    assert samples[("envoy_cluster_svc_upstream_rq_total", "")] == 3
-    assert "envoy_cluster_svc_upstream_rq_time" in types
+    assert all(n.startswith("envoy_cluster_upstream_rq") for n in types)
+    assert samples[("envoy_cluster_upstream_rq_total", 'envoy_cluster_name="svc"')] == 3
+    assert "envoy_cluster_upstream_rq_time" in types
 
     # ?usedonly leaves out stats never touched.
     types, _ = parse_prometheus((await get(server, "/stats/prometheus?usedonly")).text)
-    assert "envoy_cluster_svc_upstream_rq_total" in types
-    assert "envoy_cluster_svc_upstream_rq_timeout" not in types
+    assert "envoy_cluster_upstream_rq_total" in types
+    assert "envoy_cluster_upstream_rq_timeout" not in types
 
     r = await get(server, "/stats/prometheus", params={"filter": "nothing-matches"})
     assert (r.status_code, r.text) == (200, "")

@@ -156,9 +156,19 @@ def test_jsonable_dumps_and_round_trips_through_json() -> None:
 
 def test_jsonable_top_level() -> None:
     data = to_jsonable(MESH)
-    assert set(data) == {"listeners", "clusters", "admin", "demo_services", "overload", "source"}
+    assert set(data) == {
+        "listeners",
+        "clusters",
+        "admin",
+        "demo_services",
+        "stats_sinks",
+        "stats_flush_interval",
+        "runtime",
+        "overload",
+        "source",
+    }
     assert data["source"] == "mesh.py"
-    assert data["admin"] == {"address": {"host": "127.0.0.1", "port": 8001}}
+    assert data["admin"] == {"address": {"host": "127.0.0.1", "port": 8001}, "token": None}
     assert data["demo_services"] == [
         {"name": "hello", "address": {"host": "127.0.0.1", "port": 8081}}
     ]
@@ -228,6 +238,7 @@ def test_jsonable_routes_and_actions_are_typed() -> None:
             "headers": [{"name": "x-env", "kind": "exact", "value": "prod", "invert": True}],
             "query_parameters": [{"name": "debug", "kind": "present", "value": ""}],
             "grpc": False,
+            "runtime_fraction": None,
         },
         "action": {
             "@type": "RouteAction",
@@ -285,6 +296,9 @@ def test_jsonable_empty_mesh() -> None:
         "clusters": [],
         "admin": None,
         "demo_services": [],
+        "stats_sinks": [],
+        "stats_flush_interval": 5.0,
+        "runtime": [],
         "overload": None,
         "source": "",
     }

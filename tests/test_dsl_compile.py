@@ -408,8 +408,8 @@ ERROR_CASES: list[tuple[str, Callable[[], MeshBuilder], list[str]]] = [
         "bad-mesh-item",
         lambda: mesh(ok(), "service1"),  # type: ignore[arg-type]
         [
-            "mesh() item 2 must be listener(...), cluster(...), admin(...), demo_service(...)"
-            " or overload(...), got str"
+            "mesh() item 2 must be listener(...), cluster(...), admin(...), demo_service(...),"
+            " statsd(...), runtime(...) or overload(...), got str"
         ],
     ),
     (

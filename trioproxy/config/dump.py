@@ -87,6 +87,9 @@ def _jsonable(value: object) -> object:
             item = getattr(value, field.name)
             if isinstance(item, Location) or field.name == "location":
                 continue
+            if field.metadata.get("secret") and item is not None:
+                out[field.name] = "[redacted]"
+                continue
             out[field.name] = _jsonable(item)
         if isinstance(value, TcpHealthCheck):
             out["send"] = {"text": value.send.hex()}
@@ -113,7 +116,8 @@ def to_tree(mesh: Mesh) -> str:
     """An indented, human-readable outline of the graph.
 
     listeners -> filter chains -> vhosts -> routes -> action; clusters with
-    their lb policy and endpoints; the admin address; demo services.
+    their lb policy and endpoints; the admin address; stats sinks; runtime
+    keys; demo services.
     """
     lines: list[str] = [f"mesh {mesh.source}" if mesh.source else "mesh"]
     lines.append("  listeners" if mesh.listeners else "  listeners: none")
@@ -122,7 +126,17 @@ def to_tree(mesh: Mesh) -> str:
     lines.append("  clusters" if mesh.clusters else "  clusters: none")
     for c in mesh.clusters:
         lines.extend(_cluster(c, "    "))
-    lines.append(f"  admin {mesh.admin.address}" if mesh.admin else "  admin: none")
+    if mesh.admin is None:
+        lines.append("  admin: none")
+    else:
+        # The token itself is never printed.
+        lines.append(f"  admin {mesh.admin.address}{' (token)' if mesh.admin.token else ''}")
+    for sink in mesh.stats_sinks:
+        tags = ", tags" if sink.tags else ""
+        lines.append(f"  statsd {sink.address} prefix {sink.prefix!r}{tags}")
+    if mesh.runtime:
+        lines.append("  runtime")
+        lines.extend(f"    {key} = {value!r}" for key, value in mesh.runtime)
     if mesh.demo_services:
         lines.append("  demo_services")
         lines.extend(f"    demo_service {d.name} {d.address}" for d in mesh.demo_services)

@@ -62,9 +62,12 @@ __all__ = [
     "RouteAction",
     "RouteConfig",
     "RouteMatch",
+    "RuntimeFraction",
+    "RuntimeValue",
     "SanMatcher",
     "SocketAddress",
     "SourceIpHashPolicy",
+    "StatsdSink",
     "TcpHealthCheck",
     "TcpProxy",
     "TlsCertificate",
@@ -376,6 +379,17 @@ class QueryParameterMatcher:
 
 
 @attrs.frozen(kw_only=True)
+class RuntimeFraction:
+    """Envoy's route `runtime_fraction`: match `numerator/denominator` of
+    requests; the runtime key, when set, overrides the numerator."""
+
+    numerator: int
+    # Envoy's FractionalPercent denominators: HUNDRED, TEN_THOUSAND, MILLION.
+    denominator: int = 100
+    runtime_key: str = ""
+
+
+@attrs.frozen(kw_only=True)
 class RouteMatch:
     path_kind: PathKind = "prefix"
     value: str = "/"
@@ -385,6 +399,8 @@ class RouteMatch:
     query_parameters: tuple[QueryParameterMatcher, ...] = ()
     # Envoy's `grpc: {}`: only requests whose content-type is application/grpc*.
     grpc: bool = False
+    # Envoy's runtime_fraction: the route matches only that share of requests.
+    runtime_fraction: RuntimeFraction | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -738,6 +754,10 @@ class OverloadManager:
 @attrs.frozen(kw_only=True)
 class Admin:
     address: SocketAddress
+    # Requests must carry `Authorization: Bearer <token>` when set; required
+    # to bind anywhere but loopback (Envoy's admin has no authentication).
+    # Never printed: /config_dump and `show` redact fields marked secret.
+    token: str | None = attrs.field(default=None, repr=False, metadata={"secret": True})
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
 
@@ -755,11 +775,32 @@ class DemoService:
 
 
 @attrs.frozen(kw_only=True)
+class StatsdSink:
+    """Envoy's `envoy.stat_sinks.statsd` over UDP; `tags` adds DogStatsD
+    tags (`|#k:v`, Envoy's dog_statsd sink) from Envoy's tag extraction."""
+
+    address: SocketAddress
+    # Envoy: prefix "envoy".
+    prefix: str = "envoy"
+    tags: bool = False
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+# A runtime value: Envoy's runtime holds strings, numbers and booleans.
+RuntimeValue = str | int | float | bool
+
+
+@attrs.frozen(kw_only=True)
 class Mesh:
     listeners: tuple[Listener, ...] = ()
     clusters: tuple[Cluster, ...] = ()
     admin: Admin | None = None
     demo_services: tuple[DemoService, ...] = ()
+    stats_sinks: tuple[StatsdSink, ...] = ()
+    # Envoy: stats_flush_interval 5 s (sinks, interval histogram quantiles).
+    stats_flush_interval: float = 5.0
+    # Envoy's runtime static_layer: (key, value) pairs, sorted by key.
+    runtime: tuple[tuple[str, RuntimeValue], ...] = ()
     overload: OverloadManager | None = None
     source: str = ""
 

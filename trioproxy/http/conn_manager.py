@@ -47,7 +47,7 @@ from trioproxy.codec.http2 import PREFACE, Http2Settings, new_server_connection
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead, StreamInfo, get_header
 from trioproxy.config import HttpConnectionManager
 from trioproxy.filters.base import HTTP_FILTERS, FilterStatus, HttpFilter
-from trioproxy.http.route_table import RouteTable
+from trioproxy.http.route_table import RouteTable, RuntimeFractions
 from trioproxy.http.upgrade import ByteChannel
 from trioproxy.net.errors import DownstreamProtocolError, DownstreamReset
 from trioproxy.net.network import Connection
@@ -496,12 +496,13 @@ class ConnectionManager:
         stats: StatsStore,
         access_loggers: Sequence[object] = (),
         scheme: bytes = b"http",
+        runtime: RuntimeFractions | None = None,
         overload: OverloadState = INACTIVE,
     ) -> None:
         self.config = config
         self.overload = overload
         self.router = router
-        self.route_table = RouteTable(config.route_config)
+        self.route_table = RouteTable(config.route_config, runtime)
         self.stats = HcmStats(stats, config.stat_prefix)
         self.access_loggers = tuple(access_loggers)
         self.server_name = config.server_name.encode()

@@ -24,7 +24,9 @@ Limits: `num_retries`; the cluster's retry circuit breaker (`max_retries`,
 3, or a retry budget: `budget_percent` of active requests, at least
 `min_retry_concurrency`), counted as `upstream_rq_retry_overflow`; and the
 replay buffer: a request body larger than `max_replay_bytes` is not kept, so
-its try cannot be repeated (`response_code_details` says so).
+its try cannot be repeated (`response_code_details` says so). The runtime
+key `upstream.use_retry` (a percentage, 100 by default) switches retries off
+or down without a restart, as in Envoy.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
@@ -47,7 +49,17 @@ if TYPE_CHECKING:
     from trioproxy.net.upstream import UpstreamStream
     from trioproxy.upstream.cluster_manager import ClusterRuntime
 
-__all__ = ["ReplayBody", "RetryState", "parse_retry_on"]
+__all__ = ["USE_RETRY_KEY", "ReplayBody", "RetryRuntime", "RetryState", "parse_retry_on"]
+
+# Envoy's runtime key: the percentage of retriable failures actually retried.
+USE_RETRY_KEY: Final = "upstream.use_retry"
+
+
+class RetryRuntime(Protocol):
+    """What retries ask the runtime (`trioproxy.runtime.layers.Runtime`)."""
+
+    def feature_enabled(self, key: str, default_percent: float) -> bool: ...
+
 
 _GRPC_CONDITIONS: Final = {
     "cancelled": GRPC_STATUS["CANCELLED"],
@@ -140,6 +152,7 @@ class RetryState:
         "_cluster",
         "_grpc",
         "_rng",
+        "_runtime",
         "attempt",
         "body",
         "conditions",
@@ -161,8 +174,10 @@ class RetryState:
         rng: random.Random,
         retry_on: frozenset[str] | None = None,
         num_retries: int | None = None,
+        runtime: RetryRuntime | None = None,
     ) -> None:
         self.policy = policy
+        self._runtime = runtime
         self.conditions = policy.retry_on if retry_on is None else retry_on
         self.num_retries = policy.num_retries if num_retries is None else num_retries
         self.per_try_timeout = policy.per_try_timeout
@@ -186,6 +201,10 @@ class RetryState:
         if self.attempt > self.num_retries:
             cluster.rq_retry_limit_exceeded.inc()
             info.add_flag("URX")
+            return False
+        # Envoy's runtime kill switch for retries (RetryStateImpl::shouldRetry).
+        runtime = self._runtime
+        if runtime is not None and not runtime.feature_enabled(USE_RETRY_KEY, 100):
             return False
         if not cluster.retry_allowed():
             cluster.rq_retry_overflow.inc()

@@ -22,6 +22,10 @@ Query-parameter matchers follow `ConfigUtility::QueryParameterMatcher`: the
 query is split on "&" and "=" without percent-decoding, and only the first
 value of a repeated parameter counts.
 
+A route with Envoy's `runtime_fraction` matches only that share of the
+requests that reach it (after every other check passed), asking the runtime
+each time, so a changed runtime key applies to the next request.
+
 This module does no I/O and keeps no per-request state.
 """
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Protocol
 
 from trioproxy.codec.stream import RequestHead, ResponseHead
 from trioproxy.config import (
@@ -44,6 +49,7 @@ __all__ = [
     "CompiledRoute",
     "CompiledVirtualHost",
     "RouteTable",
+    "RuntimeFractions",
     "header_matcher",
     "host_without_port",
 ]
@@ -150,12 +156,25 @@ def _is_grpc(req: RequestHead) -> bool:
     return ct is not None and ct.startswith(b"application/grpc")
 
 
-class CompiledRoute:
-    __slots__ = ("_headers", "_path", "_query", "route")
+class RuntimeFractions(Protocol):
+    """What route matching asks the runtime (`trioproxy.runtime.layers.Runtime`)."""
 
-    def __init__(self, route: Route) -> None:
+    def fraction_enabled(self, key: str, numerator: int, denominator: int = 100) -> bool: ...
+
+
+class CompiledRoute:
+    __slots__ = ("_fraction", "_headers", "_path", "_query", "route")
+
+    def __init__(self, route: Route, runtime: RuntimeFractions | None = None) -> None:
         self.route = route
         m: RouteMatch = route.match
+        self._fraction: Callable[[], bool] | None = None
+        f = m.runtime_fraction
+        if f is not None:
+            if runtime is None:
+                raise ValueError(f"route {route.name!r} has a runtime_fraction but no runtime")
+            key, num, den, enabled = f.runtime_key, f.numerator, f.denominator, runtime
+            self._fraction = lambda: enabled.fraction_enabled(key, num, den)
         self._path = self._path_matcher(m)
         grpc_only: tuple[Callable[[RequestHead], bool], ...] = (_is_grpc,) if m.grpc else ()
         self._headers = grpc_only + tuple(header_matcher(h) for h in m.headers)
@@ -192,6 +211,8 @@ class CompiledRoute:
             for q in self._query:
                 if not q(params):
                     return False
+        if self._fraction is not None:
+            return self._fraction()
         return True
 
     def why_not(self, req: RequestHead, path: str) -> str | None:
@@ -210,15 +231,19 @@ class CompiledRoute:
             for q, qcfg in zip(self._query, self.route.match.query_parameters, strict=True):
                 if not q(params):
                     return f"query parameter {qcfg.name!r} does not match"
+        f = self.route.match.runtime_fraction
+        if f is not None:
+            key = f" (runtime key {f.runtime_key!r})" if f.runtime_key else ""
+            return f"matches only a runtime fraction, {f.numerator}/{f.denominator}{key}"
         return None
 
 
 class CompiledVirtualHost:
     __slots__ = ("config", "routes")
 
-    def __init__(self, vh: VirtualHost) -> None:
+    def __init__(self, vh: VirtualHost, runtime: RuntimeFractions | None = None) -> None:
         self.config = vh
-        self.routes = tuple(CompiledRoute(r) for r in vh.routes)
+        self.routes = tuple(CompiledRoute(r, runtime) for r in vh.routes)
 
     def match(self, req: RequestHead) -> Route | None:
         path = req.path.decode("latin-1")
@@ -230,13 +255,13 @@ class CompiledVirtualHost:
 
 
 class RouteTable:
-    def __init__(self, config: RouteConfig) -> None:
+    def __init__(self, config: RouteConfig, runtime: RuntimeFractions | None = None) -> None:
         self.exact: dict[str, CompiledVirtualHost] = {}
         suffixes: list[tuple[str, CompiledVirtualHost]] = []
         prefixes: list[tuple[str, CompiledVirtualHost]] = []
         self.default: CompiledVirtualHost | None = None
         for vh in config.virtual_hosts:
-            cvh = CompiledVirtualHost(vh)
+            cvh = CompiledVirtualHost(vh, runtime)
             for d in vh.domains:
                 d = d.lower()
                 if d == "*":

@@ -46,7 +46,7 @@ from trioproxy.config import (
     RouteAction,
 )
 from trioproxy.http.hash_policy import request_hash
-from trioproxy.http.retry import ReplayBody, RetryState, parse_retry_on
+from trioproxy.http.retry import ReplayBody, RetryRuntime, RetryState, parse_retry_on
 from trioproxy.http.upgrade import tunnel
 from trioproxy.net.errors import (
     ConnectFailure,
@@ -358,9 +358,16 @@ class _Race:
 
 
 class Router:
-    def __init__(self, clusters: ClusterManager, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        clusters: ClusterManager,
+        *,
+        rng: random.Random | None = None,
+        runtime: RetryRuntime | None = None,
+    ) -> None:
         self.clusters = clusters
         self._rng = rng or random.Random()
+        self._runtime = runtime
 
     async def route(self, hcm: ConnectionManager, stream: ActiveStream) -> None:
         head = stream.head
@@ -474,6 +481,7 @@ class Router:
                 rng=self._rng,
                 retry_on=retry_on,
                 num_retries=max_retries,
+                runtime=self._runtime,
             )
         try:
             with trio.CancelScope() as route_scope:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import select
+import socket as stdlib_socket
 from typing import Any, Protocol
 
 import trio
@@ -22,7 +23,15 @@ from trioproxy.net.errors import (
     ProxyIOError,
 )
 
-__all__ = ["Connection", "Network", "TrioNetwork", "close_stream_nowait", "socket_of"]
+__all__ = [
+    "Connection",
+    "DatagramSender",
+    "Network",
+    "TrioNetwork",
+    "UdpSender",
+    "close_stream_nowait",
+    "socket_of",
+]
 
 # One receive: 64 KiB, the same read size Envoy's socket reads use. It bounds
 # how much one `receive_some` can pull into memory.
@@ -43,6 +52,47 @@ class Network(Protocol):
     def addresses(self, stream: trio.abc.Stream) -> tuple[str, str]:
         """`(remote, local)` of an accepted stream as `host:port` text."""
         ...
+
+    def open_udp(self, host: str, port: int) -> DatagramSender:
+        """A datagram sender to a numeric `host:port` (stats sinks)."""
+        ...
+
+
+class DatagramSender(Protocol):
+    """Fire-and-forget datagrams: `send_nowait` never waits and never raises."""
+
+    def send_nowait(self, data: bytes) -> bool:
+        """Send one datagram; False if it was dropped (buffer full, refused...)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class UdpSender:
+    """A connected, non-blocking UDP socket. A send that would block, or
+    fails (e.g. ICMP port unreachable from an earlier datagram), drops the
+    datagram: a stats sink must never slow the proxy down."""
+
+    def __init__(self, host: str, port: int) -> None:
+        family = stdlib_socket.AF_INET6 if ":" in host else stdlib_socket.AF_INET
+        self._sock = stdlib_socket.socket(family, stdlib_socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+        try:
+            # Numeric addresses only (compile checks): no DNS on the loop.
+            self._sock.connect((host, port))
+        except OSError:
+            self._sock.close()
+            raise
+
+    def send_nowait(self, data: bytes) -> bool:
+        try:
+            self._sock.send(data)
+        except OSError:  # BlockingIOError, ConnectionRefusedError, ...
+            return False
+        return True
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 class TrioNetwork:
@@ -79,6 +129,9 @@ class TrioNetwork:
             raise
         host, port = sock.getsockname()[:2]
         return trio.SocketListener(sock), (host, port)
+
+    def open_udp(self, host: str, port: int) -> UdpSender:
+        return UdpSender(host, port)
 
     def addresses(self, stream: trio.abc.Stream) -> tuple[str, str]:
         sock: Any = socket_of(stream)

@@ -1,13 +1,19 @@
 """The admin server: Envoy's admin endpoints over a small HTTP/1.1 server.
 
-Bound to 127.0.0.1 by default. Read-only endpoints answer GET; endpoints
-that change the server answer only POST (a GET gets 405 and says so).
+Bound to 127.0.0.1 by default. With a token (`admin(address, token=...)`)
+every request must carry `Authorization: Bearer <token>` or gets 401; an
+admin reachable from other hosts without a token refuses to start (the
+compiler refuses it first). Read-only endpoints answer GET; endpoints that
+change the server answer only POST (a GET gets 405 and says so).
 Handlers are registered in `ENDPOINTS` with their help text; `/help` and `/`
 list them. Nothing here runs on the data path.
 """
 
 from __future__ import annotations
 
+import errno
+import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -21,7 +27,7 @@ import h11
 import trio
 
 from trioproxy.config import SocketAddress
-from trioproxy.observe.stats import QUANTILES, Counter, Gauge, Histogram
+from trioproxy.observe.stats import QUANTILES, SUPPORTED_QUANTILES, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from trioproxy.runtime.server import Server
@@ -149,12 +155,12 @@ async def _stats(server: Server, q: dict[str, str]) -> AdminResponse:
         stats.append(
             {
                 "histograms": {
-                    "supported_quantiles": [q * 100 for q in QUANTILES],
+                    "supported_quantiles": list(SUPPORTED_QUANTILES),
                     "computed_quantiles": [
                         {
                             "name": h.name,
                             "values": [
-                                {"interval": h.quantile(x), "cumulative": h.quantile(x)}
+                                {"interval": h.interval_quantile(x), "cumulative": h.quantile(x)}
                                 for x in QUANTILES
                             ],
                         }
@@ -173,13 +179,30 @@ async def _stats(server: Server, q: dict[str, str]) -> AdminResponse:
     return AdminResponse("\n".join(lines) + "\n" if lines else "")
 
 
+_PROM_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+_LE_INF = 'le="+Inf"'
+
+
 def _prom_name(name: str) -> str:
-    return "envoy_" + re.sub(r"[^a-zA-Z0-9_]", "_", name)
+    return "envoy_" + _PROM_INVALID.sub("_", name)
+
+
+def _prom_value(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _prom_labels(tags: tuple[tuple[str, str], ...], extra: str = "") -> str:
+    parts = [f'{_PROM_INVALID.sub("_", k)}="{_prom_value(v)}"' for k, v in tags]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
 
 
 @endpoint("/stats/prometheus", "print server stats in prometheus format (?filter=REGEX, ?usedonly)")
 async def _prometheus(server: Server, q: dict[str, str]) -> AdminResponse:
-    # Untagged names for now (the tagged form arrives with the observability work).
+    """Text exposition format 0.0.4 with Envoy's tag extraction: one
+    `# TYPE` per metric family, samples labelled by their tags, histograms
+    as cumulative `_bucket{le=...}`, `_sum` and `_count`."""
     # ?filter matches the Envoy (dotted) name, as Envoy's handler does.
     try:
         flt = _stat_filter(q)
@@ -187,27 +210,49 @@ async def _prometheus(server: Server, q: dict[str, str]) -> AdminResponse:
         return AdminResponse(f"invalid filter regex: {exc}\n", status=400)
     used = "usedonly" in q
     store = server.stats
+    tags = server.stat_tags
 
     def shown(stat: Counter | Gauge | Histogram) -> bool:
         return (not used or stat.used) and (flt is None or flt.search(stat.name) is not None)
 
+    # family name -> (type, [(labels, stat)])
+    families: dict[str, tuple[str, list[tuple[tuple[tuple[str, str], ...], Any]]]] = {}
+    kinds: tuple[tuple[str, Any], ...] = (
+        ("counter", store.counters.values()),
+        ("gauge", store.gauges.values()),
+        ("histogram", store.histograms.values()),
+    )
+    for kind, stats in kinds:
+        for stat in filter(shown, stats):
+            t = tags.get(stat.name)
+            family = _prom_name(t.name)
+            labels = t.tags
+            entry = families.get(family)
+            if entry is not None and entry[0] != kind:
+                # Two kinds under one family name: keep this one untagged.
+                family, labels = _prom_name(stat.name), ()
+                entry = families.get(family)
+            if entry is None:
+                entry = families[family] = (kind, [])
+            entry[1].append((labels, stat))
+
     out: list[str] = []
-    for c in sorted(filter(shown, store.counters.values()), key=lambda c: c.name):
-        n = _prom_name(c.name)
-        out += [f"# TYPE {n} counter", f"{n} {c.value}"]
-    for g in sorted(filter(shown, store.gauges.values()), key=lambda g: g.name):
-        n = _prom_name(g.name)
-        out += [f"# TYPE {n} gauge", f"{n} {g.value}"]
-    for h in sorted(filter(shown, store.histograms.values()), key=lambda h: h.name):
-        n = _prom_name(h.name)
-        out.append(f"# TYPE {n} histogram")
-        cum = 0
-        for bound, count in zip(h.bucket_bounds(), h.buckets, strict=False):
-            cum += count
-            out.append(f'{n}_bucket{{le="{bound:g}"}} {cum}')
-        out.append(f'{n}_bucket{{le="+Inf"}} {h.count}')
-        out.append(f"{n}_sum {h.sum:g}")
-        out.append(f"{n}_count {h.count}")
+    for family in sorted(families):
+        kind, members = families[family]
+        out.append(f"# TYPE {family} {kind}")
+        for labels, stat in sorted(members, key=lambda m: m[0]):
+            if kind != "histogram":
+                out.append(f"{family}{_prom_labels(labels)} {stat.value}")
+                continue
+            h: Histogram = stat
+            cum = 0
+            for bound, count in zip(h.bucket_bounds(), h.buckets, strict=False):
+                cum += count
+                le = f'le="{bound:g}"'
+                out.append(f"{family}_bucket{_prom_labels(labels, le)} {cum}")
+            out.append(f"{family}_bucket{_prom_labels(labels, _LE_INF)} {h.count}")
+            out.append(f"{family}_sum{_prom_labels(labels)} {h.sum:g}")
+            out.append(f"{family}_count{_prom_labels(labels)} {h.count}")
     body = "\n".join(out) + "\n" if out else ""
     return AdminResponse(body, content_type="text/plain; version=0.0.4")
 
@@ -359,6 +404,23 @@ async def _logging(server: Server, q: dict[str, str]) -> AdminResponse:
     )
 
 
+@endpoint("/runtime", "print runtime values (layers and entries, JSON)")
+async def _runtime(server: Server, q: dict[str, str]) -> AdminResponse:
+    return _json(server.runtime.dump())
+
+
+@endpoint(
+    "/runtime_modify",
+    "set runtime values in the admin layer (?key=value; empty removes)",
+    mutating=True,
+)
+async def _runtime_modify(server: Server, q: dict[str, str]) -> AdminResponse:
+    if not q:
+        return AdminResponse("usage: POST /runtime_modify?key1=value1&key2=value2\n", status=400)
+    server.runtime.modify(q)
+    return AdminResponse("OK\n")
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -381,6 +443,14 @@ async def serve_admin(
             exc.errno, f"admin cannot listen on {address}: {exc.strerror or exc}"
         ) from exc
     bound = SocketAddress(host=host, port=port)
+    if server.admin_token is None and not _is_loopback(host):
+        # The compiler refuses this; an `--admin` override must not bypass it.
+        await listener.aclose()
+        raise OSError(
+            errno.EACCES,
+            f"admin on {bound} would be reachable from other hosts without a token; "
+            "set admin(..., token=...) in the mesh or bind it to 127.0.0.1",
+        )
     log.info("admin listening on %s", bound)
     task_status.started(bound)
     async with listener, trio.open_nursery() as nursery:
@@ -489,6 +559,13 @@ async def _answer(server: Server, req: h11.Request) -> AdminResponse:
     target = bytes(req.target).decode("latin-1")
     parts = urlsplit(target)
     query = parse_query(parts.query)
+    token = server.admin_token
+    if token is not None and not _authorized(req, token):
+        return AdminResponse(
+            "unauthorized: send Authorization: Bearer <admin token>\n",
+            status=401,
+            headers=((b"www-authenticate", b'Bearer realm="trioproxy admin"'),),
+        )
     ep = ENDPOINTS.get(parts.path)
     if ep is None:
         return AdminResponse(f"no admin endpoint {parts.path!r}; see /help\n", status=404)
@@ -510,6 +587,22 @@ async def _answer(server: Server, req: h11.Request) -> AdminResponse:
     except Exception as exc:  # an admin bug must not kill the admin server
         log.exception("admin handler %s failed", parts.path)
         return AdminResponse(f"internal error: {exc}\n", status=500)
+
+
+def _authorized(req: h11.Request, token: str) -> bool:
+    expected = b"Bearer " + token.encode()
+    for name, value in req.headers:
+        if name == b"authorization":
+            # Constant time: the comparison must not leak the token's prefix.
+            return hmac.compare_digest(bytes(value), expected)
+    return False
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _health_flags(h: Any) -> str:

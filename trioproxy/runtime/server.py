@@ -5,6 +5,7 @@
        ├─ demo services (examples only)
        ├─ access-log sinks (flushers)
        ├─ admin listener
+       ├─ stats flush (every stats_flush_interval: interval histograms, sinks)
        ├─ certificate watchers (one per TLS context; poll file mtimes)
        └─ one accept loop per listener socket
           └─ connection task (one per downstream connection)
@@ -68,8 +69,11 @@ from trioproxy.net.network import Network, TrioNetwork, close_stream_nowait
 from trioproxy.net.overload import OverloadState
 from trioproxy.net.tls import HandshakeError, ServerTls, server_handshake
 from trioproxy.observe.stats import Gauge, StatsStore
+from trioproxy.observe.statsd import StatsdSink
+from trioproxy.observe.tags import TagCache
 from trioproxy.runtime.demo import serve_demo_service
 from trioproxy.runtime.filter_chains import ChainSelector, ConnectionFacts
+from trioproxy.runtime.layers import Runtime
 from trioproxy.upstream.cluster_manager import ClusterManager
 
 __all__ = ["Server"]
@@ -168,18 +172,25 @@ class Server:
         self.state = "PRE_INITIALIZING"
         self.start_time = time.time()
         self.admin_address = admin_address or (mesh.admin.address if mesh.admin else None)
+        self.admin_token = mesh.admin.token if mesh.admin else None
         self.admin_bound: SocketAddress | None = None
         self.listeners: dict[str, ListenerRuntime] = {}
         self.demo_ports: dict[str, int] = {}
         self.clusters = ClusterManager(mesh.clusters, self.network, self.stats)
-        self.router = Router(self.clusters)
+        # Envoy's runtime: the mesh's static layer, an admin layer on top.
+        self.runtime = Runtime(mesh.runtime, rng=self.clusters.rng)
+        self.router = Router(self.clusters, runtime=self.runtime)
+        # Tag extraction for tagged outputs (/stats/prometheus), once per name.
+        self.stat_tags = TagCache()
+        self.stats_sinks: list[StatsdSink] = []
         # `/healthcheck/fail|ok` flip it; the health_check filter reads it.
         self.health = ServerHealth()
         self._shutdown = trio.Event()
         self._access_logs: Any = None
         self.connection_errors = self.stats.counter("server.connection_task_errors")
         self.overload = OverloadState(mesh.overload)
-        self.stats.gauge("server.concurrency").set(1)
+        # Workers serving the mesh (`--workers`; one per process for now).
+        self.stats.gauge("server.concurrency").set(int(self.options.get("concurrency", 1)))
         self.stats.gauge("server.live").set(0)
 
     # ------------------------------------------------------------------ lifecycle
@@ -243,6 +254,8 @@ class Server:
 
                     self.admin_bound = await nursery.start(serve_admin, self, self.admin_address)
                 nursery.start_soon(self._uptime)
+                self._open_stats_sinks()
+                nursery.start_soon(self._flush_stats)
                 if self.mesh.overload is not None:
                     nursery.start_soon(self._overload_manager, self.mesh.overload)
                 self.state = "LIVE"
@@ -268,6 +281,8 @@ class Server:
                 nursery.cancel_scope.cancel()
         finally:
             self.clusters.close()
+            for sink in self.stats_sinks:
+                sink.close()
             self.stats.gauge("server.live").set(0)
 
     async def _uptime(self) -> None:
@@ -277,6 +292,31 @@ class Server:
             uptime.set(int(time.time() - self.start_time))
             mem.set(_rss_bytes())
             await trio.sleep(1)
+
+    def _open_stats_sinks(self) -> None:
+        for cfg in self.mesh.stats_sinks:
+            try:
+                sender = self.network.open_udp(cfg.address.host, cfg.address.port)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"statsd sink cannot use {cfg.address}: {exc.strerror or exc}"
+                ) from exc
+            self.stats_sinks.append(StatsdSink(cfg, self.stats, sender))
+
+    async def _flush_stats(self) -> None:
+        """Envoy's stats flush: every `stats_flush_interval`, close the
+        histograms' interval and hand the stats to every sink."""
+        while True:
+            await trio.sleep(self.mesh.stats_flush_interval)
+            self.flush_stats()
+
+    def flush_stats(self) -> None:
+        """One stats flush (the loop above; tests may call it directly)."""
+        self.stats.close_intervals()
+        if self.stats_sinks:
+            samples = self.stats.take_samples()
+            for sink in self.stats_sinks:
+                sink.flush(samples)
 
     def downstream_connections(self) -> int:
         """Active downstream connections on every listener."""

@@ -37,6 +37,7 @@ from trioproxy.config import (
 )
 
 if TYPE_CHECKING:
+    from trioproxy.http.route_table import RuntimeFractions
     from trioproxy.http.router import Router
     from trioproxy.net.network import Network
     from trioproxy.net.overload import OverloadState
@@ -103,6 +104,11 @@ class FilterContext(Protocol):
 
     @property
     def rng(self) -> random.Random: ...
+
+    @property
+    def runtime(self) -> RuntimeFractions:
+        """Envoy's runtime (static + admin layers), read at request time."""
+        ...
 
 
 class NetworkFilter:

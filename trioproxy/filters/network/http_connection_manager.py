@@ -54,6 +54,7 @@ class HttpConnectionManagerFilter(NetworkFilter):
             stats=ctx.stats,
             access_loggers=ctx.access_loggers(config.access_logs),
             scheme=b"https" if chain.tls is not None else b"http",
+            runtime=ctx.runtime,
             overload=ctx.overload,
         )
 
