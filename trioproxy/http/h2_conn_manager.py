@@ -605,6 +605,8 @@ class _H2Downstream:
     def _rejected(self, ev: StreamRejected) -> None:
         if ev.kind == "malformed":
             self.hcm.stats.rx_messaging_error.inc()
+        elif ev.kind == "too_large":
+            self.hcm.stats.h2_flood["header_overflow"].inc()
         s = self.streams.get(ev.stream_id)
         if s is not None:
             s.on_protocol_error(ev.reason)
