@@ -639,3 +639,21 @@ async def test_zero_window_stall_ends_with_the_idle_timeouts(
     assert counter(server, "http.ingress_http.downstream_cx_idle_timeout") >= 1
     assert meanwhile and set(meanwhile) == {200}
     assert await served(port) == 200
+
+
+async def test_zero_window_stall_before_the_response_head(nursery: trio.Nursery) -> None:
+    # The stream idle timeout fires before the upstream answers: the 408
+    # local reply cannot be sent into a zero window either, so it is bounded
+    # by the same timeout (Envoy's tx_flush_timeout) and the stream is reset.
+    server, _up, port = await h2_proxy(nursery, stream_idle_timeout=0.5, idle_timeout=0.5)
+    c = await RawH2.connect(port, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0})
+    c.auto_window = False
+    await c.request(1, "/slow", extra=[(b"x-test-delay", b"2")])
+    head = await c.expect(lambda f: isinstance(f, HeadersFrame) and f.stream_id == 1)
+    assert dict(head.decoded)[b":status"] == b"408"  # type: ignore[attr-defined]
+    await c.expect(is_rst(1))
+    g = await goaway_and_close(c)
+    assert g.error_code == E.NO_ERROR
+    await settle(server)
+    assert counter(server, "http.ingress_http.downstream_rq_idle_timeout") == 1
+    assert await served(port) == 200

@@ -734,7 +734,13 @@ class ConnectionManager:
                 stats.rq_idle_timeout.inc()
                 info.add_flag("SI")
                 if not stream.response_started:
-                    await stream.local_reply(408, b"stream timeout", details="stream_idle_timeout")
+                    # The reply is bounded by the idle timeout too: a client
+                    # that never opens its window (or never reads) must not
+                    # hold the stream (Envoy's tx_flush_timeout).
+                    with trio.move_on_after(self.stream_idle_timeout):
+                        await stream.local_reply(
+                            408, b"stream timeout", details="stream_idle_timeout"
+                        )
                 stream.close_connection = True
         except DownstreamReset:
             stats.rq_rx_reset.inc()
