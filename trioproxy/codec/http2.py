@@ -53,8 +53,11 @@ connection error GOAWAY ENHANCE_YOUR_CALM raised as `FloodError`, whose
 
 The outbound limits (frames queued and not yet written: `max_outbound_frames`,
 `max_outbound_control_frames` for PING/SETTINGS acks and RST_STREAM) are
-counted here (`FloodGuard.queued*`, `written*`) and checked by the runtime,
-which knows what its writer has written. A GOAWAY from the client
+counted here (`FloodGuard.queued*`; the runtime's writer sets `written*`).
+While `receive_data` runs, crossing one raises `FloodError` at the frame
+that crosses it (outbound_flood / outbound_control_flood), as Envoy checks
+while dispatching downstream data, so one read cannot queue more than the
+limit; the runtime checks again after each read. A GOAWAY from the client
 with NO_ERROR does not end the streams already open (6.8), and
 `send_goaway()` announces a drain without closing the connection either.
 """
@@ -167,6 +170,8 @@ MAX_CONTINUATION_FRAMES: Final = h2.frame_buffer.CONTINUATION_BACKLOG
 RejectKind = Literal["refused", "draining", "too_large", "malformed"]
 
 FloodKind = Literal[
+    "outbound_flood",
+    "outbound_control_flood",
     "inbound_empty_frames_flood",
     "inbound_priority_frames_flood",
     "inbound_window_update_frames_flood",
@@ -372,6 +377,10 @@ class ServerConnection(_Connection):
         # The last stream id of the GOAWAY we sent (None: none sent).
         self.goaway_last_stream_id: int | None = None
         self.guard = FloodGuard(settings)
+        # True while receive_data runs: the outbound limits are enforced
+        # then (frames queued by our own streams are bounded by flushing).
+        self._dispatching = False
+        self._flooded = False
         # A compressed header block may exceed the decoded list we accept by
         # at most one frame (an encoder never makes a block much larger than
         # its list): past that it is buffered for nothing.
@@ -408,7 +417,20 @@ class ServerConnection(_Connection):
             ):
                 g.queued_control += 1
         g.queued += len(frames)
+        if self._dispatching and not self._flooded:
+            flood = g.outbound_flood()
+            if flood is not None:
+                # h2 answers with GOAWAY (queued through here: not again).
+                self._flooded = True
+                raise FloodError(flood, f"{flood}: frames queued and not written")
         super()._prepare_for_sending(frames)
+
+    def receive_data(self, data: bytes) -> list[h2.events.Event]:  # type: ignore[override]
+        self._dispatching = True
+        try:
+            return super().receive_data(data)
+        finally:
+            self._dispatching = False
 
     # ------------------------------------------------------------ inbound
 
