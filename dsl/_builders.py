@@ -909,7 +909,41 @@ class HttpBuilder:
     _access_logs: tuple[AccessLogSpec, ...] = ()
     _filters: tuple[Given[object], ...] = ()
     _vhosts: tuple[Given[object], ...] = ()
+    _h2_limits: tuple[tuple[str, object], ...] = ()
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+    def http2_limits(
+        self,
+        *,
+        max_outbound_frames: int = 10000,
+        max_outbound_control_frames: int = 1000,
+        max_consecutive_inbound_frames_with_empty_payload: int = 1,
+        max_inbound_priority_frames_per_stream: int = 100,
+        max_inbound_window_update_frames_per_data_frame_sent: int = 10,
+        premature_reset_total_stream_count: int = 500,
+        premature_reset_min_stream_lifetime: Duration = 1.0,
+    ) -> HttpBuilder:
+        """HTTP/2 flood limits, with Envoy's names and defaults
+        (http2_protocol_options; the rapid-reset budget is Envoy's
+        `overload.premature_reset_*` runtime keys, 0 streams disables it).
+        Crossing one closes the connection with GOAWAY ENHANCE_YOUR_CALM;
+        see docs/security.md."""
+        limits = (
+            ("max_outbound_frames", max_outbound_frames),
+            ("max_outbound_control_frames", max_outbound_control_frames),
+            (
+                "max_consecutive_inbound_frames_with_empty_payload",
+                max_consecutive_inbound_frames_with_empty_payload,
+            ),
+            ("max_inbound_priority_frames_per_stream", max_inbound_priority_frames_per_stream),
+            (
+                "max_inbound_window_update_frames_per_data_frame_sent",
+                max_inbound_window_update_frames_per_data_frame_sent,
+            ),
+            ("premature_reset_total_stream_count", premature_reset_total_stream_count),
+            ("premature_reset_min_stream_lifetime", premature_reset_min_stream_lifetime),
+        )
+        return attrs.evolve(self, h2_limits=limits)
 
     def access_log(self, path: str = "-", format: str | None = None) -> HttpBuilder:
         """Log each request to `path` ("-" is stdout, or "/dev/stderr", or a file)

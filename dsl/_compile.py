@@ -106,6 +106,7 @@ from ._builders import (
     VhostBuilder,
     WeightedBuilder,
 )
+from ._compile_http2 import http2_limit_options
 from ._compile_tls import (
     apply_chain_options,
     default_alpn_for_codec,
@@ -775,6 +776,7 @@ class _Compiler:
             request_timeout=self.duration(hb._request_timeout, "request_timeout", loc),
             forward_client_cert_details=xfcc[0],
             set_current_client_cert_details=xfcc[1],
+            **http2_limit_options(self, hb._h2_limits, loc),  # type: ignore[arg-type]
             location=loc,
         )
         return FilterChain(filters=(hcm,), location=location)

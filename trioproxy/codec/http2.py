@@ -33,7 +33,31 @@ compression state stays in step whatever happens to the stream):
 
 and for DATA: a body longer or shorter than its content-length (8.1.1) is
 RST_STREAM PROTOCOL_ERROR. Each of these yields a `StreamRejected` event so
-the runtime can count it and stop the stream's task. A GOAWAY from the client
+the runtime can count it and stop the stream's task.
+
+Flood limits (Envoy's `http2_protocol_options`; `FloodGuard` counts, the
+frame buffer checks every inbound frame before h2 sees it). Each is a
+connection error GOAWAY ENHANCE_YOUR_CALM raised as `FloodError`, whose
+`stat` names Envoy's `http2.*` counter:
+
+  more than N consecutive HEADERS/CONTINUATION/DATA frames with an empty
+  payload and no END_STREAM (N = 1)                  -> inbound_empty_frames_flood
+  PRIORITY frames > N * (1 + streams opened) (N = 100)
+                                                     -> inbound_priority_frames_flood
+  WINDOW_UPDATE frames > 1 + 2 * (streams opened + N * DATA frames sent)
+  (N = 10)                                           -> inbound_window_update_frames_flood
+  one header block (HEADERS + CONTINUATION) over max_header_list_size plus
+  one frame of compressed bytes, or over 64 CONTINUATION frames
+                                                     -> header_overflow
+  decoded header list over the HPACK hard cap        -> header_overflow
+
+The outbound limits (frames queued and not yet written: `max_outbound_frames`,
+`max_outbound_control_frames` for PING/SETTINGS acks and RST_STREAM) are
+counted here (`FloodGuard.queued*`; the runtime's writer sets `written*`).
+While `receive_data` runs, crossing one raises `FloodError` at the frame
+that crosses it (outbound_flood / outbound_control_flood), as Envoy checks
+while dispatching downstream data, so one read cannot queue more than the
+limit; the runtime checks again after each read. A GOAWAY from the client
 with NO_ERROR does not end the streams already open (6.8), and
 `send_goaway()` announces a drain without closing the connection either.
 """
@@ -49,10 +73,22 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
 import h2.stream
 import h2.utilities
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, WindowUpdateFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    PriorityFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
 from trioproxy.codec.http1 import strip_hop_by_hop
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead
@@ -60,6 +96,8 @@ from trioproxy.codec.stream import Headers, RequestHead, ResponseHead
 __all__ = [
     "PREFACE",
     "ClientConnection",
+    "FloodError",
+    "FloodGuard",
     "Http2Error",
     "Http2Settings",
     "ServerConnection",
@@ -105,6 +143,13 @@ class Http2Settings:
     max_headers_count: int = 100
     # RFC 8441 SETTINGS_ENABLE_CONNECT_PROTOCOL (WebSocket over HTTP/2).
     enable_connect_protocol: bool = False
+    # Flood limits, Envoy's http2_protocol_options names and defaults (see
+    # the module docstring for what each one counts).
+    max_outbound_frames: int = 10000
+    max_outbound_control_frames: int = 1000
+    max_consecutive_inbound_frames_with_empty_payload: int = 1
+    max_inbound_priority_frames_per_stream: int = 100
+    max_inbound_window_update_frames_per_data_frame_sent: int = 10
 
 
 _DEFAULT_WINDOW: Final = 65535
@@ -116,7 +161,140 @@ _DEFAULT_WINDOW: Final = 65535
 _HPACK_HARD_CAP_FACTOR: Final = 4
 _HPACK_HARD_CAP_MIN: Final = 256 * 1024
 
+# CONTINUATION frames one header block may span. h2 stops at the same
+# number (h2.frame_buffer.CONTINUATION_BACKLOG); we check it first so it is
+# counted as a header overflow. With 16 KiB frames that is 1 MiB, so the
+# byte limit below (the list size plus one frame) is what binds by default.
+MAX_CONTINUATION_FRAMES: Final = h2.frame_buffer.CONTINUATION_BACKLOG
+
 RejectKind = Literal["refused", "draining", "too_large", "malformed"]
+
+FloodKind = Literal[
+    "outbound_flood",
+    "outbound_control_flood",
+    "inbound_empty_frames_flood",
+    "inbound_priority_frames_flood",
+    "inbound_window_update_frames_flood",
+    "header_overflow",
+]
+
+
+class FloodError(h2.exceptions.DenialOfServiceError):
+    """A flood limit was crossed: a connection error, GOAWAY ENHANCE_YOUR_CALM.
+
+    Attributes:
+        stat: the Envoy `http2.*` counter that counts it.
+    """
+
+    def __init__(self, stat: FloodKind, message: str) -> None:
+        super().__init__(message)
+        self.stat: FloodKind = stat
+
+
+class FloodGuard:
+    """Per-connection counters for Envoy's HTTP/2 flood limits.
+
+    Plain integers bumped once per frame: the inbound ones by the frame
+    buffer, the outbound ones by `ServerConnection._prepare_for_sending`
+    (`queued*`) and by the runtime's writer once bytes are written
+    (`written*`, a copy of `queued*` taken when the bytes left h2).
+    """
+
+    __slots__ = (
+        "data_frames_sent",
+        "empty_run",
+        "max_control",
+        "max_empty",
+        "max_frames",
+        "max_priority",
+        "max_window_update",
+        "priority_frames",
+        "queued",
+        "queued_control",
+        "streams_opened",
+        "window_update_frames",
+        "written",
+        "written_control",
+    )
+
+    def __init__(self, settings: Http2Settings) -> None:
+        self.max_frames = settings.max_outbound_frames
+        self.max_control = settings.max_outbound_control_frames
+        self.max_empty = settings.max_consecutive_inbound_frames_with_empty_payload
+        self.max_priority = settings.max_inbound_priority_frames_per_stream
+        self.max_window_update = settings.max_inbound_window_update_frames_per_data_frame_sent
+        self.empty_run = 0
+        self.priority_frames = 0
+        self.window_update_frames = 0
+        self.streams_opened = 0
+        self.data_frames_sent = 0
+        self.queued = self.queued_control = 0
+        self.written = self.written_control = 0
+
+    def outbound_flood(self) -> Literal["outbound_flood", "outbound_control_flood"] | None:
+        """Which outbound limit the frames not yet written exceed, if any."""
+        if self.queued - self.written > self.max_frames:
+            return "outbound_flood"
+        if self.queued_control - self.written_control > self.max_control:
+            return "outbound_control_flood"
+        return None
+
+    def mark(self) -> tuple[int, int]:
+        """The frames queued so far (taken by the writer with the bytes)."""
+        return self.queued, self.queued_control
+
+    def mark_written(self, mark: tuple[int, int]) -> None:
+        """The frames counted up to `mark` are in the kernel now."""
+        self.written, self.written_control = mark
+
+
+class _GuardedFrameBuffer(h2.frame_buffer.FrameBuffer):
+    """h2's frame buffer, checking every inbound frame against the flood
+    limits before h2 merges CONTINUATION frames or dispatches anything."""
+
+    def __init__(self, guard: FloodGuard, max_block: int) -> None:
+        super().__init__(server=True)
+        self._guard = guard
+        self._max_block = max_block
+        self._block = 0  # compressed bytes of the header block being received
+
+    def _update_header_buffer(self, f: Frame | None) -> Frame | None:
+        g = self._guard
+        t = type(f)
+        if t is DataFrame or t is HeadersFrame or t is ContinuationFrame:
+            assert f is not None
+            data: bytes = f.data  # type: ignore[attr-defined]
+            if data or "END_STREAM" in f.flags:
+                g.empty_run = 0
+            else:
+                g.empty_run += 1
+                if g.empty_run > g.max_empty:
+                    raise FloodError(
+                        "inbound_empty_frames_flood",
+                        f"more than {g.max_empty} consecutive frames with an empty payload",
+                    )
+            if t is not DataFrame:
+                self._block = len(data) if t is HeadersFrame else self._block + len(data)
+                if self._block > self._max_block:
+                    raise FloodError(
+                        "header_overflow", f"header block over {self._max_block} bytes"
+                    )
+                if len(self._headers_buffer) >= MAX_CONTINUATION_FRAMES:
+                    raise FloodError(
+                        "header_overflow", f"over {MAX_CONTINUATION_FRAMES} CONTINUATION frames"
+                    )
+        elif t is PriorityFrame:
+            g.priority_frames += 1
+            if g.priority_frames > g.max_priority * (1 + g.streams_opened):
+                raise FloodError("inbound_priority_frames_flood", "too many PRIORITY frames")
+        elif t is WindowUpdateFrame:
+            g.window_update_frames += 1
+            allowed = 1 + 2 * (g.streams_opened + g.max_window_update * g.data_frames_sent)
+            if g.window_update_frames > allowed:
+                raise FloodError(
+                    "inbound_window_update_frames_flood", "too many WINDOW_UPDATE frames"
+                )
+        return super()._update_header_buffer(f)
 
 
 class StreamRejected(h2.events.Event):
@@ -198,6 +376,17 @@ class ServerConnection(_Connection):
         self._hard_cap = max(_HPACK_HARD_CAP_MIN, _HPACK_HARD_CAP_FACTOR * self._max_list)
         # The last stream id of the GOAWAY we sent (None: none sent).
         self.goaway_last_stream_id: int | None = None
+        self.guard = FloodGuard(settings)
+        # True while receive_data runs: the outbound limits are enforced
+        # then (frames queued by our own streams are bounded by flushing).
+        self._dispatching = False
+        self._flooded = False
+        # A compressed header block may exceed the decoded list we accept by
+        # at most one frame (an encoder never makes a block much larger than
+        # its list): past that it is buffered for nothing.
+        self.incoming_buffer = _GuardedFrameBuffer(
+            self.guard, self._max_list + settings.max_frame_size
+        )
 
     # ------------------------------------------------------------ outbound
 
@@ -214,6 +403,35 @@ class ServerConnection(_Connection):
         self.goaway_last_stream_id = last_stream_id
         self._prepare_for_sending([f])
 
+    def _prepare_for_sending(self, frames: list[Frame]) -> None:
+        # Count what Envoy's flood limits count: every frame, the control
+        # frames a peer can make us send (PING and SETTINGS acks, RST_STREAM)
+        # and DATA frames (they earn the peer WINDOW_UPDATEs).
+        g = self.guard
+        for f in frames:
+            t = type(f)
+            if t is DataFrame:
+                g.data_frames_sent += 1
+            elif t is RstStreamFrame or (
+                (t is PingFrame or t is SettingsFrame) and "ACK" in f.flags
+            ):
+                g.queued_control += 1
+        g.queued += len(frames)
+        if self._dispatching and not self._flooded:
+            flood = g.outbound_flood()
+            if flood is not None:
+                # h2 answers with GOAWAY (queued through here: not again).
+                self._flooded = True
+                raise FloodError(flood, f"{flood}: frames queued and not written")
+        super()._prepare_for_sending(frames)
+
+    def receive_data(self, data: bytes) -> list[h2.events.Event]:  # type: ignore[override]
+        self._dispatching = True
+        try:
+            return super().receive_data(data)
+        finally:
+            self._dispatching = False
+
     # ------------------------------------------------------------ inbound
 
     def _receive_headers_frame(
@@ -223,6 +441,7 @@ class ServerConnection(_Connection):
         new = sid not in self.streams
         refuse: tuple[RejectKind, str] | None = None
         if new:
+            self.guard.streams_opened += 1
             last = self.goaway_last_stream_id
             if last is not None and sid > last:
                 refuse = ("draining", "stream opened after GOAWAY")
@@ -232,8 +451,9 @@ class ServerConnection(_Connection):
         self.decoder.max_header_list_size = self._hard_cap
         try:
             headers = list(h2.connection._decode_headers(self.decoder, frame.data))
-        except h2.exceptions.DenialOfServiceError:
-            raise  # over the hard cap: ENHANCE_YOUR_CALM
+        except h2.exceptions.DenialOfServiceError as exc:
+            # Over the hard cap (an HPACK bomb): ENHANCE_YOUR_CALM.
+            raise FloodError("header_overflow", str(exc)) from exc
         except h2.exceptions.ProtocolError as exc:
             # RFC 9113 4.3: COMPRESSION_ERROR (h2 says PROTOCOL_ERROR).
             err = h2.exceptions.ProtocolError(str(exc))

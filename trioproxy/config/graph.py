@@ -632,6 +632,25 @@ class HttpConnectionManager(NetworkFilterConfig):
     # and DNS (docs/decisions.md). "By" and "Hash" are always included.
     forward_client_cert_details: ForwardClientCertDetails = "sanitize_set"
     set_current_client_cert_details: tuple[ClientCertDetail, ...] = ("subject", "uri", "dns")
+    # HTTP/2 flood limits: Envoy's http2_protocol_options names and defaults
+    # (docs/security.md). Frames queued for a client and not yet written,
+    # all kinds / PING+SETTINGS acks and RST_STREAM; consecutive empty
+    # HEADERS/CONTINUATION/DATA; PRIORITY per stream opened; WINDOW_UPDATE
+    # per DATA frame sent. Crossing one: GOAWAY ENHANCE_YOUR_CALM, close.
+    max_outbound_frames: int = 10000
+    max_outbound_control_frames: int = 1000
+    max_consecutive_inbound_frames_with_empty_payload: int = 1
+    max_inbound_priority_frames_per_stream: int = 100
+    max_inbound_window_update_frames_per_data_frame_sent: int = 10
+    # Rapid reset (CVE-2023-44487), Envoy's runtime keys
+    # overload.premature_reset_total_stream_count (500) and
+    # overload.premature_reset_min_stream_lifetime_seconds (1 s): a stream
+    # the client resets within that time, before any response, is premature;
+    # a connection with at least half its streams (of at least 500, or 250
+    # premature ones before that) premature gets GOAWAY and is closed.
+    # 0 disables.
+    premature_reset_total_stream_count: int = 500
+    premature_reset_min_stream_lifetime: float = 1.0
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
 

@@ -133,6 +133,20 @@ class HcmStats:
         self.no_cluster = c(p + "no_cluster")
         self.rq_redirect = c(p + "rq_redirect")
         self.rq_direct_response = c(p + "rq_direct_response")
+        # Rapid reset (CVE-2023-44487): connections closed for it.
+        self.rq_too_many_premature_resets = c(p + "downstream_rq_too_many_premature_resets")
+        # Envoy roots the downstream HTTP/2 codec's flood stats at `http2.`.
+        self.h2_flood: dict[str, Counter] = {
+            k: c("http2." + k)
+            for k in (
+                "outbound_flood",
+                "outbound_control_flood",
+                "inbound_empty_frames_flood",
+                "inbound_priority_frames_flood",
+                "inbound_window_update_frames_flood",
+                "header_overflow",
+            )
+        }
 
 
 class ActiveStream:
@@ -195,6 +209,10 @@ class ActiveStream:
     @property
     def hcm_stats(self) -> HcmStats:
         return self._hcm.stats
+
+    def raise_if_reset(self) -> None:
+        """Raise `DownstreamReset` if the client already reset the stream
+        (HTTP/2; an HTTP/1.1 stream never is)."""
 
     def touch(self) -> None:
         """Push the stream idle timeout forward (activity in either direction)."""
@@ -521,6 +539,15 @@ class ConnectionManager:
             max_header_list_size=config.max_request_headers_kb * 1024,
             max_headers_count=config.max_headers_count,
             enable_connect_protocol=config.allow_connect,
+            max_outbound_frames=config.max_outbound_frames,
+            max_outbound_control_frames=config.max_outbound_control_frames,
+            max_consecutive_inbound_frames_with_empty_payload=(
+                config.max_consecutive_inbound_frames_with_empty_payload
+            ),
+            max_inbound_priority_frames_per_stream=config.max_inbound_priority_frames_per_stream,
+            max_inbound_window_update_frames_per_data_frame_sent=(
+                config.max_inbound_window_update_frames_per_data_frame_sent
+            ),
         )
         self._filter_factories = tuple((HTTP_FILTERS[type(f)], f) for f in config.http_filters)
 
@@ -741,7 +768,13 @@ class ConnectionManager:
                 stats.rq_idle_timeout.inc()
                 info.add_flag("SI")
                 if not stream.response_started:
-                    await stream.local_reply(408, b"stream timeout", details="stream_idle_timeout")
+                    # The reply is bounded by the idle timeout too: a client
+                    # that never opens its window (or never reads) must not
+                    # hold the stream (Envoy's tx_flush_timeout).
+                    with trio.move_on_after(self.stream_idle_timeout):
+                        await stream.local_reply(
+                            408, b"stream timeout", details="stream_idle_timeout"
+                        )
                 stream.close_connection = True
         except DownstreamReset:
             stats.rq_rx_reset.inc()
@@ -823,6 +856,9 @@ class ConnectionManager:
         head.scheme = self.scheme
 
     async def _run_stream(self, stream: ActiveStream) -> None:
+        # An HTTP/2 stream the client reset before its task ran (rapid
+        # reset) goes no further: no filter, no upstream request.
+        stream.raise_if_reset()
         if self._filter_factories:
             filters = tuple(factory(cfg) for factory, cfg in self._filter_factories)
             stream._filters = filters

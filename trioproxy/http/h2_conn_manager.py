@@ -26,6 +26,14 @@ Errors (RFC 9113 5.4), with the protocol rules in `ServerConnection`:
   without a complete response is reset towards the client (the HTTP/2 way to
   say "truncated").
 
+Floods (Envoy's HTTP/2 flood mitigation; limits in `ServerConnection` and
+docs/security.md): an inbound flood is a `FloodError` from the codec; the
+outbound limits are checked after each read, since every frame a client can
+make us queue is caused by what we read; and the rapid-reset budget is
+checked as streams end. Each ends the connection with GOAWAY
+ENHANCE_YOUR_CALM and counts Envoy's stat (`http2.<flood>`,
+`http.<prefix>.downstream_rq_too_many_premature_resets`).
+
 Connection lifetime, as Envoy:
 - idle timeout (`idle_timeout`, 1 h): armed while no stream is open (PINGs
   do not keep a connection alive), then GOAWAY NO_ERROR and close;
@@ -49,6 +57,7 @@ import h2.exceptions
 import trio
 
 from trioproxy.codec.http2 import (
+    FloodError,
     Http2Error,
     ServerConnection,
     StreamRejected,
@@ -122,6 +131,7 @@ class Http2Stream(ActiveStream):
         "_protocol_error",
         "_reset_event",
         "_window_open",
+        "counted",
         "ended_by_peer",
         "reset_by_peer",
         "stream_id",
@@ -142,6 +152,8 @@ class Http2Stream(ActiveStream):
         # We reset the stream because of the client's fault (a stream error).
         self._protocol_error: str | None = None
         self.ended_by_peer = end_stream
+        # Counted by the connection's rapid-reset budget.
+        self.counted = False
         cl = head.get(b"content-length")
         self.content_length = cl
         self.has_body = not end_stream
@@ -181,6 +193,9 @@ class Http2Stream(ActiveStream):
     def closed(self) -> bool:
         """Reset either way: nothing more can be sent or received."""
         return self.reset_by_peer or self._protocol_error is not None
+
+    def raise_if_reset(self) -> None:
+        self._check_open()
 
     def _check_open(self) -> None:
         if self._protocol_error is not None:
@@ -335,7 +350,11 @@ class _H2Downstream:
         assert isinstance(h2conn, ServerConnection)
         self.h2: ServerConnection = h2conn
         self.writer = FrameWriter(
-            self.h2, conn, DownstreamReset, on_bytes=hcm.stats.cx_tx_bytes_total.inc
+            self.h2,
+            conn,
+            DownstreamReset,
+            on_bytes=hcm.stats.cx_tx_bytes_total.inc,
+            guard=self.h2.guard,
         )
         self.streams: dict[int, Http2Stream] = {}
         self.closed = False
@@ -349,6 +368,13 @@ class _H2Downstream:
         # The client sent GOAWAY NO_ERROR (set in event order, so streams it
         # opened before the GOAWAY, in the same read, are still served).
         self._peer_goaway = False
+        # Rapid reset budget (Envoy's premature reset check): streams ended,
+        # and of those the ones the client reset early, before a response.
+        cfg = hcm.config
+        self._premature_limit = cfg.premature_reset_total_stream_count
+        self._premature_lifetime = cfg.premature_reset_min_stream_lifetime
+        self._streams_ended = 0
+        self._premature_resets = 0
 
     async def flush(self) -> None:
         """Wait until what is queued is written (body data: backpressure)."""
@@ -443,6 +469,10 @@ class _H2Downstream:
                         stats.cx_rx_bytes_total.inc(len(data))
                         try:
                             events = self.h2.receive_data(data)
+                        except FloodError as exc:
+                            # h2 queued GOAWAY ENHANCE_YOUR_CALM.
+                            stats.h2_flood[exc.stat].inc()
+                            return
                         except h2.exceptions.ProtocolError:
                             # h2 queued GOAWAY with the error code.
                             stats.cx_protocol_error.inc()
@@ -452,6 +482,13 @@ class _H2Downstream:
                                 self.writer.kick()
                                 return
                         self.writer.kick()
+                        flood = self.h2.guard.outbound_flood()
+                        if flood is not None:
+                            # Frames we were made to queue and could not
+                            # write: Envoy's max_outbound_(control_)frames.
+                            stats.h2_flood[flood].inc()
+                            self._goaway_calm()
+                            return
                         if hcm.draining and not self._draining:
                             # Draining was set without `begin_drain`.
                             _drain_signal(hcm).event.set()
@@ -468,6 +505,38 @@ class _H2Downstream:
                 stats.cx_idle_timeout.inc()
                 self.h2.send_goaway(self.h2.highest_inbound_stream_id)
                 self.writer.kick()
+
+    def _goaway_calm(self) -> None:
+        """Queue GOAWAY ENHANCE_YOUR_CALM; the caller ends the connection."""
+        self.h2.send_goaway(
+            self.h2.highest_inbound_stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        )
+        self.writer.kick()
+
+    def _count_stream_end(self, stream: Http2Stream, *, reset_by_peer: bool) -> bool:
+        """Envoy's premature reset check, once per stream that ends; False
+        when the connection has used up its budget (GOAWAY is queued)."""
+        limit = self._premature_limit
+        if not limit or stream.counted:
+            return True
+        stream.counted = True
+        self._streams_ended += 1
+        info = stream.info
+        if (
+            reset_by_peer
+            and not info.response_code
+            and trio.current_time() - info.start_monotonic <= self._premature_lifetime
+        ):
+            self._premature_resets += 1
+        else:
+            return True
+        # Close once half the streams are premature: among the first `limit`
+        # streams as soon as that half is certain, later among all of them.
+        if 2 * self._premature_resets < max(limit, self._streams_ended):
+            return True
+        self.hcm.stats.rq_too_many_premature_resets.inc()
+        self._goaway_calm()
+        return False
 
     def _stream_opened(self) -> None:
         self._idle.deadline = math.inf
@@ -509,6 +578,8 @@ class _H2Downstream:
             s = self.streams.get(ev.stream_id or 0)
             if s is not None:
                 s.on_reset()  # counted as downstream_rq_rx_reset by run_stream
+                if not self._count_stream_end(s, reset_by_peer=True):
+                    return False
         elif t is StreamRejected:
             assert isinstance(ev, StreamRejected)
             self._rejected(ev)
@@ -534,6 +605,8 @@ class _H2Downstream:
     def _rejected(self, ev: StreamRejected) -> None:
         if ev.kind == "malformed":
             self.hcm.stats.rx_messaging_error.inc()
+        elif ev.kind == "too_large":
+            self.hcm.stats.h2_flood["header_overflow"].inc()
         s = self.streams.get(ev.stream_id)
         if s is not None:
             s.on_protocol_error(ev.reason)
@@ -563,6 +636,8 @@ class _H2Downstream:
             await self.hcm.run_stream(stream)
         finally:
             del self.streams[sid]
+            if not self.closed and not self._count_stream_end(stream, reset_by_peer=False):
+                self._done.cancel()
             if not self.closed and not self.conn.closed:
                 if stream.closed:
                     pass  # reset already, one way or the other

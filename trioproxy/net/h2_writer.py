@@ -21,6 +21,10 @@ for a peer that does not read; see `backlog`), and this writer task:
 `kick()` moves h2's queued bytes into the writer's own buffer at once, so the
 backlog is known without reaching into h2.
 
+With a `FloodGuard` (downstream connections), the writer also tells it when
+the frames it counted have been written, so the frames still waiting are
+known (Envoy's `max_outbound_frames` accounting).
+
 If a write fails the writer records the error, wakes every waiter and ends;
 `flush()` then raises the connection's error type.
 """
@@ -32,6 +36,7 @@ from collections.abc import Callable
 import h2.connection
 import trio
 
+from trioproxy.codec.http2 import FloodGuard
 from trioproxy.net.errors import ProxyIOError
 from trioproxy.net.network import Connection
 
@@ -46,8 +51,10 @@ class FrameWriter:
         error: type[ProxyIOError],
         *,
         on_bytes: Callable[[int], None] | None = None,
+        guard: FloodGuard | None = None,
     ) -> None:
         self._h2 = h2conn
+        self._guard = guard
         self._conn = conn
         self._error = error
         self._on_bytes = on_bytes
@@ -108,6 +115,9 @@ class FrameWriter:
                     self._queue.append(more)
                     self._queued += len(more)
                 if self._queue:
+                    # Everything h2 has counted is in this batch now.
+                    guard = self._guard
+                    mark = guard.mark() if guard is not None else (0, 0)
                     queue, self._queue = self._queue, []
                     data = queue[0] if len(queue) == 1 else b"".join(queue)
                     self._queued = 0
@@ -121,6 +131,8 @@ class FrameWriter:
                         self._sending = 0
                     if self._on_bytes is not None:
                         self._on_bytes(len(data))
+                    if guard is not None:
+                        guard.mark_written(mark)
                 self._written = target
                 done, self._done = self._done, trio.Event()
                 done.set()
