@@ -272,6 +272,7 @@ class ClusterBuilder:
     _tls: Given[object] | None = None
     _outlier: Given[dict[str, object]] | None = None
     _health_check: Given[dict[str, object]] | None = None
+    _breakers: Given[dict[str, object]] | None = None
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
@@ -472,6 +473,35 @@ class ClusterBuilder:
             "failure_percentage_request_volume": failure_percentage_request_volume,
         }
         return attrs.evolve(self, outlier=Given(options, caller_location()))
+
+    def circuit_breakers(
+        self,
+        *,
+        max_connections: int = 1024,
+        max_pending_requests: int = 1024,
+        max_requests: int = 1024,
+        max_retries: int = 3,
+        max_connections_per_host: int | None = None,
+        retry_budget_percent: float | None = None,
+        min_retry_concurrency: int = 3,
+    ) -> ClusterBuilder:
+        """Envoy's circuit breakers (its defaults). Past `max_connections`
+        (open or being opened), a request waits as pending; past
+        `max_pending_requests` or `max_requests`, it gets an immediate 503
+        with flag UO and `x-envoy-overloaded: true`. `max_retries` caps
+        concurrent retries, unless `retry_budget_percent` is set: then
+        retries may be that % of active requests, at least
+        `min_retry_concurrency` (Envoy's retry_budget; 20 % is its default)."""
+        options: dict[str, object] = {
+            "max_connections": max_connections,
+            "max_pending_requests": max_pending_requests,
+            "max_requests": max_requests,
+            "max_retries": max_retries,
+            "max_connections_per_host": max_connections_per_host,
+            "budget_percent": retry_budget_percent,
+            "min_retry_concurrency": min_retry_concurrency,
+        }
+        return attrs.evolve(self, breakers=Given(options, caller_location()))
 
     def http2(self) -> ClusterBuilder:
         """Speak HTTP/2 (h2c, prior knowledge) to this cluster's endpoints."""

@@ -33,6 +33,7 @@ from trioproxy.config import (
     DEFAULT_ACCESS_LOG_FORMAT,
     AccessLog,
     Admin,
+    CircuitBreakers,
     Cluster,
     CookieHashPolicy,
     DemoService,
@@ -476,6 +477,7 @@ class _Compiler:
             tls=tls,
             outlier_detection=self.outlier(cb, name),
             health_check=self.health_check(cb, name, protocol),
+            circuit_breakers=self.breakers(cb, name),
             location=loc,
         )
 
@@ -618,6 +620,27 @@ class _Compiler:
             headers=(HeaderMatcher(name=":path", kind="exact", value=path),),
             pass_through_mode=spec.pass_through is True,
         )
+
+    def breakers(self, cb: ClusterBuilder, name: str) -> CircuitBreakers:
+        given = cb._breakers
+        if given is None:
+            return CircuitBreakers()
+        loc = given.location
+        values: dict[str, object] = {}
+        for key, raw in given.value.items():
+            shown = "retry_budget_percent" if key == "budget_percent" else key
+            what = f"circuit_breakers {shown} of cluster {name!r}"
+            if raw is None:
+                values[key] = None
+            elif key == "budget_percent":
+                if isinstance(raw, int | float) and not isinstance(raw, bool) and 0 < raw <= 100:
+                    values[key] = float(raw)
+                else:
+                    self.error(loc, f"bad {what} {raw!r} (expected a percentage in (0, 100])")
+            else:
+                low = 0 if key in ("max_retries", "max_pending_requests") else 1
+                values[key] = self.count(raw, what, loc, low=low, high=2**31 - 1)
+        return CircuitBreakers(**values)  # type: ignore[arg-type]
 
     def outlier(self, cb: ClusterBuilder, name: str) -> OutlierDetection | None:
         given = cb._outlier

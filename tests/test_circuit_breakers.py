@@ -110,3 +110,28 @@ async def test_max_connections_per_host(nursery: trio.Nursery) -> None:
     assert len(a.requests) + len(b.requests) == 3
     hosts = server.clusters.get("svc").hosts  # type: ignore[union-attr]
     assert [h.pool.active for h in hosts] == [1, 1]  # type: ignore[attr-defined]
+
+
+def test_circuit_breakers_from_the_dsl() -> None:
+    from trioproxy.dsl import MeshError, listener, mesh, prefix
+    from trioproxy.dsl import cluster as dsl_cluster
+
+    c = dsl_cluster("c", "127.0.0.1:1").circuit_breakers(
+        max_connections=10, max_connections_per_host=2, retry_budget_percent=20
+    )
+    built = mesh(listener("l", "127.0.0.1:0").route(prefix("/"), c)).compile()
+    assert built.clusters[0].circuit_breakers == CircuitBreakers(
+        max_connections=10, max_connections_per_host=2, budget_percent=20.0
+    )
+    bad = dsl_cluster("c", "127.0.0.1:1").circuit_breakers(
+        max_connections=0, retry_budget_percent=200
+    )
+    try:
+        mesh(listener("l", "127.0.0.1:0").route(prefix("/"), bad)).compile()
+    except MeshError as exc:
+        text = str(exc)
+    else:
+        raise AssertionError("compiled")
+    assert "test_circuit_breakers.py:" in text
+    assert "bad circuit_breakers max_connections of cluster 'c' 0" in text
+    assert "bad circuit_breakers retry_budget_percent of cluster 'c' 200" in text

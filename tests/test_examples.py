@@ -148,3 +148,41 @@ async def test_websocket_example(nursery: trio.Nursery) -> None:
         async with open_websocket_url(f"ws://127.0.0.1:{ports[10001]}/anything") as ws:
             await ws.send_message("ping")
             assert await ws.get_message() == "ping"
+
+
+async def test_resilient_mesh_example(nursery: trio.Nursery) -> None:
+    """examples/resilient_mesh.py as a user runs it: its demo services, the
+    retried + hedged /api route, the racing /search route, the sticky
+    /profile route, the LB health endpoint and the /clusters flags."""
+    mesh, ports = rebind(load_mesh(str(EXAMPLES / "resilient_mesh.py")))
+    server = await start_proxy(nursery, mesh)
+    base = f"http://127.0.0.1:{ports[10000]}"
+    admin = f"http://127.0.0.1:{ports[9901]}"
+    async with httpx.AsyncClient() as c:
+        for _ in range(3):
+            r = await c.get(f"{base}/api/orders")
+            assert r.status_code == 200 and "(api " in r.text
+        r = await c.get(f"{base}/search?q=trio")
+        assert r.status_code == 200 and "(search " in r.text
+        # The same user always reaches the same profiles host.
+        seen = {
+            (await c.get(f"{base}/profile", headers={"x-user-id": "42"})).text for _ in range(6)
+        }
+        assert len(seen) == 1 and "(profiles " in seen.pop()
+        # Without the header the proxy sets the session cookie.
+        r = await c.get(f"{base}/profile")
+        assert r.headers["set-cookie"].startswith('session="')
+        # The load balancer's probe, answered by the proxy itself.
+        assert (await c.get(f"{base}/lb-health")).status_code == 200
+        assert (await c.post(f"{admin}/healthcheck/fail")).status_code == 200
+        r = await c.get(f"{base}/lb-health")
+        assert r.status_code == 503
+        assert r.headers["x-envoy-immediate-health-check-fail"] == "true"
+        assert (await c.get(f"{base}/api/x")).status_code == 200  # traffic still flows
+        assert (await c.post(f"{admin}/healthcheck/ok")).status_code == 200
+        assert (await c.get(f"{base}/lb-health")).status_code == 200
+        # Every host is listed, healthy.
+        text = (await c.get(f"{admin}/clusters")).text
+        for port in (8101, 8102, 8103, 8104, 8105, 8106, 8107, 8108):
+            assert f"127.0.0.1:{ports[port]}::health_flags::healthy" in text
+    assert server.stats.counters["cluster.api.upstream_rq_2xx"].value >= 4

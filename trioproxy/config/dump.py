@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import attrs
 
 from trioproxy.config.graph import (
+    CircuitBreakers,
     Cluster,
     CookieHashPolicy,
     DirectResponseAction,
@@ -319,6 +320,14 @@ def _cluster(c: Cluster, ind: str) -> list[str]:
         )
     if c.health_check is not None:
         lines.append(f"{ind}  {_health_check(c.health_check)}")
+    if c.circuit_breakers != CircuitBreakers():
+        cb, default = c.circuit_breakers, CircuitBreakers()
+        changed = [
+            f"{f.name}={getattr(cb, f.name)}"
+            for f in attrs.fields(CircuitBreakers)
+            if getattr(cb, f.name) != getattr(default, f.name)
+        ]
+        lines.append(f"{ind}  circuit_breakers " + " ".join(changed))
     od = c.outlier_detection
     if od is not None:
         lines.append(
