@@ -62,6 +62,8 @@ async def test_token_admin_on_all_interfaces(nursery: trio.Nursery) -> None:
         assert (await c.get(url(server, "/ready"))).status_code == 401
         r = await c.get(url(server, "/ready"), headers={"authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 200
+    # Refused requests are counted.
+    assert server.stats.counters["admin.downstream_rq_unauthorized"].value == 1
 
 
 async def test_bare_admin_off_loopback_refuses_to_start(nursery: trio.Nursery) -> None:

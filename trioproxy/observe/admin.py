@@ -561,6 +561,7 @@ async def _answer(server: Server, req: h11.Request) -> AdminResponse:
     query = parse_query(parts.query)
     token = server.admin_token
     if token is not None and not _authorized(req, token):
+        server.stats.counter("admin.downstream_rq_unauthorized").inc()
         return AdminResponse(
             "unauthorized: send Authorization: Bearer <admin token>\n",
             status=401,
