@@ -29,6 +29,8 @@ from typing import Final, TypeVar, cast, get_args
 
 import attrs
 
+from trioproxy.codec.access_log_format import FormatError
+from trioproxy.codec.access_log_format import parse as parse_access_log_format
 from trioproxy.config import (
     DEFAULT_ACCESS_LOG_FORMAT,
     AccessLog,
@@ -299,6 +301,17 @@ class _Compiler:
         self.error(location, f"unknown {what} {value!r}{hint or f' (expected {_one_of(choices)})'}")
         return choices[0]
 
+    def access_log_format(self, value: object, location: Location | None) -> str:
+        """An access-log format string, parsed now so a bad one is a compile issue."""
+        if value is None:
+            return DEFAULT_ACCESS_LOG_FORMAT
+        text = self.text(value, "access_log format", location)
+        try:
+            parse_access_log_format(text)
+        except FormatError as exc:
+            self.error(location, f"bad access_log format {text!r}: {exc.message}")
+        return text
+
     def bind_address(self, value: object, what: str, location: Location | None) -> SocketAddress:
         try:
             return parse_bind_address(value, what)
@@ -403,18 +416,21 @@ class _Compiler:
                 )
                 continue
             eloc = raw._location
+            address: SocketAddress | None = None
             try:
                 address = parse_endpoint_address(raw._address, f"an endpoint of cluster {name!r}")
             except BadValue as exc:
                 self.error(eloc, str(exc))
-                continue
             weight = raw._weight
             if not _is_int(weight) or cast(int, weight) < 1:
+                shown = address if address is not None else repr(raw._address)
                 self.error(
                     eloc,
-                    f"bad weight {weight!r} for endpoint {address} of cluster {name!r}"
+                    f"bad weight {weight!r} for endpoint {shown} of cluster {name!r}"
                     " (expected a positive integer)",
                 )
+                continue
+            if address is None:
                 continue
             priority = raw._priority
             if not _is_int(priority) or not 0 <= cast(int, priority) <= MAX_PRIORITY:
@@ -750,11 +766,7 @@ class _Compiler:
         access_logs = tuple(
             AccessLog(
                 path=self.name(spec.path, "access_log path", spec.location),
-                format=(
-                    DEFAULT_ACCESS_LOG_FORMAT
-                    if spec.format is None
-                    else self.text(spec.format, "access_log format", spec.location)
-                ),
+                format=self.access_log_format(spec.format, spec.location),
                 location=spec.location,
             )
             for spec in hb._access_logs

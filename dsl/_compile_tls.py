@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Final, cast, get_args
 import attrs
 
 from trioproxy.config import (
-    DEFAULT_ACCESS_LOG_FORMAT,
     AccessLog,
     CertificateValidation,
     DownstreamTlsContext,
@@ -444,11 +443,7 @@ def tcp_proxy_chain(
     access_logs = tuple(
         AccessLog(
             path=c.name(spec.path, "access_log path", spec.location),
-            format=(
-                DEFAULT_ACCESS_LOG_FORMAT
-                if spec.format is None
-                else c.text(spec.format, "access_log format", spec.location)
-            ),
+            format=c.access_log_format(spec.format, spec.location),
             location=spec.location,
         )
         for spec in tb._access_logs

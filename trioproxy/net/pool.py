@@ -242,7 +242,16 @@ class UpstreamHttp1:
         raise UpstreamProtocolError(f"unexpected event {ev!r}")
 
     def reusable(self) -> bool:
-        return not self.conn.closed and not self._writing and self.codec.keep_alive
+        # Bytes past the end of the response (read with it) are no answer to
+        # anything: reused, the connection would hand them to the next request
+        # as its response. Unread bytes that arrive later are caught by
+        # `peer_closed()` before reuse.
+        return (
+            not self.conn.closed
+            and not self._writing
+            and self.codec.keep_alive
+            and not self.codec.trailing_data
+        )
 
 
 class Http1Pool:
