@@ -181,6 +181,15 @@ async def _serve(
                     server.shutdown(graceful=True)
 
             nursery.start_soon(stop_on_signal)
+
+            async def reopen_on_sigusr1() -> None:
+                # Envoy reopens access-log files on SIGUSR1 (log rotation).
+                with trio.open_signal_receiver(signal.SIGUSR1) as usr1:
+                    async for _ in usr1:
+                        log.info("SIGUSR1 received; reopening access logs")
+                        server.reopen_access_logs()
+
+            nursery.start_soon(reopen_on_sigusr1)
             await server.run()
             nursery.cancel_scope.cancel()
 

@@ -390,6 +390,12 @@ async def _quit(server: Server, q: dict[str, str]) -> AdminResponse:
     return AdminResponse("OK\n")
 
 
+@endpoint("/reopen_logs", "reopen access logs (after moving the files away)", mutating=True)
+async def _reopen_logs(server: Server, q: dict[str, str]) -> AdminResponse:
+    server.reopen_access_logs()
+    return AdminResponse("OK\n")
+
+
 @endpoint("/logging", "change the log level (?level=debug|info|warning|error)", mutating=True)
 async def _logging(server: Server, q: dict[str, str]) -> AdminResponse:
     level = q.get("level")
