@@ -358,7 +358,7 @@ class Server:
             return None
         from trioproxy.observe.access_log import AccessLogManager
 
-        return AccessLogManager(hostname=self.hostname)
+        return AccessLogManager(hostname=self.hostname, runtime=self.runtime)
 
     def reopen_access_logs(self) -> None:
         """Reopen every access-log file on its next flush (log rotation:
