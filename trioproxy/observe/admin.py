@@ -390,6 +390,35 @@ async def _quit(server: Server, q: dict[str, str]) -> AdminResponse:
     return AdminResponse("OK\n")
 
 
+@endpoint(
+    "/explain",
+    "explain how a request would be routed (?host=H&path=P&method=M&header=k:v&listener=L)",
+)
+async def _explain(server: Server, q: dict[str, str]) -> AdminResponse:
+    from trioproxy.http.explain import explain
+
+    if "host" not in q:
+        return AdminResponse(
+            "usage: GET /explain?host=H&path=P[&method=M][&header=k:v]\n", status=400
+        )
+    headers = []
+    if "header" in q:
+        name, sep, value = q["header"].partition(":")
+        if not sep or not name.strip():
+            return AdminResponse("header must be name:value\n", status=400)
+        headers.append((name.strip(), value.strip()))
+    return _json(
+        explain(
+            server.mesh,
+            host=q["host"],
+            path=q.get("path", "/"),
+            method=q.get("method", "GET"),
+            headers=headers,
+            listener=q.get("listener"),
+        )
+    )
+
+
 @endpoint("/reopen_logs", "reopen access logs (after moving the files away)", mutating=True)
 async def _reopen_logs(server: Server, q: dict[str, str]) -> AdminResponse:
     server.reopen_access_logs()
