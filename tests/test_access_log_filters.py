@@ -5,6 +5,8 @@ the file."""
 from __future__ import annotations
 
 import json
+import re
+import socket
 from pathlib import Path
 
 import httpx
@@ -223,3 +225,59 @@ async def test_json_format_keeps_types_and_nulls(nursery: trio.Nursery, tmp_path
     assert first["missing"] is None
     assert first["both"] == "GET 200"
     assert isinstance(first["nested"]["sent"], int) and first["nested"]["sent"] > 0
+
+
+async def test_every_operator_through_real_traffic(nursery: trio.Nursery, tmp_path: Path) -> None:
+    ops = [
+        "%START_TIME(%Y-%m-%dT%H:%M:%S.%3f)%",
+        "%REQ(X-MISSING?X-LONG):4%",
+        "%RESP(CONTENT-TYPE)%",
+        "%TRAILER(X-TRAILER)%",
+        "%PROTOCOL%",
+        "%RESPONSE_CODE%",
+        "%RESPONSE_CODE_DETAILS%",
+        "%RESPONSE_FLAGS%",
+        "%BYTES_RECEIVED%",
+        "%BYTES_SENT%",
+        "%DURATION%",
+        "%REQUEST_DURATION%",
+        "%RESPONSE_DURATION%",
+        "%UPSTREAM_HOST%",
+        "%UPSTREAM_CLUSTER%",
+        "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+        "%DOWNSTREAM_REMOTE_ADDRESS%",
+        "%DOWNSTREAM_LOCAL_ADDRESS%",
+        "%ROUTE_NAME%",
+        "%HOSTNAME%",
+    ]
+    server, path = await serve(nursery, tmp_path, format="|".join(ops) + "\n")
+    async with httpx.AsyncClient() as c:
+        r = await c.post(
+            proxy_url(server, "/all"),
+            content=b"12345",
+            headers={"x-long": "abcdefgh", "x-test-trailers": "1"},
+        )
+        assert r.status_code == 200
+    with trio.fail_after(10):
+        while not (path.exists() and path.read_text().endswith("\n")):
+            await trio.sleep(0.05)
+    f = dict(zip(ops, path.read_text().rstrip("\n").split("|"), strict=True))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}", f[ops[0]])
+    assert f["%REQ(X-MISSING?X-LONG):4%"] == "abcd"
+    assert f["%RESP(CONTENT-TYPE)%"] != "-"
+    assert f["%TRAILER(X-TRAILER)%"] == "yes"
+    assert (f["%PROTOCOL%"], f["%RESPONSE_CODE%"], f["%RESPONSE_FLAGS%"]) == (
+        "HTTP/1.1",
+        "200",
+        "-",
+    )
+    assert f["%RESPONSE_CODE_DETAILS%"] == "via_upstream"
+    assert f["%BYTES_RECEIVED%"] == "5" and int(f["%BYTES_SENT%"]) > 0
+    for d in ("%DURATION%", "%REQUEST_DURATION%", "%RESPONSE_DURATION%"):
+        assert f[d].isdigit(), (d, f[d])
+    assert f["%UPSTREAM_HOST%"].startswith("127.0.0.1:") and f["%UPSTREAM_CLUSTER%"] == "svc"
+    assert f["%UPSTREAM_TRANSPORT_FAILURE_REASON%"] == "-"
+    assert f["%DOWNSTREAM_REMOTE_ADDRESS%"].startswith("127.0.0.1:")
+    assert f["%DOWNSTREAM_LOCAL_ADDRESS%"] == f"127.0.0.1:{server.listener_address('ingress').port}"
+    assert f["%ROUTE_NAME%"] != ""
+    assert f["%HOSTNAME%"] == socket.gethostname()
