@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Final, cast, get_args
 import attrs
 
 from trioproxy.config import (
-    AccessLog,
     CertificateValidation,
     DownstreamTlsContext,
     FilterChain,
@@ -429,7 +428,7 @@ def tcp_proxy_chain(
     target = tb._target
     cluster: str | None = None
     weighted: tuple[WeightedCluster, ...] = ()
-    from ._builders import ClusterBuilder, WeightedBuilder
+    from ._builders import AccessLogSpec, ClusterBuilder, WeightedBuilder
 
     if isinstance(target, WeightedBuilder):
         weighted = c.weighted(target)
@@ -441,11 +440,7 @@ def tcp_proxy_chain(
             f"tcp_proxy() needs a cluster, a cluster name or weighted(...), got {_kind(target)}",
         )
     access_logs = tuple(
-        AccessLog(
-            path=c.name(spec.path, "access_log path", spec.location),
-            format=c.access_log_format(spec.format, spec.location),
-            location=spec.location,
-        )
+        c.access_log(AccessLogSpec(path=spec.path, format=spec.format, location=spec.location))
         for spec in tb._access_logs
     )
     proxy = TcpProxy(

@@ -93,7 +93,54 @@ def _parser() -> argparse.ArgumentParser:
     )
     sh.add_argument("mesh", metavar="MESH.py")
     sh.add_argument("--json", action="store_true", help="print JSON for tools")
+
+    ex = sub.add_parser(
+        "explain",
+        help="say which listener, route and cluster a request would take",
+        description="Explain how MESH.py would route URL: listener, filter chain, HTTP "
+        "filters, virtual host, route and cluster (or redirect / direct response), and "
+        "why each route before the match did not match. Exit 0 on a match, 1 if none.",
+    )
+    ex.add_argument("mesh", metavar="MESH.py")
+    ex.add_argument("url", metavar="URL", help="e.g. http://api.example.com/v1/users?id=1")
+    ex.add_argument("-X", dest="method", default="GET", help="request method (default GET)")
+    ex.add_argument(
+        "-H", dest="headers", action="append", default=[], metavar="'K: V'", help="a header"
+    )
+    ex.add_argument("--listener", help="the listener's name (default: the first HTTP one)")
+    ex.add_argument("--json", action="store_true", help="print JSON for tools")
     return p
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import urllib.parse
+
+    from trioproxy.http.explain import explain, to_text
+
+    mesh = _load(args.mesh)
+    if mesh is None:
+        return 1
+    url = urllib.parse.urlsplit(args.url if "//" in args.url else f"http://{args.url}")
+    headers = []
+    for h in args.headers:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            print(f"trioproxy: bad -H {h!r} (want 'name: value')", file=sys.stderr)
+            return 2
+        headers.append((name.strip(), value.strip()))
+    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    result = explain(
+        mesh,
+        host=url.netloc,
+        path=path,
+        method=args.method,
+        headers=headers,
+        listener=args.listener,
+    )
+    print(json.dumps(result, indent=2) if args.json else to_text(result), end="")
+    if args.json:
+        print()
+    return 0 if "route" in result else 1
 
 
 def _load(path: str) -> Mesh | None:
@@ -181,6 +228,15 @@ async def _serve(
                     server.shutdown(graceful=True)
 
             nursery.start_soon(stop_on_signal)
+
+            async def reopen_on_sigusr1() -> None:
+                # Envoy reopens access-log files on SIGUSR1 (log rotation).
+                with trio.open_signal_receiver(signal.SIGUSR1) as usr1:
+                    async for _ in usr1:
+                        log.info("SIGUSR1 received; reopening access logs")
+                        server.reopen_access_logs()
+
+            nursery.start_soon(reopen_on_sigusr1)
             await server.run()
             nursery.cancel_scope.cancel()
 
@@ -193,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"{args.mesh}: OK: {_summary(mesh)}")
         return 0
+    if args.command == "explain":
+        return _explain(args)
     if args.command == "show":
         mesh = _load(args.mesh)
         if mesh is None:

@@ -302,6 +302,7 @@ class ActiveStream:
         self.response_complete = True
         if trailers:
             self.response_trailers = trailers
+            self.info.response_trailers = trailers  # %TRAILER(X)% in access logs
         await self._write_end(trailers)
 
     async def local_reply(

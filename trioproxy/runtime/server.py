@@ -358,7 +358,13 @@ class Server:
             return None
         from trioproxy.observe.access_log import AccessLogManager
 
-        return AccessLogManager(hostname=self.hostname)
+        return AccessLogManager(hostname=self.hostname, runtime=self.runtime)
+
+    def reopen_access_logs(self) -> None:
+        """Reopen every access-log file on its next flush (log rotation:
+        SIGUSR1 and admin `POST /reopen_logs`, as Envoy)."""
+        if self._access_logs is not None:
+            self._access_logs.reopen()
 
     def _access_loggers_for(self, hcm: HttpConnectionManager) -> list[Any]:
         return self.access_loggers(hcm.access_logs)
