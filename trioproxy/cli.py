@@ -10,15 +10,20 @@ import argparse
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
 from trioproxy import __version__
 from trioproxy.config import Mesh, SocketAddress
+
+if TYPE_CHECKING:
+    from trioproxy.runtime.server import Server
 
 __all__ = ["main"]
 
@@ -70,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes (only 1 for now; multi-process workers are planned)",
     )
     s.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="do not reload when the mesh file (or a module it imports from its "
+        "directory) changes; SIGHUP and admin POST /reload still reload",
+    )
+    s.add_argument(
         "--drain-time-s",
         type=float,
         default=600.0,
@@ -85,6 +96,16 @@ def _parser() -> argparse.ArgumentParser:
         "or 1 with every error as file:line: message.",
     )
     v.add_argument("mesh", metavar="MESH.py")
+
+    d = sub.add_parser(
+        "diff",
+        help="print what reloading OLD.py to NEW.py would change",
+        description="Compile both mesh files and print, one line each, the listeners, "
+        "clusters and routes a hot reload from OLD to NEW would add (+), remove (-) "
+        "or change (~).",
+    )
+    d.add_argument("old", metavar="OLD.py")
+    d.add_argument("new", metavar="NEW.py")
 
     sh = sub.add_parser(
         "show",
@@ -157,12 +178,60 @@ def _setup_logging(level: str, path: str | None) -> logging.handlers.QueueListen
     return writer
 
 
+def _loader(path: str) -> Callable[[], Mesh]:
+    """Compile `path` again (a reload); MeshError lists every file:line."""
+    from trioproxy.dsl import load_mesh
+
+    return lambda: load_mesh(path)
+
+
+def _watched_files(path: str) -> list[str]:
+    """The mesh file and the modules its last load imported from its directory."""
+    from trioproxy.dsl import _load as dsl_load
+
+    files = [os.path.abspath(path)]
+    for name in dsl_load._loaded.get(os.path.abspath(path), ()):
+        f = getattr(sys.modules.get(name), "__file__", None)
+        if f and os.path.abspath(f) not in files:
+            files.append(os.path.abspath(f))
+    return files
+
+
+def _mtimes(files: list[str]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for f in files:
+        try:
+            out[f] = os.stat(f).st_mtime_ns
+        except OSError:
+            out[f] = None
+    return out
+
+
+async def _watch_and_reload(server: Server, path: str, interval: float = 1.0) -> None:
+    """Poll the mtimes of the mesh file and its sibling modules every
+    `interval`; reload when one changes (os.stat is a cheap syscall)."""
+    seen = _mtimes(_watched_files(path))
+    while True:
+        await trio.sleep(interval)
+        now = _mtimes(list(seen))
+        if now != seen:
+            log.info("%s changed; reloading", path)
+            await server.reload_from_source()
+            seen = _mtimes(_watched_files(path))  # the new load's imports
+
+
 async def _serve(
-    mesh: Mesh, admin: SocketAddress | None, options: dict[str, object], drain_time: float
+    mesh: Mesh,
+    admin: SocketAddress | None,
+    options: dict[str, object],
+    drain_time: float,
+    watch: bool = True,
 ) -> None:
     from trioproxy.runtime.server import Server
 
     server = Server(mesh, admin_address=admin, options=options, drain_time=drain_time)
+    path = str(options["mesh"])
+    server.mesh_loader = _loader(path)
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
@@ -181,8 +250,18 @@ async def _serve(
                     server.shutdown(graceful=True)
 
             nursery.start_soon(stop_on_signal)
+            nursery.start_soon(_reload_on_sighup, server)
+            if watch:
+                nursery.start_soon(_watch_and_reload, server, path)
             await server.run()
             nursery.cancel_scope.cancel()
+
+
+async def _reload_on_sighup(server: Server) -> None:
+    with trio.open_signal_receiver(signal.SIGHUP) as hups:
+        async for _ in hups:
+            log.info("SIGHUP received; reloading")
+            await server.reload_from_source()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,6 +271,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if mesh is None:
             return 1
         print(f"{args.mesh}: OK: {_summary(mesh)}")
+        return 0
+    if args.command == "diff":
+        old, new = _load(args.old), _load(args.new)
+        if old is None or new is None:
+            return 1
+        from trioproxy.config.diff import diff_meshes
+
+        lines = diff_meshes(old, new).lines
+        print("\n".join(lines) if lines else "no change")
         return 0
     if args.command == "show":
         mesh = _load(args.mesh)
@@ -247,7 +335,7 @@ def _run_serve(args: argparse.Namespace, admin: SocketAddress | None) -> int:
         "drain_time_s": args.drain_time_s,
     }
     try:
-        trio.run(_serve, mesh, admin, options, args.drain_time_s)
+        trio.run(_serve, mesh, admin, options, args.drain_time_s, not args.no_watch)
     except BaseException as exc:  # sorted out below; re-raised if not ours
         leaves = _leaves(exc)
         if all(isinstance(e, KeyboardInterrupt) for e in leaves):

@@ -613,3 +613,20 @@ def _health_flags(h: Any) -> str:
     if getattr(h, "outlier_ejected", False):
         flags.append("/failed_outlier_check")
     return "".join(flags) or "healthy"
+
+
+# /reload: hot reload of the mesh file (trioproxy's own; Envoy reloads only
+# through xDS). 200 with what changed, 400 if the mesh is invalid (the old
+# config keeps serving; the errors are in the log), 501 with no mesh file.
+
+
+@endpoint("/reload", "compile the mesh file again and apply what changed", mutating=True)
+async def _reload(server: Server, q: dict[str, str]) -> AdminResponse:
+    if server.mesh_loader is None:
+        return AdminResponse("this server has no mesh file to reload\n", status=501)
+    diff = await server.reload_from_source()
+    if diff is None:
+        return AdminResponse(
+            "reload failed; the old config keeps serving (errors in the log)\n", status=400
+        )
+    return AdminResponse("OK\n" + "".join(line + "\n" for line in diff.lines))
