@@ -70,9 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--workers",
         type=int,
-        default=1,
+        default=os.cpu_count() or 1,
         metavar="N",
-        help="worker processes (only 1 for now; multi-process workers are planned)",
+        help="worker processes, each binding every listener with SO_REUSEPORT, under a "
+        "supervisor that owns admin (default: the number of CPUs); 1 runs a single "
+        "process with no supervisor",
     )
     s.add_argument(
         "--no-watch",
@@ -96,6 +98,19 @@ def _parser() -> argparse.ArgumentParser:
         "or 1 with every error as file:line: message.",
     )
     v.add_argument("mesh", metavar="MESH.py")
+
+    w = sub.add_parser(
+        "worker",
+        help="(internal) one worker process of `serve --workers N`",
+        description="Started by the supervisor of `trioproxy serve --workers N`; not for "
+        "direct use.",
+    )
+    w.add_argument("mesh", metavar="MESH.py")
+    w.add_argument("--index", type=int, required=True)
+    w.add_argument("--control-fd", type=int, required=True)
+    w.add_argument("--drain-time-s", type=float, default=600.0)
+    w.add_argument("--log-level", default="info")
+    w.add_argument("--log-path")
 
     d = sub.add_parser(
         "diff",
@@ -293,12 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             tree = to_tree(mesh)
             print(tree, end="" if tree.endswith("\n") else "\n")
         return 0
+    if args.command == "worker":
+        return _run_worker(args)
     # serve
-    if args.workers != 1:
-        print(
-            "trioproxy: --workers must be 1 for now (multi-process workers are not built yet)",
-            file=sys.stderr,
-        )
+    if args.workers < 1:
+        print("trioproxy: --workers must be at least 1", file=sys.stderr)
         return 2
     admin = None
     if args.admin:
@@ -321,6 +335,77 @@ def main(argv: Sequence[str] | None = None) -> int:
         writer.stop()  # flushes the records still queued
 
 
+def _run_worker(args: argparse.Namespace) -> int:
+    from trioproxy.runtime.workers import run_worker
+
+    writer = _setup_logging(args.log_level, args.log_path)
+    try:
+        mesh = _load(args.mesh)
+        if mesh is None:
+            return 1
+        options = {"mesh": args.mesh, "worker": args.index}
+        try:
+            run_worker(mesh, _loader(args.mesh), args.control_fd, options, args.drain_time_s)
+        except BaseException as exc:
+            leaves = _leaves(exc)
+            if not all(isinstance(e, OSError) for e in leaves):
+                raise
+            for e in leaves:
+                assert isinstance(e, OSError)
+                print(
+                    f"trioproxy: cannot start: {e.strerror or e} (worker {args.index})",
+                    file=sys.stderr,
+                )
+            return 1
+        return 0
+    finally:
+        writer.stop()
+
+
+def _run_supervisor(
+    args: argparse.Namespace, admin: SocketAddress | None, mesh: Mesh, options: dict[str, object]
+) -> int:
+    from trioproxy.runtime.workers import Supervisor, supervise
+
+    worker_args = ["--drain-time-s", str(args.drain_time_s), "--log-level", args.log_level]
+    if args.log_path:
+        worker_args += ["--log-path", args.log_path]
+    sup = Supervisor(
+        mesh,
+        mesh_path=args.mesh,
+        workers=args.workers,
+        worker_args=worker_args,
+        admin_address=admin,
+        options=options,
+        drain_time=args.drain_time_s,
+    )
+    sup.mesh_loader = _loader(args.mesh)
+
+    async def main() -> int:
+        async with trio.open_nursery() as nursery:
+            if not args.no_watch:
+                nursery.start_soon(_watch_and_reload, sup, args.mesh)
+            code = await supervise(sup)
+            nursery.cancel_scope.cancel()
+        return code
+
+    try:
+        code: int = trio.run(main)
+    except BaseException as exc:
+        leaves = _leaves(exc)
+        if all(isinstance(e, KeyboardInterrupt) for e in leaves):
+            return 130
+        if not all(isinstance(e, OSError) for e in leaves):
+            raise
+        for e in leaves:
+            assert isinstance(e, OSError)
+            print(f"trioproxy: cannot start: {e.strerror or e}", file=sys.stderr)
+        return 1
+    if sup.failed:
+        print(f"trioproxy: {sup.failed}", file=sys.stderr)
+    return code
+
+
 def _run_serve(args: argparse.Namespace, admin: SocketAddress | None) -> int:
     mesh = _load(args.mesh)
     if mesh is None:
@@ -334,6 +419,8 @@ def _run_serve(args: argparse.Namespace, admin: SocketAddress | None) -> int:
         "admin": args.admin or "",
         "drain_time_s": args.drain_time_s,
     }
+    if args.workers > 1:
+        return _run_supervisor(args, admin, mesh, options)
     try:
         trio.run(_serve, mesh, admin, options, args.drain_time_s, not args.no_watch)
     except BaseException as exc:  # sorted out below; re-raised if not ours
