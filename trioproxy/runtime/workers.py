@@ -122,7 +122,10 @@ async def _worker_main(server: Server, control: trio.SocketStream) -> None:
     async def commands() -> None:
         buf = b""
         while True:
-            data = await control.receive_some(65536)
+            try:
+                data = await control.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
             if not data:
                 log.info("supervisor gone; stopping")
                 server.shutdown()
@@ -150,9 +153,15 @@ async def _worker_main(server: Server, control: trio.SocketStream) -> None:
             await send({})
             await trio.sleep(_SNAPSHOT_INTERVAL)
 
+    async def on_sigterm() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                server.shutdown(graceful=True)
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(commands)
         nursery.start_soon(snapshots)
+        nursery.start_soon(on_sigterm)
         await server.run()
         nursery.cancel_scope.cancel()
 
@@ -166,9 +175,12 @@ def run_worker(
 ) -> None:
     """A worker process: serve `mesh` (no admin, no demo services) until the
     supervisor says stop or drain, or goes away."""
-    # Signals are the supervisor's business: a Ctrl-C at the terminal reaches
-    # the whole process group, and the supervisor drains the workers.
+    # Signals are the supervisor's business: a Ctrl-C at the terminal, or a
+    # SIGHUP/SIGTERM sent to the process group (`timeout`, systemd), reaches
+    # every worker too. SIGINT and SIGHUP are ignored (the supervisor drains
+    # or reloads the workers); SIGTERM drains this worker (see _worker_main).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     mesh = _worker_mesh(mesh)
     server = Server(mesh, options=options, drain_time=drain_time)
     server.mesh_loader = lambda: _worker_mesh(loader())
@@ -374,7 +386,13 @@ class Supervisor(Server):
                 str(theirs.fileno()),
                 *self.worker_args,
             ]
-            proc = await trio.lowlevel.open_process(cmd, pass_fds=(theirs.fileno(),))
+            # Their own process group: signals sent to the supervisor's group
+            # (Ctrl-C, `timeout`, `kill -- -PGID`) reach the supervisor only,
+            # which drains or reloads the workers; none can catch a worker
+            # still starting, before it could handle them.
+            proc = await trio.lowlevel.open_process(
+                cmd, pass_fds=(theirs.fileno(),), process_group=0
+            )
         finally:
             theirs.close()
         w.proc = proc
@@ -403,7 +421,10 @@ class Supervisor(Server):
         assert w.control is not None
         buf = b""
         while True:
-            data = await w.control.receive_some(1 << 20)
+            try:
+                data = await w.control.receive_some(1 << 20)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the worker died; _run_one sees it exit
             if not data:
                 return
             buf += data
