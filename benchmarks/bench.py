@@ -487,7 +487,8 @@ def start_proxy(
         LISTEN=f"127.0.0.1:{listen}",
         ADMIN=f"127.0.0.1:{admin}",
     )
-    argv = [sys.executable, "-m", "trioproxy", "serve", str(mesh)]
+    # One process pinned to `cpu`, as before `--workers` defaulted to the CPU count.
+    argv = [sys.executable, "-m", "trioproxy", "serve", str(mesh), "--workers", "1"]
     proc = procs.start("trioproxy", argv, cpu=cpu)
     admin_base = f"http://127.0.0.1:{admin}"
     wait_until_ok(admin_base + "/ready", proc, "trioproxy", procs)

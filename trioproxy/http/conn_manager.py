@@ -29,6 +29,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING
 from urllib.parse import quote_from_bytes
 
+import attrs
 import h2.connection
 import trio
 
@@ -45,7 +46,7 @@ from trioproxy.codec.http1 import (
 )
 from trioproxy.codec.http2 import PREFACE, Http2Settings, new_server_connection
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead, StreamInfo, get_header
-from trioproxy.config import HttpConnectionManager
+from trioproxy.config import HttpConnectionManager, RouteConfig
 from trioproxy.filters.base import HTTP_FILTERS, FilterStatus, HttpFilter
 from trioproxy.http.route_table import RouteTable, RuntimeFractions
 from trioproxy.http.upgrade import ByteChannel
@@ -521,6 +522,7 @@ class ConnectionManager:
         self.config = config
         self.overload = overload
         self.router = router
+        self._runtime = runtime
         self.route_table = RouteTable(config.route_config, runtime)
         self.stats = HcmStats(stats, config.stat_prefix)
         self.access_loggers = tuple(access_loggers)
@@ -551,6 +553,13 @@ class ConnectionManager:
             ),
         )
         self._filter_factories = tuple((HTTP_FILTERS[type(f)], f) for f in config.http_filters)
+
+    def swap_routes(self, route_config: RouteConfig) -> None:
+        """Hot reload: new requests match `route_config` from now on. One
+        assignment, no checkpoint; a request already routed keeps its route
+        (the router reads `route_table` once per request)."""
+        self.route_table = RouteTable(route_config, self._runtime)
+        self.config = attrs.evolve(self.config, route_config=route_config)
 
     def drain(self) -> None:
         """Start a graceful drain (no checkpoint): HTTP/1.1 connections idle

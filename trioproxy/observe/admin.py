@@ -667,6 +667,12 @@ async def _answer(server: Server, req: h11.Request) -> AdminResponse:
             f"{parts.path} answers GET only\n", status=405, headers=((b"allow", b"GET, HEAD"),)
         )
     try:
+        # A supervisor (`--workers N`) merges fresh worker stats first.
+        refresh = getattr(server, "refresh_stats", None)
+        if refresh is not None and parts.path.startswith(("/stats", "/server_info")):
+            await refresh()
+        if parts.path == "/stats" and "per_worker" in query:
+            return _per_worker(server, query)
         return await ep.handler(server, query)
     except Exception as exc:  # an admin bug must not kill the admin server
         log.exception("admin handler %s failed", parts.path)
@@ -697,3 +703,49 @@ def _health_flags(h: Any) -> str:
     if getattr(h, "outlier_ejected", False):
         flags.append("/failed_outlier_check")
     return "".join(flags) or "healthy"
+
+
+def _per_worker(server: Server, q: dict[str, str]) -> AdminResponse:
+    """`/stats?per_worker`: every worker's own counters and gauges, prefixed
+    `worker_<i>.` (JSON with `format=json`); one process: `worker_0`."""
+    per = getattr(server, "per_worker_stats", None)
+    snaps: dict[str, Any] = (
+        per()
+        if per is not None
+        else {
+            "worker_0": {
+                "counters": {n: c.value for n, c in server.stats.counters.items()},
+                "gauges": {n: g.value for n, g in server.stats.gauges.items()},
+            }
+        }
+    )
+    try:
+        flt = _stat_filter(q)
+    except re.error as exc:
+        return AdminResponse(f"invalid filter regex: {exc}\n", status=400)
+    if q.get("format") == "json":
+        return _json(snaps)
+    lines = []
+    for worker, snap in snaps.items():
+        values = {**snap.get("counters", {}), **snap.get("gauges", {})}
+        for name, value in sorted(values.items()):
+            if flt is None or flt.search(name):
+                lines.append(f"{worker}.{name}: {value}\n")
+    return AdminResponse("".join(lines))
+
+
+# /reload: hot reload of the mesh file (trioproxy's own; Envoy reloads only
+# through xDS). 200 with what changed, 400 if the mesh is invalid (the old
+# config keeps serving; the errors are in the log), 501 with no mesh file.
+
+
+@endpoint("/reload", "compile the mesh file again and apply what changed", mutating=True)
+async def _reload(server: Server, q: dict[str, str]) -> AdminResponse:
+    if server.mesh_loader is None:
+        return AdminResponse("this server has no mesh file to reload\n", status=501)
+    diff = await server.reload_from_source()
+    if diff is None:
+        return AdminResponse(
+            "reload failed; the old config keeps serving (errors in the log)\n", status=400
+        )
+    return AdminResponse("OK\n" + "".join(line + "\n" for line in diff.lines))
