@@ -6,10 +6,11 @@
 
 What it does. It starts a fast backend (nginx in the foreground from
 templates/nginx.conf.in when `nginx` is installed, else the asyncio server in
-backend.py), starts `python -m trioproxy serve` with a mesh generated from
-templates/mesh.py.in (one listener, `http(stat_prefix="bench")` without an
-access log, every path routed to the backend, admin on a free port whose
-`/ready` is polled before any load), then runs `wrk -t1 -cN -dS --latency`
+backend.py), starts `python -m trioproxy serve benchmarks/mesh.py` (the issue-8 mesh:
+every path through a route and a round-robin cluster to the backend, access
+log to a file in the run's temporary directory, stats on; its ports, free
+ones chosen here, passed in BENCH_* environment variables; admin's `/ready`
+is polled before any load), then runs `wrk -t1 -cN -dS --latency`
 against
 
     direct   small   the backend itself, a 6-byte body ("hello\\n")
@@ -233,8 +234,16 @@ class Processes:
         self._log_dir = log_dir
         self._running: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
 
-    def start(self, name: str, argv: Sequence[str], *, cpu: int | None) -> subprocess.Popen[bytes]:
-        """Start `argv` (pinned to `cpu`), stdout and stderr to `<name>.log`."""
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cpu: int | None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start `argv` (pinned to `cpu`, with `env` added to the environment),
+        stdout and stderr to `<name>.log`."""
         log = open(self.log_path(name), "wb")  # noqa: SIM115 (closed in stop_all)
         try:
             proc = subprocess.Popen(
@@ -243,6 +252,7 @@ class Processes:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **env} if env else None,
             )
         except BaseException:
             log.close()
@@ -479,16 +489,16 @@ def start_proxy(
     tmp: Path, procs: Processes, backend_base: str, cpu: int | None
 ) -> tuple[subprocess.Popen[bytes], str, str]:
     """Start trioproxy in front of the backend; return it, its base URL and admin URL."""
-    listen, admin = free_port(), free_port()
-    mesh = render(
-        "mesh.py.in",
-        tmp / "bench_mesh.py",
-        BACKEND=backend_base.removeprefix("http://"),
-        LISTEN=f"127.0.0.1:{listen}",
-        ADMIN=f"127.0.0.1:{admin}",
-    )
-    argv = [sys.executable, "-m", "trioproxy", "serve", str(mesh)]
-    proc = procs.start("trioproxy", argv, cpu=cpu)
+    listen, h2_listen, admin = free_port(), free_port(), free_port()
+    env = {
+        "BENCH_LISTEN_PORT": str(listen),
+        "BENCH_H2_LISTEN_PORT": str(h2_listen),
+        "BENCH_ADMIN_PORT": str(admin),
+        "BENCH_BACKEND_PORT": backend_base.rsplit(":", 1)[1],
+        "BENCH_ACCESS_LOG": str(tmp / "access.log"),
+    }
+    argv = [sys.executable, "-m", "trioproxy", "serve", str(HERE / "mesh.py")]
+    proc = procs.start("trioproxy", argv, cpu=cpu, env=env)
     admin_base = f"http://127.0.0.1:{admin}"
     wait_until_ok(admin_base + "/ready", proc, "trioproxy", procs)
     return proc, f"http://127.0.0.1:{listen}", admin_base
@@ -790,7 +800,8 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None) -> int:
             check_urls(setup, procs)
             wrk_cmd = f"wrk -t{opts.threads} -c{opts.connections} -d{opts.duration}s --latency"
             print(f"backend:   {backend_name} at {direct}")
-            print(f"trioproxy: {proxied} (admin {admin_base}), stat_prefix bench, no access log")
+            print(f"trioproxy: {proxied} (admin {admin_base}), mesh benchmarks/mesh.py")
+            print("           (route + round-robin cluster, access log to a file, stats on)")
             print(f"load:      {wrk_cmd}, warm-up {opts.warmup}s per case")
             print(f"pinning:   {pinning.describe()}")
             print(flush=True)
