@@ -86,7 +86,10 @@ HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 RESULTS = HERE / "results"
 
-Target = Literal["direct", "proxied"]
+Target = Literal["direct", "pump", "proxied"]
+
+# Which watched process does the work in front of the backend, per target.
+FRONT: dict[str, str] = {"pump": "pump", "proxied": "trioproxy"}
 
 # The two bodies, by path; backend.py and the nginx template serve the same.
 BODY_SMALL = b"hello\n"
@@ -419,8 +422,9 @@ class CaseResult:
     def proxy_cpu_us_per_request(self) -> float | None:
         """trioproxy's CPU time per request in microseconds: its cost,
         whether or not it saturated its core."""
-        pct = self.cpu.get("trioproxy")
-        if self.target != "proxied" or pct is None or not self.wrk.requests_per_sec:
+        front = FRONT.get(self.target)
+        pct = self.cpu.get(front) if front else None
+        if pct is None or not self.wrk.requests_per_sec:
             return None
         return round(pct * 1e4 / self.wrk.requests_per_sec, 1)
 
@@ -433,7 +437,9 @@ class Setup:
     backend_log: str  # its name in Processes: "nginx" or "backend"
     backend: subprocess.Popen[bytes]
     proxy: subprocess.Popen[bytes]
+    pump: subprocess.Popen[bytes]
     direct_base: str
+    pump_base: str
     proxied_base: str
     admin_base: str
 
@@ -504,11 +510,26 @@ def start_proxy(
     return proc, f"http://127.0.0.1:{listen}", admin_base
 
 
+def start_pump(
+    procs: Processes, backend_base: str, cpu: int | None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the bare trio byte pump (pump.py) in front of the backend, on
+    trioproxy's CPU (they never carry load at the same time)."""
+    listen = free_port()
+    backend_port = backend_base.rsplit(":", 1)[1]
+    argv = [sys.executable, str(HERE / "pump.py"), "--listen", str(listen)]
+    proc = procs.start("pump", [*argv, "--backend", backend_port], cpu=cpu)
+    base = f"http://127.0.0.1:{listen}"
+    wait_until_ok(base + "/small", proc, "pump", procs)
+    return proc, base
+
+
 def check_urls(setup: Setup, procs: Processes) -> None:
     """Fetch every URL once: each must answer 200 with the expected body."""
     for body_name, expected in BODIES.items():
         for base, log in (
             (setup.direct_base, setup.backend_log),
+            (setup.pump_base, "pump"),
             (setup.proxied_base, "trioproxy"),
         ):
             url = f"{base}/{body_name}"
@@ -545,11 +566,19 @@ def run_wrk(url: str, seconds: int, opts: Options, cpu: int | None, procs: Proce
 def run_case(
     setup: Setup, target: Target, body: str, opts: Options, pinning: Pinning, procs: Processes
 ) -> CaseResult:
-    base = setup.direct_base if target == "direct" else setup.proxied_base
+    base = {
+        "direct": setup.direct_base,
+        "pump": setup.pump_base,
+        "proxied": setup.proxied_base,
+    }[target]
     url = f"{base}/{body}"
     if opts.warmup:
         run_wrk(url, opts.warmup, opts, pinning.load_cpu, procs)
-    watched = {"backend": setup.backend.pid, "trioproxy": setup.proxy.pid}
+    watched = {
+        "backend": setup.backend.pid,
+        "trioproxy": setup.proxy.pid,
+        "pump": setup.pump.pid,
+    }
     before = {name: cpu_seconds(pid) for name, pid in watched.items()}
     wrk_before = children_cpu_seconds()
     started = time.monotonic()
@@ -561,7 +590,11 @@ def run_case(
         if after is not None and was is not None:
             cpu[name] = round(100 * (after - was) / elapsed, 1)
     cpu["wrk"] = round(100 * (children_cpu_seconds() - wrk_before) / elapsed, 1)
-    for log, proc in ((setup.backend_log, setup.backend), ("trioproxy", setup.proxy)):
+    for log, proc in (
+        (setup.backend_log, setup.backend),
+        ("trioproxy", setup.proxy),
+        ("pump", setup.pump),
+    ):
         if proc.poll() is not None:
             raise BenchError(
                 f"{log} died during {target} {body} (status {proc.returncode}):\n"
@@ -573,7 +606,7 @@ def run_case(
 def proxy_stats(admin_base: str) -> dict[str, int]:
     """The cluster counters that show whether upstream connections were reused."""
     status, text = http_get(admin_base + "/stats")
-    wanted = ("cluster.backend.upstream_cx_total", "cluster.backend.upstream_rq_total")
+    wanted = ("cluster.origin.upstream_cx_total", "cluster.origin.upstream_rq_total")
     found: dict[str, int] = {}
     if status != 200:
         return found
@@ -596,8 +629,8 @@ def format_table(results: Sequence[CaseResult]) -> str:
         "errors",
         "backend cpu",
         "wrk cpu",
-        "proxy cpu",
-        "proxy cpu/req",
+        "front cpu",
+        "front cpu/req",
     )
     rows = [header]
     for r in results:
@@ -610,7 +643,7 @@ def format_table(results: Sequence[CaseResult]) -> str:
                 r.wrk.describe_errors(),
                 _pct(r.cpu.get("backend")),
                 _pct(r.cpu.get("wrk")),
-                _pct(r.cpu.get("trioproxy")) if r.target == "proxied" else "-",
+                _pct(r.cpu.get(FRONT[r.target])) if r.target in FRONT else "-",
                 _us(r.proxy_cpu_us_per_request),
             )
         )
@@ -622,21 +655,23 @@ def format_table(results: Sequence[CaseResult]) -> str:
             "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells))
         )
     lines.insert(1, "-" * len(lines[0]))
-    ratios = ratio_by_body(results)
     lines.append("")
-    lines.append(
-        "proxied/direct req/s: "
-        + ", ".join(f"{body} {ratio:.3f}" for body, ratio in ratios.items())
-    )
+    for versus in ("direct", "pump"):
+        ratios = ratio_by_body(results, versus)
+        lines.append(
+            f"proxied/{versus} req/s: "
+            + ", ".join(f"{body} {ratio:.3f}" for body, ratio in ratios.items())
+        )
     return "\n".join(lines)
 
 
-def ratio_by_body(results: Sequence[CaseResult]) -> dict[str, float]:
+def ratio_by_body(results: Sequence[CaseResult], versus: Target = "direct") -> dict[str, float]:
+    """proxied req/s over `versus` req/s, per body size."""
     rps = {(r.target, r.body): r.wrk.requests_per_sec for r in results}
     return {
-        body: round(rps[("proxied", body)] / rps[("direct", body)], 4)
+        body: round(rps[("proxied", body)] / rps[(versus, body)], 4)
         for body in BODIES
-        if rps.get(("direct", body)) and ("proxied", body) in rps
+        if rps.get((versus, body)) and ("proxied", body) in rps
     }
 
 
@@ -687,6 +722,7 @@ def write_json(
             for r in results
         ],
         "ratio_proxied_direct_rps": ratio_by_body(results),
+        "ratio_proxied_pump_rps": ratio_by_body(results, "pump"),
     }
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -788,12 +824,15 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None) -> int:
                 tmp, procs, opts, pinning.load_cpu
             )
             proxy, proxied, admin_base = start_proxy(tmp, procs, direct, pinning.proxy_cpu)
+            pump, pump_base = start_pump(procs, direct, pinning.proxy_cpu)
             setup = Setup(
                 backend_name=backend_name,
                 backend_log=backend_log,
                 backend=backend,
                 proxy=proxy,
+                pump=pump,
                 direct_base=direct,
+                pump_base=pump_base,
                 proxied_base=proxied,
                 admin_base=admin_base,
             )
@@ -806,7 +845,7 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None) -> int:
             print(f"pinning:   {pinning.describe()}")
             print(flush=True)
             for body in BODIES:
-                for target in ("direct", "proxied"):
+                for target in ("direct", "pump", "proxied"):
                     print(f"  running {target} {body} ...", file=sys.stderr, flush=True)
                     results.append(run_case(setup, target, body, opts, pinning, procs))
             stats = proxy_stats(admin_base)
@@ -815,8 +854,8 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None) -> int:
             return EXIT_FAILED
     print(format_table(results))
     if stats:
-        cx = stats.get("cluster.backend.upstream_cx_total", 0)
-        rq = stats.get("cluster.backend.upstream_rq_total", 0)
+        cx = stats.get("cluster.origin.upstream_cx_total", 0)
+        rq = stats.get("cluster.origin.upstream_rq_total", 0)
         print(f"trioproxy upstream: {rq:,} requests over {cx:,} connections")
     if json_path is not None:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
