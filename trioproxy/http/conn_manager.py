@@ -261,12 +261,40 @@ class ActiveStream:
     async def _write_end(self, trailers: Headers | None) -> None:
         raise NotImplementedError
 
+    async def _write_whole(self, head: ResponseHead, body: bytes, trailers: Headers | None) -> None:
+        """Head, body and end; codecs that can batch them override this."""
+        await self._write_head(head, False)
+        if body:
+            await self._write_data(body)
+        await self._write_end(trailers)
+
     # ------------------------------------------------------------- response
 
     async def send_response_head(self, head: ResponseHead, *, end_stream: bool = False) -> None:
         """Send the response head (after running the filters' response hooks)."""
         for f in reversed(self._filters):
             await f.on_response_headers(self, head)
+        self._start_response(head, end_stream)
+        await self._write_head(head, end_stream)
+        self._touch()
+
+    async def send_whole_response(
+        self, head: ResponseHead, body: bytes, trailers: Headers | None = None
+    ) -> None:
+        """`send_response_head(head)`, `send_data(body)` and `send_end(trailers)`
+        in one go: one socket write on HTTP/1.1 (the router's path when the
+        upstream's whole response is already buffered)."""
+        for f in reversed(self._filters):
+            await f.on_response_headers(self, head)
+        self._start_response(head, True)
+        self.info.bytes_sent += len(body)
+        if trailers:
+            self.response_trailers = trailers
+            self.info.response_trailers = trailers  # %TRAILER(X)% in access logs
+        await self._write_whole(head, body, trailers)
+        self._touch()
+
+    def _start_response(self, head: ResponseHead, end_stream: bool) -> None:
         info = self.info
         info.response = head
         info.response_code = head.status
@@ -280,8 +308,6 @@ class ActiveStream:
         # Complete as soon as the last bytes are handed over: the client may
         # read them and close before this task runs again.
         self.response_complete = end_stream
-        await self._write_head(head, end_stream)
-        self._touch()
 
     @property
     def response_body_sent(self) -> bool:
@@ -464,6 +490,18 @@ class Http1Stream(ActiveStream):
             await self._conn.send_all(data)
 
     async def _write_head(self, head: ResponseHead, end_stream: bool) -> None:
+        data = self._encode_head(head)
+        if end_stream:
+            data += self._codec.send_end()
+        await self._send(data)
+
+    async def _write_whole(self, head: ResponseHead, body: bytes, trailers: Headers | None) -> None:
+        data = self._encode_head(head)
+        if body:
+            data += self._codec.send_data(body)
+        await self._send(data + self._codec.send_end(trailers))
+
+    def _encode_head(self, head: ResponseHead) -> bytes:
         headers = strip_hop_by_hop(head.headers)
         hcm = self._hcm
         if self.close_connection or hcm.draining or hcm.overload.disable_keepalive:
@@ -477,9 +515,7 @@ class Http1Stream(ActiveStream):
             # upstream's; the connection cannot continue.
             self.close_connection = True
             raise DownstreamReset("response head could not be encoded") from None
-        if end_stream:
-            data += self._codec.send_end()
-        await self._send(data)
+        return data
 
     async def _write_data(self, data: bytes) -> None:
         await self._send(self._codec.send_data(data))
