@@ -1,0 +1,304 @@
+"""Endpoints from a ClusterLoadAssignment file (Envoy's filesystem EDS): the
+parser alone, the DSL, then the proxy with real upstreams while the file is
+replaced (os.replace), rewritten in place, or broken."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from trioproxy.dsl import MeshError, admin, cluster, listener, mesh, prefix
+
+from tests.conftest import start_proxy, start_upstream
+from tests.upstream import Upstream
+from trioproxy.config import EdsFile, Endpoint, SocketAddress
+from trioproxy.runtime.server import Server
+from trioproxy.upstream.eds import EdsError, parse_load_assignment
+
+# ------------------------------------------------------------------ parsing
+
+
+def cla(*groups: dict[str, Any], name: str = "svc") -> dict[str, Any]:
+    return {"cluster_name": name, "endpoints": list(groups)}
+
+
+def lb(address: str, **extra: Any) -> dict[str, Any]:
+    host, _, port = address.rpartition(":")
+    sa = {"address": host, "port_value": int(port)}
+    return {"endpoint": {"address": {"socket_address": sa}}, **extra}
+
+
+def test_parse_json_with_priorities_weights_and_health() -> None:
+    doc = cla(
+        {"locality": {"zone": "a"}, "lb_endpoints": [lb("10.0.0.1:80", load_balancing_weight=3)]},
+        {"priority": 1, "lb_endpoints": [lb("10.0.0.2:81", health_status="DRAINING")]},
+    )
+    eps = parse_load_assignment(json.dumps(doc).encode(), "/x/eds.json", "svc")
+    assert eps == (
+        Endpoint(address=SocketAddress(host="10.0.0.1", port=80), weight=3),
+        Endpoint(
+            address=SocketAddress(host="10.0.0.2", port=81), priority=1, health_status="DRAINING"
+        ),
+    )
+
+
+def test_parse_yaml_and_discovery_response() -> None:
+    text = b"""
+resources:
+- "@type": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+  cluster_name: svc
+  endpoints:
+  - lb_endpoints:
+    - endpoint:
+        address:
+          socket_address: {address: "::1", port_value: 8080}
+"""
+    (e,) = parse_load_assignment(text, "eds.yaml", "svc")
+    assert e.address == SocketAddress(host="::1", port=8080)
+    # No endpoints at all is a valid (empty) assignment.
+    assert parse_load_assignment(b'{"cluster_name": "svc"}', "e.json", "svc") == ()
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[]", "the ClusterLoadAssignment must be an object, got list"),
+        (json.dumps(cla(name="other")).encode(), "cluster_name 'other' is not this cluster's"),
+        (json.dumps({"cluster_name": "svc", "endpoint": []}).encode(), "unknown field(s) endpoint"),
+        (
+            json.dumps(cla({"lb_endpoints": [lb("web.internal:80")]})).encode(),
+            "bad address 'web.internal' in endpoints[0].lb_endpoints[0].endpoint",
+        ),
+        (
+            json.dumps(cla({"lb_endpoints": [lb("10.0.0.1:0")]})).encode(),
+            "bad port_value in endpoints[0].lb_endpoints[0].endpoint 0",
+        ),
+        (
+            json.dumps(cla({"lb_endpoints": [lb("10.0.0.1:1", load_balancing_weight=0)]})).encode(),
+            "bad load_balancing_weight of endpoints[0].lb_endpoints[0] 0",
+        ),
+        (
+            json.dumps(cla({"priority": -1, "lb_endpoints": []})).encode(),
+            "bad priority of endpoints[0] -1",
+        ),
+        (
+            json.dumps(cla({"lb_endpoints": [lb("10.0.0.1:1"), lb("10.0.0.1:1")]})).encode(),
+            "10.0.0.1:1 is listed twice",
+        ),
+        (
+            json.dumps(cla({"lb_endpoints": [lb("10.0.0.1:1", health_status="SICK")]})).encode(),
+            "bad health_status 'SICK'",
+        ),
+    ],
+)
+def test_malformed_files_are_rejected_with_the_file_and_problem(data: bytes, problem: str) -> None:
+    with pytest.raises(EdsError) as info:
+        parse_load_assignment(data, "/etc/eds/svc.json", "svc")
+    message = str(info.value)
+    assert message.startswith("/etc/eds/svc.json: ")
+    assert problem in message
+
+
+def test_bad_yaml() -> None:
+    with pytest.raises(EdsError, match=r"^e\.yml: not valid YAML"):
+        parse_load_assignment(b"endpoints: [", "e.yml", "svc")
+
+
+# ------------------------------------------------------------------ DSL
+
+
+def test_dsl_eds_file() -> None:
+    c = cluster("svc").eds_file("eds.json", watch_interval="100ms")
+    (built,) = mesh(listener("l", ":0").route(prefix("/"), c)).compile().clusters
+    assert built.type == "eds" and built.endpoints == ()
+    # A relative path is relative to the file of the builder call.
+    here = os.path.dirname(os.path.abspath(__file__))
+    assert built.eds_file == EdsFile(path=os.path.join(here, "eds.json"), watch_interval=0.1)
+
+
+def test_dsl_eds_errors() -> None:
+    here = test_dsl_eds_errors.__code__.co_firstlineno
+    m = mesh(
+        listener("l", ":0")
+        .route(prefix("/a"), cluster("a", "10.0.0.1:80").eds_file("a.json"))
+        .route(prefix("/b"), cluster("b", "10.0.0.1:80", type="static").eds_file("b.json"))
+        .route(prefix("/c"), cluster("c", type="eds"))
+        .route(prefix("/d"), cluster("d").eds_file("d.json", watch_interval=0))
+    )
+    with pytest.raises(MeshError) as info:
+        m.compile()
+    issues = info.value.issues
+    assert [i.message for i in issues] == [
+        "cluster 'a': an eds cluster takes its endpoints from .eds_file(...)",
+        "cluster 'b': .eds_file() needs type='eds' (this one is static)",
+        "cluster 'c': an eds cluster needs .eds_file(path)",
+        "eds_file watch_interval of cluster 'd' must be greater than 0",
+    ]
+    assert [i.location.line for i in issues if i.location] == [here + n for n in (4, 5, 6, 7)]
+
+
+# ------------------------------------------------------------------ running
+
+
+def _write(path: Path, groups: list[dict[str, Any]], *, atomic: bool) -> None:
+    data = json.dumps(cla(*groups), indent=1)
+    if atomic:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(data)
+        os.replace(tmp, path)
+    else:
+        with open(path, "w") as f:  # in place: same inode, truncated then written
+            f.write(data)
+
+
+def _eds_mesh(path: Path) -> Any:
+    svc = cluster("svc").eds_file(str(path), watch_interval="50ms")
+    return mesh(
+        listener("ingress", "127.0.0.1:0").route(prefix("/"), svc), admin("127.0.0.1:0")
+    ).compile()
+
+
+async def _hits(client: httpx.AsyncClient, server: Server, n: int) -> Counter[str]:
+    port = server.listener_address("ingress").port
+    got: Counter[str] = Counter()
+    for _ in range(n):
+        r = await client.get(f"http://127.0.0.1:{port}/")
+        assert r.status_code == 200, r.text
+        got[r.headers["x-upstream"]] += 1
+    return got
+
+
+async def _admin_hosts(client: httpx.AsyncClient, server: Server) -> set[str]:
+    assert server.admin_bound is not None
+    r = await client.get(f"http://127.0.0.1:{server.admin_bound.port}/clusters")
+    lines = r.text.splitlines()
+    return {ln.split("::")[1] for ln in lines if ln.startswith("svc::") and "::rq_total::" in ln}
+
+
+async def _until(check: Any, what: str, timeout: float = 5.0) -> None:
+    with trio.move_on_after(timeout):
+        while not await check():
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _counter(server: Server, name: str) -> int:
+    return server.stats.counters[name].value
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["os.replace", "in-place"])
+async def test_file_changes_move_traffic(tmp_path: Path, atomic: bool) -> None:
+    path = tmp_path / "svc.json"
+    async with trio.open_nursery() as n, httpx.AsyncClient() as client:
+        a, b, c = [await start_upstream(n, name) for name in "abc"]
+        _write(path, [{"lb_endpoints": [lb(a.address), lb(b.address)]}], atomic=atomic)
+        server = await start_proxy(n, _eds_mesh(path))
+        # The file was read before the listener opened.
+        assert await _admin_hosts(client, server) == {a.address, b.address}
+        assert set(await _hits(client, server, 6)) == {"a", "b"}
+
+        _write(path, [{"lb_endpoints": [lb(c.address)]}], atomic=atomic)
+
+        async def moved() -> bool:
+            return await _admin_hosts(client, server) == {c.address}
+
+        await _until(moved, "the new endpoints")
+        before = len(a.requests) + len(b.requests)
+        assert await _hits(client, server, 6) == {"c": 6}
+        assert len(a.requests) + len(b.requests) == before
+        assert _counter(server, "cluster.svc.membership_change") == 2
+        assert server.stats.gauges["cluster.svc.membership_total"].value == 1
+        n.cancel_scope.cancel()
+
+
+async def test_malformed_file_keeps_the_last_good_endpoints(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "svc.json"
+    async with trio.open_nursery() as n, httpx.AsyncClient() as client:
+        a = await start_upstream(n, "a")
+        _write(path, [{"lb_endpoints": [lb(a.address)]}], atomic=True)
+        server = await start_proxy(n, _eds_mesh(path))
+        assert await _hits(client, server, 2) == {"a": 2}
+        for bad in (b"{", json.dumps(cla({"lb_endpoints": [lb("127.0.0.1:99999")]})).encode()):
+            rejected = _counter(server, "cluster.svc.update_rejected")
+            with caplog.at_level(logging.ERROR, logger="trioproxy.discovery"):
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(bad)
+                os.replace(tmp, path)
+
+                async def counted(before: int = rejected) -> bool:
+                    return _counter(server, "cluster.svc.update_rejected") == before + 1
+
+                await _until(counted, "the rejection")
+            assert await _hits(client, server, 2) == {"a": 2}
+            assert await _admin_hosts(client, server) == {a.address}
+        messages = [r.getMessage() for r in caplog.records if r.name == "trioproxy.discovery"]
+        assert any(str(path) in m and "not valid JSON" in m for m in messages), messages
+        assert any("bad port_value" in m and "99999" in m for m in messages), messages
+        # A good file again is applied.
+        b = await start_upstream(n, "b")
+        _write(path, [{"lb_endpoints": [lb(b.address)]}], atomic=True)
+
+        async def fixed() -> bool:
+            return await _admin_hosts(client, server) == {b.address}
+
+        await _until(fixed, "the good file")
+        assert await _hits(client, server, 2) == {"b": 2}
+        n.cancel_scope.cancel()
+
+
+async def test_weights_and_priorities_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "svc.yaml"
+    async with trio.open_nursery() as n, httpx.AsyncClient() as client:
+        ups: list[Upstream] = [await start_upstream(n, name) for name in "abc"]
+        a, b, c = ups
+
+        def write(b_health: str) -> None:
+            text = f"""
+cluster_name: svc
+endpoints:
+- priority: 0
+  lb_endpoints:
+  - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {a.port}}}}}}}
+    load_balancing_weight: 3
+  - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {b.port}}}}}}}
+    load_balancing_weight: 1
+    health_status: {b_health}
+- priority: 1
+  lb_endpoints:
+  - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {c.port}}}}}}}
+"""
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+
+        write("HEALTHY")
+        svc = cluster("svc").eds_file(str(path), watch_interval="50ms")
+        m = mesh(listener("ingress", "127.0.0.1:0").route(prefix("/"), svc)).compile()
+        server = await start_proxy(n, m)
+        # Smooth weighted round robin: exactly 3:1 over 8 picks; priority 1 idle.
+        assert await _hits(client, server, 8) == {"a": 6, "b": 2}
+        # b drains: priority 0 is half healthy (1.4 x 1/2 = 70 %), so 30 %
+        # of the traffic spills to priority 1 (Envoy's priority loads).
+        write("DRAINING")
+        runtime = server.clusters.get("svc")
+        assert runtime is not None
+
+        async def drained() -> bool:
+            return any(h.eds_unhealthy for h in runtime.hosts)
+
+        await _until(drained, "b to drain")
+        assert runtime.lb.loads == [70, 30]
+        hits = await _hits(client, server, 60)
+        assert "b" not in hits and hits["a"] > hits["c"] > 0
+        n.cancel_scope.cancel()
