@@ -24,6 +24,7 @@ import dns.message
 import httpx
 import pytest
 import trio
+import trio.testing
 from trioproxy.dsl import MeshError, admin, cluster, listener, mesh, prefix
 
 from tests.conftest import require_tool, start_proxy
@@ -460,4 +461,26 @@ async def test_health_checks_follow_membership(dnsmasq: Dnsmasq, upstreams: list
         assert old.hc_scope.cancel_called
         (new,) = runtime.hosts
         assert new.address == f"127.0.0.3:{port}" and new.healthy
+        n.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------------ MockClock
+
+
+async def test_refresh_loop_runs_every_refresh_rate(autojump_clock: trio.testing.MockClock) -> None:
+    """IP literals resolve without a query, so the loop's timing alone is seen."""
+    svc = cluster("svc", "127.0.0.2:80", "127.0.0.3:80", type="strict_dns", dns_refresh_rate=2)
+    m = mesh(listener("ingress", "127.0.0.1:0").route(prefix("/"), svc)).compile()
+    async with trio.open_nursery() as n:
+        server = await start_proxy(n, m)
+        start = trio.current_time()
+        # One attempt per name before listening, then one per name every 2 s.
+        assert _counter(server, "cluster.svc.update_attempt") == 2
+        assert _gauge(server, "cluster.svc.membership_total") == 2
+        await trio.sleep_until(start + 9.9)
+        assert _counter(server, "cluster.svc.update_attempt") == 2 * 5
+        assert _counter(server, "cluster.svc.update_success") == 2 * 5
+        # Nothing changed after the first answer: no rebuilds, one membership change.
+        assert _counter(server, "cluster.svc.update_no_rebuild") == 4
+        assert _counter(server, "cluster.svc.membership_change") == 1
         n.cancel_scope.cancel()

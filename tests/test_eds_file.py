@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,11 @@ from trioproxy.dsl import MeshError, admin, cluster, listener, mesh, prefix
 
 from tests.conftest import start_proxy, start_upstream
 from tests.upstream import Upstream
-from trioproxy.config import EdsFile, Endpoint, SocketAddress
+from trioproxy.config import Cluster, EdsFile, Endpoint, OutlierDetection, SocketAddress
+from trioproxy.net.network import TrioNetwork
+from trioproxy.observe.stats import StatsStore
 from trioproxy.runtime.server import Server
+from trioproxy.upstream.cluster_manager import ClusterRuntime
 from trioproxy.upstream.eds import EdsError, parse_load_assignment
 
 # ------------------------------------------------------------------ parsing
@@ -302,3 +306,46 @@ endpoints:
         hits = await _hits(client, server, 60)
         assert "b" not in hits and hits["a"] > hits["c"] > 0
         n.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------------ membership
+
+
+async def test_set_endpoints_keeps_state_of_staying_hosts_and_forgets_leaving_ones() -> None:
+    def e(port: int, **kw: Any) -> Endpoint:
+        return Endpoint(address=SocketAddress(host="127.0.0.1", port=port), **kw)
+
+    stats = StatsStore()
+    config = Cluster(
+        name="svc",
+        type="eds",
+        outlier_detection=OutlierDetection(consecutive_5xx=2, max_ejection_percent=100),
+    )
+    c = ClusterRuntime(config, TrioNetwork(), stats, random.Random(1))
+    assert c.hosts == [] and c.choose_host() is None
+    c.set_endpoints([e(1), e(2)])
+    one, two = c.hosts
+    assert c.outlier is not None
+    # Host 1 is ejected, then leaves: no longer counted as an active ejection.
+    c.on_response(one, 503, 1.0)
+    c.on_response(one, 503, 1.0)
+    assert one.outlier_ejected
+    assert stats.gauges["cluster.svc.outlier_detection.ejections_active"].value == 1
+    d = c.set_endpoints([e(2, weight=5), e(3)])
+    assert d.added == (e(3),) and d.removed == (SocketAddress(host="127.0.0.1", port=1),)
+    assert stats.gauges["cluster.svc.outlier_detection.ejections_active"].value == 0
+    # Host 2 is the same object (its pool and counters stay), with its new weight.
+    assert c.hosts[0] is two and two.weight == 5
+    three = c.hosts[1]
+    assert {c.choose_host() for _ in range(12)} == {two, three}
+    # The newcomer is tracked by outlier detection; the sweep sees every host.
+    c.on_response(three, 503, 1.0)
+    c.on_response(three, 503, 1.0)
+    assert three.outlier_ejected
+    c.outlier.sweep(trio.current_time() + 10_000.0)
+    assert not three.outlier_ejected
+    # An empty assignment empties the cluster.
+    c.set_endpoints([])
+    assert c.hosts == [] and c.choose_host() is None
+    assert stats.gauges["cluster.svc.membership_total"].value == 0
+    assert stats.counters["cluster.svc.membership_change"].value == 3
