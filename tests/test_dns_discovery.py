@@ -484,3 +484,32 @@ async def test_refresh_loop_runs_every_refresh_rate(autojump_clock: trio.testing
         assert _counter(server, "cluster.svc.update_no_rebuild") == 4
         assert _counter(server, "cluster.svc.membership_change") == 1
         n.cancel_scope.cancel()
+
+
+async def test_lookup_families_against_dnsmasq(dnsmasq: Dnsmasq) -> None:
+    """Envoy's families on a real server (dnsmasq refuses a family it has no
+    record of, so AUTO / V4_PREFERRED fall back and ALL fails)."""
+    await dnsmasq.set(
+        {"v4.test": ["127.0.0.2"], "v6.test": ["::1"], "both.test": ["127.0.0.3", "::2"]}
+    )
+    await dnsmasq.wait_answers("v4.test", {"127.0.0.2"})
+    r = DnsResolver([SocketAddress(host="127.0.0.1", port=dnsmasq.port)], timeout=2.0)
+
+    async def addresses(name: str, family: Any) -> tuple[str, ...] | str:
+        try:
+            return (await r.resolve(name, family)).addresses
+        except DnsFailure:
+            return "failure"
+
+    assert await addresses("v4.test", "AUTO") == ("127.0.0.2",)  # AAAA refused: A
+    assert await addresses("v6.test", "AUTO") == ("::1",)
+    assert await addresses("both.test", "AUTO") == ("::2",)  # IPv6 first
+    assert await addresses("both.test", "V4_PREFERRED") == ("127.0.0.3",)
+    assert await addresses("v6.test", "V4_PREFERRED") == ("::1",)
+    assert await addresses("both.test", "ALL") == ("127.0.0.3", "::2")
+    assert await addresses("v4.test", "ALL") == "failure"  # the AAAA query was refused
+    assert await addresses("v6.test", "V4_ONLY") == "failure"
+    assert await addresses("nope.test", "V4_ONLY") == "failure"
+    # IP literals need no query; a literal of the wrong family gives nothing.
+    assert await addresses("127.0.0.9", "V4_ONLY") == ("127.0.0.9",)
+    assert await addresses("::1", "V4_ONLY") == ()

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trioproxy.config import Endpoint
+from trioproxy.config import DnsDiscovery, Endpoint
 from trioproxy.net.dns import DnsFailure, DnsResolver
 from trioproxy.upstream.eds import EdsError, parse_load_assignment
 from trioproxy.upstream.membership import RefreshSchedule, dns_endpoints
@@ -54,9 +54,9 @@ async def run_dns_discovery(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Resolve a strict_dns / logical_dns cluster's names until cancelled."""
-    cfg = cluster.config.dns
+    cfg = cluster.config.dns or DnsDiscovery()  # a hand-built graph may leave it out
     stats = cluster.discovery
-    assert cfg is not None and stats is not None
+    assert stats is not None
     # (Without resolvers it reads /etc/resolv.conf: off the event loop.)
     resolver = await trio.to_thread.run_sync(
         lambda: DnsResolver(cfg.resolvers, timeout=cfg.timeout)
@@ -67,6 +67,7 @@ async def run_dns_discovery(
     # The last good addresses per target: a failed lookup keeps them.
     last: list[tuple[str, ...]] = [() for _ in targets]
     started = False
+    was_failing = False
     while True:
         failed = False
         ttls: list[float] = []
@@ -78,8 +79,12 @@ async def run_dns_discovery(
             except DnsFailure as exc:
                 failed = True
                 stats.update_failure.inc()
-                log.warning(
-                    "cluster %r: DNS lookup failed, keeping its hosts: %s", cluster.name, exc
+                # Once per outage, not once per refresh.
+                log.log(
+                    logging.DEBUG if was_failing else logging.WARNING,
+                    "cluster %r: DNS lookup failed, keeping its hosts: %s",
+                    cluster.name,
+                    exc,
                 )
                 continue
             stats.update_success.inc()
@@ -93,6 +98,9 @@ async def run_dns_discovery(
             endpoints = dns_endpoints(targets, last)
         if not cluster.set_endpoints(endpoints):
             stats.update_no_rebuild.inc()
+        if was_failing and not failed:
+            log.info("cluster %r: DNS lookups answer again", cluster.name)
+        was_failing = failed
         if not started:
             started = True
             task_status.started()
