@@ -19,6 +19,7 @@ from trioproxy.dsl import MeshError, admin, cluster, listener, mesh, prefix
 
 from tests.conftest import start_proxy, start_upstream
 from tests.upstream import Upstream
+from tests.upstream_h2 import UpstreamH2
 from trioproxy.config import Cluster, EdsFile, Endpoint, OutlierDetection, SocketAddress
 from trioproxy.net.network import TrioNetwork
 from trioproxy.observe.stats import StatsStore
@@ -349,3 +350,30 @@ async def test_set_endpoints_keeps_state_of_staying_hosts_and_forgets_leaving_on
     assert c.hosts == [] and c.choose_host() is None
     assert stats.gauges["cluster.svc.membership_total"].value == 0
     assert stats.counters["cluster.svc.membership_change"].value == 3
+
+
+async def test_http2_hosts_that_join_later(tmp_path: Path) -> None:
+    """An HTTP/2 host that joins gets its connection tasks in the cluster
+    manager's nursery like a static one."""
+    path = tmp_path / "svc.json"
+    _write(path, [], atomic=True)
+    async with trio.open_nursery() as n, httpx.AsyncClient() as client:
+        up = await n.start(UpstreamH2("h2").run)
+        svc = cluster("svc").eds_file(str(path), watch_interval="50ms").http2()
+        m = mesh(listener("ingress", "127.0.0.1:0").route(prefix("/"), svc)).compile()
+        server = await start_proxy(n, m)
+        port = server.listener_address("ingress").port
+        assert (await client.get(f"http://127.0.0.1:{port}/")).status_code == 503  # no hosts
+        _write(path, [{"lb_endpoints": [lb(up.address)]}], atomic=True)
+        runtime = server.clusters.get("svc")
+        assert runtime is not None
+
+        async def joined() -> bool:
+            return len(runtime.hosts) == 1
+
+        await _until(joined, "the HTTP/2 host")
+        for _ in range(3):
+            r = await client.get(f"http://127.0.0.1:{port}/")
+            assert r.status_code == 200 and r.headers["x-upstream"] == "h2"
+        assert up.connections == 1  # multiplexed on one connection
+        n.cancel_scope.cancel()
