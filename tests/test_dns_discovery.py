@@ -344,6 +344,9 @@ async def test_strict_dns_hosts_join_and_leave(dnsmasq: Dnsmasq, upstreams: list
         assert _gauge(server, "cluster.svc.membership_total") == 2
         assert await _admin_hosts(client, server) == {f"127.0.0.2:{port}", f"127.0.0.3:{port}"}
         assert await _servers_seen(client, server) == {"u2", "u3"}
+        assert server.admin_bound is not None
+        text = (await client.get(f"http://127.0.0.1:{server.admin_bound.port}/clusters")).text
+        assert f"svc::127.0.0.2:{port}::hostname::svc.test" in text.splitlines()
 
         # A host joins: within a refresh (0.2 s) it is in /clusters and gets traffic.
         await dnsmasq.set({"svc.test": ["127.0.0.2", "127.0.0.3", "127.0.0.4"]})

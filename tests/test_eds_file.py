@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from trioproxy.dsl import MeshError, admin, cluster, listener, mesh, prefix
 
 from tests.conftest import start_proxy, start_upstream
@@ -377,3 +379,47 @@ async def test_http2_hosts_that_join_later(tmp_path: Path) -> None:
             assert r.status_code == 200 and r.headers["x-upstream"] == "h2"
         assert up.connections == 1  # multiplexed on one connection
         n.cancel_scope.cancel()
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "cluster_name",
+                    "endpoints",
+                    "lb_endpoints",
+                    "endpoint",
+                    "address",
+                    "socket_address",
+                    "port_value",
+                    "priority",
+                    "load_balancing_weight",
+                    "health_status",
+                    "hostname",
+                    "locality",
+                    "resources",
+                    "x",
+                ]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(doc=_json_values)
+def test_any_document_gives_endpoints_or_an_eds_error(doc: object) -> None:
+    """A file can never make the watcher fail with anything but EdsError."""
+    for data, name in ((json.dumps(doc).encode(), "f.json"), (json.dumps(doc).encode(), "f.yaml")):
+        try:
+            eps = parse_load_assignment(data, name, "svc")
+        except EdsError as exc:
+            assert str(exc).startswith(name + ": ")
+        else:
+            assert all(isinstance(e, Endpoint) and 1 <= e.address.port <= 65535 for e in eps)
