@@ -28,6 +28,8 @@ import trio.testing
 from trioproxy.dsl import MeshError, admin, cluster, listener, mesh, prefix
 
 from tests.conftest import require_tool, start_proxy
+from tests.tls_certs import Pki
+from tests.tls_upstreams import TlsUpstream
 from tests.upstream import Upstream
 from trioproxy.config import DnsDiscovery, Endpoint, SocketAddress
 from trioproxy.net.dns import DnsFailure, DnsResolver
@@ -516,3 +518,26 @@ async def test_lookup_families_against_dnsmasq(dnsmasq: Dnsmasq) -> None:
     # IP literals need no query; a literal of the wrong family gives nothing.
     assert await addresses("127.0.0.9", "V4_ONLY") == ("127.0.0.9",)
     assert await addresses("::1", "V4_ONLY") == ()
+
+
+async def test_tls_to_dns_hosts_presents_and_verifies_the_name(
+    dnsmasq: Dnsmasq, tmp_path: Path
+) -> None:
+    """Hosts are dialled by address; TLS still sends (and verifies) the DNS name."""
+    pki = Pki(tmp_path / "ca")
+    leaf = pki.issue("svc.test")
+    async with trio.open_nursery() as n, httpx.AsyncClient() as client:
+        up = await n.start(TlsUpstream("tls", leaf.cert, leaf.key).run)
+        await dnsmasq.set({"svc.test": ["127.0.0.1"]})
+        await dnsmasq.wait_answers("svc.test", {"127.0.0.1"})
+        svc = cluster(
+            "svc",
+            f"svc.test:{up.port}",
+            dns_resolvers=[dnsmasq.address],
+            dns_lookup_family="V4_ONLY",
+        ).tls(ca=pki.ca_file)
+        m = mesh(listener("ingress", "127.0.0.1:0").route(prefix("/"), svc)).compile()
+        server = await start_proxy(n, m)
+        assert await _servers_seen(client, server, 2) == {"tls"}
+        assert up.server_names and set(up.server_names) == {"svc.test"}
+        n.cancel_scope.cancel()

@@ -270,6 +270,8 @@ class ClusterRuntime:
                 h.hc_scope.cancel()
             h.pool.close()
         self.hosts[:] = hosts
+        if self.tls is not None:
+            self.tls.host_names = {ep.address.host: ep.hostname for ep in new if ep.hostname}
         if self.outlier is not None:
             self.outlier.sync_hosts(tuple(old.values()))
         if diff.membership_changed:
