@@ -523,11 +523,13 @@ class ClusterManager:
                     nursery.start_soon(_sweep_outliers, c.outlier)
             # Discovery: every DNS/EDS cluster has made its first attempt
             # (answered or failed) before the server starts listening, as
-            # Envoy's clusters finish warming first.
-            for c in self.clusters.values():
-                run = DISCOVERY.get(c.config.type)
-                if run is not None:
-                    await nursery.start(run, c, self._rng)
+            # Envoy's clusters finish warming first. They warm together; the
+            # tasks themselves live on in `nursery`.
+            async with trio.open_nursery() as warming:
+                for c in self.clusters.values():
+                    run = DISCOVERY.get(c.config.type)
+                    if run is not None:
+                        warming.start_soon(nursery.start, run, c, self._rng)
             task_status.started()
             await trio.sleep_forever()
 
