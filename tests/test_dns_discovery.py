@@ -25,6 +25,8 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from trioproxy.dsl import MeshError, admin, cluster, listener, mesh, prefix
 
 from tests.conftest import require_tool, start_proxy
@@ -57,6 +59,30 @@ def test_diff_by_address() -> None:
     # The same set in another order (DNS round robin) is no change at all.
     same = diff_endpoints(old, list(reversed(old)))
     assert not same and not same.membership_changed
+
+
+_endpoints = st.lists(
+    st.builds(
+        lambda last, port, weight: ep(f"10.0.0.{last}:{port}", weight=weight),
+        st.integers(1, 6),
+        st.sampled_from([80, 81]),
+        st.integers(1, 3),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(old=_endpoints, new=_endpoints)
+def test_a_diff_turns_the_old_set_into_the_new(old: list[Endpoint], new: list[Endpoint]) -> None:
+    d = diff_endpoints(old, new)
+    first_old = {e.address: e for e in reversed(old)}  # the first listing wins
+    first_new = {e.address: e for e in reversed(new)}
+    applied = {a: e for a, e in first_old.items() if a not in set(d.removed)}
+    applied.update({e.address: e for e in d.added + d.updated})
+    assert applied == first_new
+    assert not set(d.removed) & set(first_new)
+    assert bool(d) == (first_old != first_new)
 
 
 def test_dns_answers_become_hosts_on_the_targets_port() -> None:
