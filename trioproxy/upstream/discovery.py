@@ -91,9 +91,8 @@ async def run_dns_discovery(
             if answer.ttl is not None:
                 ttls.append(answer.ttl)
             last[i] = answer.addresses
-        if logical:
-            first = last[0][:1]
-            endpoints: tuple[Endpoint, ...] = dns_endpoints(targets, [first])
+        if logical:  # one target (the compiler checks); its first address
+            endpoints: tuple[Endpoint, ...] = dns_endpoints(targets[:1], [a[:1] for a in last[:1]])
         else:
             endpoints = dns_endpoints(targets, last)
         if not cluster.set_endpoints(endpoints):
