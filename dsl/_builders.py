@@ -26,8 +26,10 @@ from trioproxy.config.graph import (
     AccessLogFilter,
     AndFilter,
     ClientCertDetail,
+    ClusterType,
     CodecType,
     ComparisonOp,
+    DnsLookupFamily,
     DurationFilter,
     ForwardClientCertDetails,
     LbPolicy,
@@ -289,6 +291,11 @@ class ClusterBuilder:
     _outlier: Given[dict[str, object]] | None = None
     _health_check: Given[dict[str, object]] | None = None
     _breakers: Given[dict[str, object]] | None = None
+    # Discovery: the `type=` given (None: static, or eds with `.eds_file()`),
+    # the DNS options given to `cluster()`, the `.eds_file()` call.
+    _type: Given[object] | None = None
+    _dns: Given[dict[str, object]] | None = None
+    _eds: Given[dict[str, object]] | None = None
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
@@ -572,29 +579,70 @@ class ClusterBuilder:
         )
         return attrs.evolve(self, tls=Given(spec, spec.location))
 
+    def eds_file(self, path: str, *, watch_interval: Duration = 1.0) -> ClusterBuilder:
+        """Take the endpoints from an Envoy ClusterLoadAssignment file (JSON,
+        or YAML for .yaml/.yml; Envoy's filesystem EDS), re-read whenever it
+        changes (checked every `watch_interval`); a malformed file is
+        rejected and the last good endpoints stay. The cluster's type is
+        then "eds" and it lists no endpoints of its own. A relative path is
+        relative to the mesh file."""
+        options: dict[str, object] = {"path": path, "watch_interval": watch_interval}
+        return attrs.evolve(self, eds=Given(options, caller_location()))
+
 
 def cluster(
     name: str,
     *endpoints: str | EndpointBuilder,
     lb: LbPolicy = "round_robin",
     connect_timeout: Duration = 5.0,
+    type: ClusterType | None = None,
+    dns_refresh_rate: Duration | None = None,
+    dns_failure_refresh_rate: Duration | tuple[Duration, Duration] | None = None,
+    respect_dns_ttl: bool | None = None,
+    dns_lookup_family: DnsLookupFamily | None = None,
+    dns_resolvers: Sequence[str] | None = None,
 ) -> ClusterBuilder:
     """A cluster of upstream endpoints ("host:port" strings or `endpoint()`s).
 
     `lb` is "round_robin", "least_request", "random", "ring_hash" or
     "maglev" (options with `.lb(...)`); `connect_timeout` defaults to
     Envoy's 5 s.
+
+    `type` is Envoy's discovery type: "static" (the default; endpoints are
+    IP addresses), "strict_dns" (every address each endpoint's name resolves
+    to is a host), "logical_dns" (one endpoint; new connections go to the
+    first address it resolves to) or "eds" (see `.eds_file()`). DNS options,
+    with Envoy's names and defaults: `dns_refresh_rate` (5 s),
+    `dns_failure_refresh_rate` (a base, or (base, max), for a jittered
+    exponential back-off after failed lookups; default: the refresh rate),
+    `respect_dns_ttl` (False: True refreshes after the records' TTL),
+    `dns_lookup_family` ("AUTO": IPv6 then IPv4, "V4_ONLY", "V6_ONLY",
+    "V4_PREFERRED", "ALL") and `dns_resolvers` (nameservers "ip:port";
+    default: the system's).
     """
     here = caller_location()
     eps = tuple(
         EndpointBuilder(address=ep, location=here) if isinstance(ep, str) else ep
         for ep in endpoints
     )
+    dns_given: dict[str, object] = {
+        k: v
+        for k, v in (
+            ("dns_refresh_rate", dns_refresh_rate),
+            ("dns_failure_refresh_rate", dns_failure_refresh_rate),
+            ("respect_dns_ttl", respect_dns_ttl),
+            ("dns_lookup_family", dns_lookup_family),
+            ("dns_resolvers", dns_resolvers),
+        )
+        if v is not None
+    }
     return ClusterBuilder(
         name=name,
         endpoints=eps,
         lb=Given(lb, here),
         connect_timeout=Given(connect_timeout, here),
+        type=None if type is None else Given(type, here),
+        dns=Given(dns_given, here) if dns_given else None,
         location=here,
     )
 

@@ -118,6 +118,7 @@ from ._builders import (
     VhostBuilder,
     WeightedBuilder,
 )
+from ._compile_discovery import discovery_options
 from ._compile_http2 import http2_limit_options
 from ._compile_tls import (
     apply_chain_options,
@@ -480,8 +481,10 @@ class _Compiler:
                 f"cluster {name!r}: auto_http() picks the protocol by TLS ALPN,"
                 " so it needs .tls(...)",
             )
+        discovery = discovery_options(self, cb, name, endpoints)
         return Cluster(
             name=name,
+            **discovery,  # type: ignore[arg-type]
             endpoints=tuple(endpoints),
             lb_policy=lb,
             healthy_panic_threshold=panic,

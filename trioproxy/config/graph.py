@@ -36,8 +36,10 @@ __all__ = [
     "CookieHashPolicy",
     "DemoService",
     "DirectResponseAction",
+    "DnsDiscovery",
     "DownstreamTlsContext",
     "DurationFilter",
+    "EdsFile",
     "Endpoint",
     "FilterChain",
     "FilterChainMatch",
@@ -102,6 +104,11 @@ StringMatchKind = Literal["exact", "prefix", "suffix", "contains", "regex", "pre
 CodecType = Literal["auto", "http1", "http2"]
 # "auto": HTTP/2 if the upstream's TLS ALPN says h2, else HTTP/1.1 (Envoy's auto_config).
 UpstreamProtocol = Literal["http1", "http2", "auto"]
+# Envoy's cluster discovery types (`type`); "eds" reads a ClusterLoadAssignment
+# from a file (Envoy's filesystem EDS, `path_config_source`).
+ClusterType = Literal["static", "strict_dns", "logical_dns", "eds"]
+# Envoy's DnsLookupFamily values (AUTO: IPv6, falling back to IPv4).
+DnsLookupFamily = Literal["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"]
 TlsVersion = Literal["TLSv1_2", "TLSv1_3"]
 # Envoy's SubjectAltNameMatcher san_type (DNS, URI, EMAIL, IP_ADDRESS), lower-case.
 SanType = Literal["dns", "uri", "email", "ip"]
@@ -231,12 +238,55 @@ class Endpoint:
     # Envoy's LocalityLbEndpoints priority: 0 is preferred; traffic spills to
     # 1, 2, ... as the better levels lose healthy hosts.
     priority: int = 0
+    # Envoy's EDS health_status (UNKNOWN, HEALTHY, UNHEALTHY, DRAINING, TIMEOUT,
+    # DEGRADED); UNHEALTHY, DRAINING and TIMEOUT keep the host out of the
+    # balancer (failed_eds_health). Only EDS files set it.
+    health_status: str = "UNKNOWN"
+    # Envoy's Endpoint.hostname: the DNS name a host was resolved from (DNS
+    # clusters) or the file's `hostname`; shown by /clusters.
+    hostname: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class DnsDiscovery:
+    """How a strict_dns / logical_dns cluster resolves its endpoints' names
+    (Envoy's cluster fields of the same names, with its defaults)."""
+
+    # Envoy: dns_refresh_rate 5 s.
+    refresh_rate: float = 5.0
+    # Envoy: dns_failure_refresh_rate unset = refresh_rate; when set, a jittered
+    # exponential back-off from `base` up to `max` (Envoy: 10 x base).
+    failure_refresh_base: float | None = None
+    failure_refresh_max: float | None = None
+    # Envoy: respect_dns_ttl false; true refreshes after the records' TTL.
+    respect_dns_ttl: bool = False
+    # Envoy: dns_lookup_family AUTO.
+    lookup_family: DnsLookupFamily = "AUTO"
+    # Nameservers (numeric `ip:port`); empty: the system's (/etc/resolv.conf).
+    resolvers: tuple[SocketAddress, ...] = ()
+    # Not an Envoy knob (c-ares' own): how long one lookup may take in all.
+    timeout: float = 5.0
+
+
+@attrs.frozen(kw_only=True)
+class EdsFile:
+    """Endpoints from a ClusterLoadAssignment file (JSON or YAML), re-read
+    when its mtime, inode or size change (checked every `watch_interval`)."""
+
+    path: str
+    watch_interval: float = 1.0
 
 
 @attrs.frozen(kw_only=True)
 class Cluster:
     name: str
+    # Envoy's `type`: static endpoints, DNS names, or an EDS file.
+    type: ClusterType = "static"
+    # static / DNS types: the endpoints (DNS types: hosts are DNS names,
+    # resolved by the cluster manager). eds: the initial endpoints (none).
     endpoints: tuple[Endpoint, ...] = ()
+    dns: DnsDiscovery | None = None
+    eds_file: EdsFile | None = None
     lb_policy: LbPolicy = "round_robin"
     # Envoy: HTTP/1.1 to upstreams unless the cluster's protocol options say h2.
     protocol: UpstreamProtocol = "http1"
