@@ -86,10 +86,9 @@ HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 RESULTS = HERE / "results"
 
-Target = Literal["direct", "pump", "proxied"]
-
-# Which watched process does the work in front of the backend, per target.
-FRONT: dict[str, str] = {"pump": "pump", "proxied": "trioproxy"}
+# A case's target: "direct" (the backend itself) or the name of a front
+# (pump, nginx, envoy, proxied, a trioproxy variant, w1, w2).
+Target = str
 
 # The two bodies, by path; backend.py and the nginx template serve the same.
 BODY_SMALL = b"hello\n"
@@ -222,7 +221,10 @@ class Pinning:
     def describe(self) -> str:
         if self.load_cpu is None:
             return "not pinned"
-        return f"backend + wrk on CPU {self.load_cpu}, trioproxy on CPU {self.proxy_cpu}"
+        return (
+            f"backend + wrk on CPU {self.load_cpu}, "
+            f"the front (pump, nginx, envoy, trioproxy) on CPU {self.proxy_cpu}"
+        )
 
 
 class Processes:
@@ -411,7 +413,8 @@ class CaseResult:
     body: str
     url: str
     wrk: WrkResult
-    # Percent of one core over the measured run; None when unknown.
+    # Percent of one core over the measured run; None when unknown. Keys:
+    # "backend", "wrk" and the target's front (its whole process tree).
     cpu: dict[str, float | None] = field(default_factory=dict)
 
     @property
@@ -419,11 +422,15 @@ class CaseResult:
         return f"{self.target} {self.body}"
 
     @property
+    def front_cpu(self) -> float | None:
+        """The CPU of the process(es) in front of the backend, % of one core."""
+        return None if self.target == "direct" else self.cpu.get(self.target)
+
+    @property
     def proxy_cpu_us_per_request(self) -> float | None:
-        """trioproxy's CPU time per request in microseconds: its cost,
+        """The front's CPU time per request in microseconds: its cost,
         whether or not it saturated its core."""
-        front = FRONT.get(self.target)
-        pct = self.cpu.get(front) if front else None
+        pct = self.front_cpu
         if pct is None or not self.wrk.requests_per_sec:
             return None
         return round(pct * 1e4 / self.wrk.requests_per_sec, 1)
@@ -436,12 +443,22 @@ class Setup:
     backend_name: str
     backend_log: str  # its name in Processes: "nginx" or "backend"
     backend: subprocess.Popen[bytes]
-    proxy: subprocess.Popen[bytes]
-    pump: subprocess.Popen[bytes]
     direct_base: str
-    pump_base: str
-    proxied_base: str
     admin_base: str
+    # What stands in front of the backend, by target name, in start order.
+    fronts: dict[str, Front]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Front:
+    """A process in front of the backend that cases load: its name is the
+    target name, the cpu key and the log name."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    base: str
+    # Also count the CPU of its descendants (a supervisor and its workers).
+    tree: bool = False
 
 
 def start_backend(
@@ -450,8 +467,7 @@ def start_backend(
     """Start nginx or the built-in backend; return its description, its log
     name, its process and its base URL."""
     port = free_port()
-    # Debian puts nginx in /usr/sbin, which a non-root PATH often lacks.
-    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    nginx = find_nginx()
     if opts.backend == "nginx" and nginx is None:
         raise BenchError("--backend nginx: nginx is not installed")
     if nginx is not None and opts.backend != "builtin":
@@ -492,28 +508,37 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def start_proxy(
-    tmp: Path, procs: Processes, backend_base: str, cpu: int | None
-) -> tuple[subprocess.Popen[bytes], str, str]:
-    """Start trioproxy in front of the backend; return it, its base URL and admin URL."""
+    tmp: Path,
+    procs: Processes,
+    backend_base: str,
+    cpu: int | None,
+    *,
+    name: str = "proxied",
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+) -> tuple[Front, str]:
+    """Start `trioproxy serve benchmarks/mesh.py` in front of the backend;
+    return it and its admin URL. `env` is added to the mesh's environment
+    (a variant: see VARIANTS)."""
     listen, h2_listen, admin = free_port(), free_port(), free_port()
-    env = {
+    mesh_env = {
         "BENCH_LISTEN_PORT": str(listen),
         "BENCH_H2_LISTEN_PORT": str(h2_listen),
         "BENCH_ADMIN_PORT": str(admin),
         "BENCH_BACKEND_PORT": backend_base.rsplit(":", 1)[1],
-        "BENCH_ACCESS_LOG": str(tmp / "access.log"),
+        "BENCH_ACCESS_LOG": str(tmp / f"access-{name}.log"),
+        **(env or {}),
     }
-    # One process pinned to `cpu` (`--workers` defaults to the CPU count).
-    argv = [sys.executable, "-m", "trioproxy", "serve", str(HERE / "mesh.py"), "--workers", "1"]
-    proc = procs.start("trioproxy", argv, cpu=cpu, env=env)
+    # `--workers` defaults to the CPU count: say how many.
+    argv = [sys.executable, "-m", "trioproxy", "serve", str(HERE / "mesh.py")]
+    proc = procs.start(name, [*argv, "--workers", str(workers)], cpu=cpu, env=mesh_env)
     admin_base = f"http://127.0.0.1:{admin}"
-    wait_until_ok(admin_base + "/ready", proc, "trioproxy", procs)
-    return proc, f"http://127.0.0.1:{listen}", admin_base
+    wait_until_ok(admin_base + "/ready", proc, name, procs)
+    front = Front(name=name, proc=proc, base=f"http://127.0.0.1:{listen}", tree=workers > 1)
+    return front, admin_base
 
 
-def start_pump(
-    procs: Processes, backend_base: str, cpu: int | None
-) -> tuple[subprocess.Popen[bytes], str]:
+def start_pump(procs: Processes, backend_base: str, cpu: int | None) -> Front:
     """Start the bare trio byte pump (pump.py) in front of the backend, on
     trioproxy's CPU (they never carry load at the same time)."""
     listen = free_port()
@@ -522,17 +547,49 @@ def start_pump(
     proc = procs.start("pump", [*argv, "--backend", backend_port], cpu=cpu)
     base = f"http://127.0.0.1:{listen}"
     wait_until_ok(base + "/small", proc, "pump", procs)
-    return proc, base
+    return Front(name="pump", proc=proc, base=base)
+
+
+def find_nginx() -> str | None:
+    # Debian puts nginx in /usr/sbin, which a non-root PATH often lacks.
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+
+
+def start_nginx_proxy(
+    tmp: Path, procs: Processes, backend_base: str, cpu: int | None
+) -> Front | str:
+    """Start nginx as a reverse proxy to the backend (templates/
+    nginx-proxy.conf.in: one worker, keep-alive upstream pool, access log to
+    a file), on trioproxy's CPU; or return why not."""
+    nginx = find_nginx()
+    if nginx is None:
+        return "nginx is not installed (Debian: apt-get install nginx-light)"
+    port = free_port()
+    conf_dir = tmp / "nginx-proxy"
+    conf_dir.mkdir()
+    conf = render(
+        "nginx-proxy.conf.in",
+        conf_dir / "nginx.conf",
+        DIR=str(conf_dir),
+        PORT=str(port),
+        BACKEND_PORT=backend_base.rsplit(":", 1)[1],
+    )
+    argv = [nginx, "-p", str(conf_dir), "-c", str(conf), "-e", str(conf_dir / "error.log")]
+    proc = procs.start("nginx", argv, cpu=cpu)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ok(base + "/small", proc, "nginx", procs)
+    except BenchError as exc:
+        raise BenchError(f"{exc}\n  nginx error log:\n{_tail(conf_dir / 'error.log')}") from None
+    return Front(name="nginx", proc=proc, base=base)
 
 
 def check_urls(setup: Setup, procs: Processes) -> None:
     """Fetch every URL once: each must answer 200 with the expected body."""
+    bases = [(setup.direct_base, setup.backend_log)]
+    bases += [(front.base, front.name) for front in setup.fronts.values()]
     for body_name, expected in BODIES.items():
-        for base, log in (
-            (setup.direct_base, setup.backend_log),
-            (setup.pump_base, "pump"),
-            (setup.proxied_base, "trioproxy"),
-        ):
+        for base, log in bases:
             url = f"{base}/{body_name}"
             status, body = http_get(url)
             if status != 200 or body != expected:
@@ -565,43 +622,69 @@ def run_wrk(url: str, seconds: int, opts: Options, cpu: int | None, procs: Proce
 
 
 def run_case(
-    setup: Setup, target: Target, body: str, opts: Options, pinning: Pinning, procs: Processes
+    setup: Setup, target: Target, body: str, opts: Options, load_cpu: int | None, procs: Processes
 ) -> CaseResult:
-    base = {
-        "direct": setup.direct_base,
-        "pump": setup.pump_base,
-        "proxied": setup.proxied_base,
-    }[target]
+    """Load `target` (direct or a front) with wrk, pinned to `load_cpu`."""
+    base = setup.direct_base if target == "direct" else setup.fronts[target].base
     url = f"{base}/{body}"
     if opts.warmup:
-        run_wrk(url, opts.warmup, opts, pinning.load_cpu, procs)
-    watched = {
-        "backend": setup.backend.pid,
-        "trioproxy": setup.proxy.pid,
-        "pump": setup.pump.pid,
-    }
-    before = {name: cpu_seconds(pid) for name, pid in watched.items()}
+        run_wrk(url, opts.warmup, opts, load_cpu, procs)
+    watched = [Front(name="backend", proc=setup.backend, base=setup.direct_base)]
+    watched += setup.fronts.values()
+    before = {f.name: front_cpu_seconds(f) for f in watched}
     wrk_before = children_cpu_seconds()
     started = time.monotonic()
-    report = run_wrk(url, opts.duration, opts, pinning.load_cpu, procs)
+    report = run_wrk(url, opts.duration, opts, load_cpu, procs)
     elapsed = time.monotonic() - started
     cpu: dict[str, float | None] = {}
-    for name, pid in watched.items():
-        after, was = cpu_seconds(pid), before[name]
+    for front in watched:
+        after, was = front_cpu_seconds(front), before[front.name]
         if after is not None and was is not None:
-            cpu[name] = round(100 * (after - was) / elapsed, 1)
+            cpu[front.name] = round(100 * (after - was) / elapsed, 1)
     cpu["wrk"] = round(100 * (children_cpu_seconds() - wrk_before) / elapsed, 1)
-    for log, proc in (
+    check_alive(setup, procs, f"{target} {body}")
+    return CaseResult(target=target, body=body, url=url, wrk=parse_wrk(report), cpu=cpu)
+
+
+def check_alive(setup: Setup, procs: Processes, during: str) -> None:
+    """Fail the run if the backend or any front has died."""
+    for log, proc in [
         (setup.backend_log, setup.backend),
-        ("trioproxy", setup.proxy),
-        ("pump", setup.pump),
-    ):
+        *((f.name, f.proc) for f in setup.fronts.values()),
+    ]:
         if proc.poll() is not None:
             raise BenchError(
-                f"{log} died during {target} {body} (status {proc.returncode}):\n"
-                f"{procs.log_tail(log)}"
+                f"{log} died during {during} (status {proc.returncode}):\n{procs.log_tail(log)}"
             )
-    return CaseResult(target=target, body=body, url=url, wrk=parse_wrk(report), cpu=cpu)
+
+
+def front_cpu_seconds(front: Front) -> float | None:
+    """CPU time of a front: its process, plus its live descendants if `tree`."""
+    own = cpu_seconds(front.proc.pid)
+    if own is None or not front.tree:
+        return own
+    return own + sum(cpu_seconds(pid) or 0.0 for pid in descendants(front.proc.pid))
+
+
+def descendants(pid: int) -> list[int]:
+    """The live descendants of `pid` (children, grandchildren, ...), from /proc."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [child for child, ppid in parent.items() if ppid == p]
+        found += kids
+        frontier += kids
+    return found
 
 
 def proxy_stats(admin_base: str) -> dict[str, int]:
@@ -644,7 +727,7 @@ def format_table(results: Sequence[CaseResult]) -> str:
                 r.wrk.describe_errors(),
                 _pct(r.cpu.get("backend")),
                 _pct(r.cpu.get("wrk")),
-                _pct(r.cpu.get(FRONT[r.target])) if r.target in FRONT else "-",
+                "-" if r.target == "direct" else _pct(r.front_cpu),
                 _us(r.proxy_cpu_us_per_request),
             )
         )
@@ -657,23 +740,38 @@ def format_table(results: Sequence[CaseResult]) -> str:
         )
     lines.insert(1, "-" * len(lines[0]))
     lines.append("")
-    for versus in ("direct", "pump"):
-        ratios = ratio_by_body(results, versus)
-        lines.append(
-            f"proxied/{versus} req/s: "
-            + ", ".join(f"{body} {ratio:.3f}" for body, ratio in ratios.items())
-        )
+    for name, by_body in ratios(results).items():
+        lines.append(f"{name}: " + ", ".join(f"{b} {v:.3f}" for b, v in by_body.items()))
     return "\n".join(lines)
 
 
-def ratio_by_body(results: Sequence[CaseResult], versus: Target = "direct") -> dict[str, float]:
-    """proxied req/s over `versus` req/s, per body size."""
+# The ratios printed and written, (numerator, denominator) targets: trioproxy
+# against the backend, the trio pump, nginx and Envoy; two workers against
+# one; each observability variant against the default mesh.
+COMPARISONS: tuple[tuple[Target, Target], ...] = (
+    ("proxied", "direct"),
+    ("proxied", "pump"),
+    ("proxied", "nginx"),
+    ("proxied", "envoy"),
+)
+
+
+def ratios(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
+    """`"<a>/<b> req/s"` and `"<a>/<b> cpu/req"` -> {body: a's figure / b's},
+    for each comparison both of whose cases ran (direct has no cpu/req)."""
     rps = {(r.target, r.body): r.wrk.requests_per_sec for r in results}
-    return {
-        body: round(rps[("proxied", body)] / rps[(versus, body)], 4)
-        for body in BODIES
-        if rps.get((versus, body)) and ("proxied", body) in rps
-    }
+    cpu = {(r.target, r.body): r.proxy_cpu_us_per_request for r in results}
+    out: dict[str, dict[str, float]] = {}
+    for a, b in COMPARISONS:
+        for metric, table in (("req/s", rps), ("cpu/req", cpu)):
+            by_body: dict[str, float] = {}
+            for body in BODIES:
+                num, den = table.get((a, body)), table.get((b, body))
+                if num and den:
+                    by_body[body] = round(num / den, 4)
+            if by_body:
+                out[f"{a}/{b} {metric}"] = by_body
+    return out
 
 
 def _ms(value: float) -> str:
@@ -718,12 +816,11 @@ def write_json(
                 **asdict(r.wrk),
                 "errors": r.wrk.errors,
                 "cpu_percent": r.cpu,
-                "proxy_cpu_us_per_request": r.proxy_cpu_us_per_request,
+                "front_cpu_us_per_request": r.proxy_cpu_us_per_request,
             }
             for r in results
         ],
-        "ratio_proxied_direct_rps": ratio_by_body(results),
-        "ratio_proxied_pump_rps": ratio_by_body(results, "pump"),
+        "ratios": ratios(results),
     }
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -815,6 +912,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(opts: Options, pinning: Pinning, json_path: str | None) -> int:
     results: list[CaseResult] = []
+    skipped: dict[str, str] = {}
     with (
         tempfile.TemporaryDirectory(prefix="trioproxy-bench-") as tmpdir,
         processes(Path(tmpdir)) as procs,
@@ -824,31 +922,40 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None) -> int:
             backend_name, backend_log, backend, direct = start_backend(
                 tmp, procs, opts, pinning.load_cpu
             )
-            proxy, proxied, admin_base = start_proxy(tmp, procs, direct, pinning.proxy_cpu)
-            pump, pump_base = start_pump(procs, direct, pinning.proxy_cpu)
+            front_cpu = pinning.proxy_cpu
+            fronts: dict[str, Front] = {"pump": start_pump(procs, direct, front_cpu)}
+            nginx = start_nginx_proxy(tmp, procs, direct, front_cpu)
+            if isinstance(nginx, Front):
+                fronts["nginx"] = nginx
+            else:
+                skipped["nginx"] = nginx
+            fronts["proxied"], admin_base = start_proxy(tmp, procs, direct, front_cpu)
             setup = Setup(
                 backend_name=backend_name,
                 backend_log=backend_log,
                 backend=backend,
-                proxy=proxy,
-                pump=pump,
                 direct_base=direct,
-                pump_base=pump_base,
-                proxied_base=proxied,
                 admin_base=admin_base,
+                fronts=fronts,
             )
             check_urls(setup, procs)
             wrk_cmd = f"wrk -t{opts.threads} -c{opts.connections} -d{opts.duration}s --latency"
             print(f"backend:   {backend_name} at {direct}")
+            proxied = fronts["proxied"].base
             print(f"trioproxy: {proxied} (admin {admin_base}), mesh benchmarks/mesh.py")
             print("           (route + round-robin cluster, access log to a file, stats on)")
+            if "nginx" in fronts:
+                nginx_base = fronts["nginx"].base
+                print(f"nginx:     reverse proxy at {nginx_base}, one worker, access log on")
+            for name, why in skipped.items():
+                print(f"skipped:   {name}: {why}")
             print(f"load:      {wrk_cmd}, warm-up {opts.warmup}s per case")
             print(f"pinning:   {pinning.describe()}")
             print(flush=True)
             for body in BODIES:
-                for target in ("direct", "pump", "proxied"):
+                for target in ("direct", *fronts):
                     print(f"  running {target} {body} ...", file=sys.stderr, flush=True)
-                    results.append(run_case(setup, target, body, opts, pinning, procs))
+                    results.append(run_case(setup, target, body, opts, pinning.load_cpu, procs))
             stats = proxy_stats(admin_base)
         except BenchError as exc:
             print(f"bench: {exc}", file=sys.stderr)
@@ -862,6 +969,7 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None) -> int:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         path = Path(json_path) if json_path else RESULTS / f"bench-{stamp}.json"
         info: dict[str, object] = {"backend": backend_name, "pinning": asdict(pinning)}
+        info["skipped"] = skipped
         info["trioproxy_stats"] = stats
         write_json(path, opts, info, results)
         print(f"wrote {path}")
