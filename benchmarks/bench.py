@@ -740,6 +740,21 @@ def run_case(
     return CaseResult(target=target, body=body, url=url, wrk=parse_wrk(report), cpu=cpu)
 
 
+def case_plan(setup: Setup, pinning: Pinning) -> list[tuple[Target, str, int | None]]:
+    """(target, body, CPU for wrk) of every case, in the order they run:
+    per body, direct then each pinned front; the observability variants on
+    the small body; then one and two workers, small, wrk unpinned."""
+    plan: list[tuple[Target, str, int | None]] = []
+    pinned = [t for t in setup.fronts if t not in VARIANTS and t not in ("w1", "w2")]
+    for body in BODIES:
+        for target in ("direct", *pinned):
+            plan.append((target, body, pinning.load_cpu))
+        if body == "small":
+            plan += [(variant, body, pinning.load_cpu) for variant in VARIANTS]
+    plan += [(target, "small", None) for target in ("w1", "w2") if target in setup.fronts]
+    return plan
+
+
 def check_alive(setup: Setup, procs: Processes, during: str) -> None:
     """Fail the run if the backend or any front has died."""
     for log, proc in [
@@ -839,14 +854,26 @@ def format_table(results: Sequence[CaseResult]) -> str:
     return "\n".join(lines)
 
 
+# Observability variants of the proxied case (issue 5): the environment
+# benchmarks/mesh.py reads to switch a sink off or on, by target name. Each
+# runs as its own trioproxy on the proxy's CPU, small body, and is compared
+# with "proxied" (stats + access log on). Tracing, once the mesh has its
+# switch, is one more line: "proxied-tracing": {"BENCH_TRACING": "on"}.
+VARIANTS: dict[Target, dict[str, str]] = {
+    "proxied-nolog": {"BENCH_ACCESS_LOG": "off"},
+    "proxied-statsd": {"BENCH_STATSD": "on"},
+}
+
 # The ratios printed and written, (numerator, denominator) targets: trioproxy
-# against the backend, the trio pump, nginx and Envoy; two workers against
-# one; each observability variant against the default mesh.
+# against the backend, the trio pump, nginx and Envoy; each observability
+# variant against the default mesh; two workers against one.
 COMPARISONS: tuple[tuple[Target, Target], ...] = (
     ("proxied", "direct"),
     ("proxied", "pump"),
     ("proxied", "nginx"),
     ("proxied", "envoy"),
+    *((variant, "proxied") for variant in VARIANTS),
+    ("w2", "w1"),
 )
 
 
@@ -1027,6 +1054,7 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None, envoy_path: str
     with (
         tempfile.TemporaryDirectory(prefix="trioproxy-bench-") as tmpdir,
         processes(Path(tmpdir)) as procs,
+        contextlib.ExitStack() as stack,
     ):
         tmp = Path(tmpdir)
         try:
@@ -1047,6 +1075,26 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None, envoy_path: str
             else:
                 skipped["envoy"] = where
             fronts["proxied"], admin_base = start_proxy(tmp, procs, direct, front_cpu)
+            # A StatsD "server" that never reads: the sink's datagrams land
+            # in its buffer (or are dropped), as with a real one on the host.
+            statsd_sink = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            statsd_sink.bind(("127.0.0.1", 0))
+            statsd_port = str(statsd_sink.getsockname()[1])
+            for variant, env in VARIANTS.items():
+                fronts[variant], _ = start_proxy(
+                    tmp,
+                    procs,
+                    direct,
+                    front_cpu,
+                    name=variant,
+                    env={**env, "BENCH_STATSD_PORT": statsd_port},
+                )
+            # Workers (issue 6): one and two workers, unpinned, so two workers
+            # can use both cores; wrk is unpinned for these cases too.
+            for workers in (1, 2):
+                fronts[f"w{workers}"], _ = start_proxy(
+                    tmp, procs, direct, None, name=f"w{workers}", workers=workers
+                )
             setup = Setup(
                 backend_name=backend_name,
                 backend_log=backend_log,
@@ -1069,13 +1117,22 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None, envoy_path: str
                 print(f"envoy:     {envoy_base}, --concurrency 1, access log on; {where}")
             for name, why in skipped.items():
                 print(f"skipped:   {name}: {why}")
+            for variant, env in VARIANTS.items():
+                switches = " ".join(f"{k}={v}" for k, v in env.items())
+                print(f"variant:   {variant}: the same mesh with {switches}")
+            print(
+                "workers:   w1, w2: trioproxy --workers 1 and 2, unpinned, as is wrk for them;"
+                f"\n           the backend stays on CPU {pinning.load_cpu}; their cpu is"
+                " supervisor + workers"
+                if pinning.load_cpu is not None
+                else "workers:   w1, w2: trioproxy --workers 1 and 2; cpu is supervisor + workers"
+            )
             print(f"load:      {wrk_cmd}, warm-up {opts.warmup}s per case")
             print(f"pinning:   {pinning.describe()}")
             print(flush=True)
-            for body in BODIES:
-                for target in ("direct", *fronts):
-                    print(f"  running {target} {body} ...", file=sys.stderr, flush=True)
-                    results.append(run_case(setup, target, body, opts, pinning.load_cpu, procs))
+            for target, body, load_cpu in case_plan(setup, pinning):
+                print(f"  running {target} {body} ...", file=sys.stderr, flush=True)
+                results.append(run_case(setup, target, body, opts, load_cpu, procs))
             stats = proxy_stats(admin_base)
         except BenchError as exc:
             print(f"bench: {exc}", file=sys.stderr)
