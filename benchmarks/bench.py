@@ -114,12 +114,14 @@ class BenchError(Exception):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WrkResult:
-    """The figures parsed from one `wrk --latency` report."""
+    """The figures parsed from one `wrk --latency` report, or converted from
+    an h2load one (which has a mean latency but no percentiles)."""
 
     requests: int
     requests_per_sec: float
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None = None
     non_2xx_3xx: int = 0
     connect_errors: int = 0
     read_errors: int = 0
@@ -192,6 +194,66 @@ def parse_wrk(output: str) -> WrkResult:
         write_errors=write,
         timeouts=timeout,
     )
+
+
+# --------------------------------------------------------------------------- h2load
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class H2loadResult:
+    """The figures of one h2load summary."""
+
+    total: int
+    done: int
+    succeeded: int
+    failed: int
+    errored: int
+    timeout: int
+    status: dict[str, int]
+    requests_per_sec: float
+    mean_ms: float
+
+    @property
+    def errors(self) -> int:
+        """Requests that did not end in a 2xx (h2load's failed includes errored)."""
+        return self.total - self.status.get("2xx", 0)
+
+
+def parse_h2load(output: str) -> H2loadResult:
+    """Parse h2load's report.
+
+    Raises:
+        BenchError: the report has no summary (h2load failed to connect).
+    """
+    m = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+        r"(\d+) failed, (\d+) errored, (\d+) timeout",
+        output,
+    )
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output)
+    rps = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", output)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", output)
+    if not (m and codes and rps):
+        raise BenchError(f"cannot parse h2load's report:\n{output}")
+    total, _started, done, ok, failed, errored, timeout = (int(g) for g in m.groups())
+    return H2loadResult(
+        total=total,
+        done=done,
+        succeeded=ok,
+        failed=failed,
+        errored=errored,
+        timeout=timeout,
+        status={f"{k}xx": int(v) for k, v in zip("2345", codes.groups(), strict=True)},
+        requests_per_sec=float(rps.group(3)),
+        mean_ms=_duration_ms(mean.group(1)) if mean else 0.0,
+    )
+
+
+def _duration_ms(text: str) -> float:
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
 
 
 # --------------------------------------------------------------------------- processes
@@ -424,7 +486,7 @@ class CaseResult:
     @property
     def front_cpu(self) -> float | None:
         """The CPU of the process(es) in front of the backend, % of one core."""
-        return None if self.target == "direct" else self.cpu.get(self.target)
+        return None if self.target.startswith("direct") else self.cpu.get(self.target)
 
     @property
     def proxy_cpu_us_per_request(self) -> float | None:
@@ -459,13 +521,15 @@ class Front:
     base: str
     # Also count the CPU of its descendants (a supervisor and its workers).
     tree: bool = False
+    # The load generator: wrk (HTTP/1.1) or h2load (h2c, prior knowledge).
+    load: Literal["wrk", "h2load"] = "wrk"
 
 
 def start_backend(
     tmp: Path, procs: Processes, opts: Options, cpu: int | None
-) -> tuple[str, str, subprocess.Popen[bytes], str]:
+) -> tuple[str, str, subprocess.Popen[bytes], str, str | None]:
     """Start nginx or the built-in backend; return its description, its log
-    name, its process and its base URL."""
+    name, its process, its base URL and its h2c base URL (nginx only)."""
     port = free_port()
     nginx = find_nginx()
     if opts.backend == "nginx" and nginx is None:
@@ -474,16 +538,21 @@ def start_backend(
         www = tmp / "www"
         www.mkdir()
         (www / "16k").write_bytes(BODY_16K)
-        conf = render("nginx.conf.in", tmp / "nginx.conf", DIR=str(tmp), PORT=str(port))
+        h2_port = free_port()
+        conf = render(
+            "nginx.conf.in", tmp / "nginx.conf", DIR=str(tmp), PORT=str(port), H2_PORT=str(h2_port)
+        )
         argv = [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log")]
         proc = procs.start("nginx", argv, cpu=cpu)
         name = _nginx_version(nginx)
         log_name = "nginx"
+        h2_base: str | None = f"http://127.0.0.1:{h2_port}"
     else:
         argv = [sys.executable, str(HERE / "backend.py"), "--port", str(port)]
         proc = procs.start("backend", argv, cpu=cpu)
-        name = "built-in asyncio backend (benchmarks/backend.py)"
+        name = "built-in asyncio backend (benchmarks/backend.py, HTTP/1.1 only)"
         log_name = "backend"
+        h2_base = None
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_ok(base + "/small", proc, log_name, procs)
@@ -492,7 +561,7 @@ def start_backend(
             error_log = _tail(tmp / "nginx-error.log")
             raise BenchError(f"{exc}\n  nginx error log:\n{error_log}") from None
         raise
-    return name, log_name, proc, base
+    return name, log_name, proc, base, h2_base
 
 
 def _nginx_version(nginx: str) -> str:
@@ -516,11 +585,20 @@ def start_proxy(
     name: str = "proxied",
     workers: int = 1,
     env: dict[str, str] | None = None,
-) -> tuple[Front, str]:
+    backend_h2: str | None = None,
+) -> tuple[Front, str, list[Front]]:
     """Start `trioproxy serve benchmarks/mesh.py` in front of the backend;
-    return it and its admin URL. `env` is added to the mesh's environment
-    (a variant: see VARIANTS)."""
-    listen, h2_listen, admin = free_port(), free_port(), free_port()
+    return it, its admin URL and its h2c listeners as fronts loaded with
+    h2load ("h2-h1" to the HTTP/1.1 origin; with `backend_h2`, an h2c
+    origin, also "h2-h2"). `env` is added to the mesh's environment (a
+    variant: see VARIANTS)."""
+    listen, h2_listen, h2h2_listen, admin = free_port(), free_port(), free_port(), free_port()
+    if backend_h2 is not None:
+        env = {
+            **(env or {}),
+            "BENCH_H2_UPSTREAM_PORT": backend_h2.rsplit(":", 1)[1],
+            "BENCH_H2H2_LISTEN_PORT": str(h2h2_listen),
+        }
     mesh_env = {
         "BENCH_LISTEN_PORT": str(listen),
         "BENCH_H2_LISTEN_PORT": str(h2_listen),
@@ -535,7 +613,11 @@ def start_proxy(
     admin_base = f"http://127.0.0.1:{admin}"
     wait_until_ok(admin_base + "/ready", proc, name, procs)
     front = Front(name=name, proc=proc, base=f"http://127.0.0.1:{listen}", tree=workers > 1)
-    return front, admin_base
+    h2 = [Front(name="h2-h1", proc=proc, base=f"http://127.0.0.1:{h2_listen}", load="h2load")]
+    if backend_h2 is not None:
+        h2h2 = f"http://127.0.0.1:{h2h2_listen}"
+        h2.append(Front(name="h2-h2", proc=proc, base=h2h2, load="h2load"))
+    return front, admin_base, h2
 
 
 def start_pump(procs: Processes, backend_base: str, cpu: int | None) -> Front:
@@ -681,7 +763,9 @@ def start_envoy(
 def check_urls(setup: Setup, procs: Processes) -> None:
     """Fetch every URL once: each must answer 200 with the expected body."""
     bases = [(setup.direct_base, setup.backend_log)]
-    bases += [(front.base, front.name) for front in setup.fronts.values()]
+    # h2load's fronts speak h2c only (nginx's h2c port): their cases count
+    # any non-2xx answer as an error instead.
+    bases += [(f.base, f.name) for f in setup.fronts.values() if f.load == "wrk"]
     for body_name, expected in BODIES.items():
         for base, log in bases:
             url = f"{base}/{body_name}"
@@ -718,17 +802,24 @@ def run_wrk(url: str, seconds: int, opts: Options, cpu: int | None, procs: Proce
 def run_case(
     setup: Setup, target: Target, body: str, opts: Options, load_cpu: int | None, procs: Processes
 ) -> CaseResult:
-    """Load `target` (direct or a front) with wrk, pinned to `load_cpu`."""
-    base = setup.direct_base if target == "direct" else setup.fronts[target].base
-    url = f"{base}/{body}"
+    """Load `target` (direct or a front) with wrk or h2load, pinned to `load_cpu`."""
+    front = None if target == "direct" else setup.fronts[target]
+    url = f"{front.base if front else setup.direct_base}/{body}"
+    h2 = front is not None and front.load == "h2load"
     if opts.warmup:
-        run_wrk(url, opts.warmup, opts, load_cpu, procs)
+        if h2:
+            run_h2load(url, opts.warmup, load_cpu, procs)
+        else:
+            run_wrk(url, opts.warmup, opts, load_cpu, procs)
     watched = [Front(name="backend", proc=setup.backend, base=setup.direct_base)]
     watched += setup.fronts.values()
     before = {f.name: front_cpu_seconds(f) for f in watched}
     wrk_before = children_cpu_seconds()
     started = time.monotonic()
-    report = run_wrk(url, opts.duration, opts, load_cpu, procs)
+    if h2:
+        result = h2_as_wrk(run_h2load(url, opts.duration, load_cpu, procs))
+    else:
+        result = parse_wrk(run_wrk(url, opts.duration, opts, load_cpu, procs))
     elapsed = time.monotonic() - started
     cpu: dict[str, float | None] = {}
     for front in watched:
@@ -737,7 +828,47 @@ def run_case(
             cpu[front.name] = round(100 * (after - was) / elapsed, 1)
     cpu["wrk"] = round(100 * (children_cpu_seconds() - wrk_before) / elapsed, 1)
     check_alive(setup, procs, f"{target} {body}")
-    return CaseResult(target=target, body=body, url=url, wrk=parse_wrk(report), cpu=cpu)
+    return CaseResult(target=target, body=body, url=url, wrk=result, cpu=cpu)
+
+
+def run_h2load(url: str, seconds: int, cpu: int | None, procs: Processes) -> H2loadResult:
+    """Run `h2load -c10 -m10 -D seconds` (h2c, prior knowledge) against `url`."""
+    argv = ["h2load", "-c", str(H2_CLIENTS), "-m", str(H2_STREAMS), "-D", str(seconds), url]
+    proc = procs.start("h2load", argv, cpu=cpu)
+    try:
+        proc.wait(timeout=seconds + 30)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"h2load against {url} did not finish in {seconds + 30}s") from None
+    report = procs.log_path("h2load").read_text(errors="replace")
+    if proc.returncode != 0:
+        raise BenchError(f"h2load exited with status {proc.returncode}:\n{report}")
+    return parse_h2load(report)
+
+
+def h2_as_wrk(h2: H2loadResult) -> WrkResult:
+    """A timed (`-D`) h2load summary in wrk's terms: no percentiles (h2load
+    prints a mean); answers other than 2xx count as non-2xx. h2load stops
+    every stream still in flight when the time is up and counts each as
+    "errored", so up to c x m of those are the cut-off, not failures; any
+    beyond count as read errors."""
+    in_flight = H2_CLIENTS * H2_STREAMS
+    return WrkResult(
+        requests=h2.succeeded,
+        requests_per_sec=h2.requests_per_sec,
+        p50_ms=None,
+        p99_ms=None,
+        mean_ms=h2.mean_ms,
+        non_2xx_3xx=sum(n for code, n in h2.status.items() if code != "2xx"),
+        read_errors=max(0, h2.errored - in_flight),
+        timeouts=h2.timeout,
+    )
+
+
+# h2load's targets: the backend's h2c port, and trioproxy's h2c listeners
+# to the HTTP/1.1 origin and to the h2c origin.
+H2_TARGETS: tuple[Target, ...] = ("direct-h2", "h2-h1", "h2-h2")
+H2_CLIENTS = 10  # h2load -c: connections
+H2_STREAMS = 10  # h2load -m: streams in flight per connection (issue 8)
 
 
 def case_plan(setup: Setup, pinning: Pinning) -> list[tuple[Target, str, int | None]]:
@@ -745,12 +876,14 @@ def case_plan(setup: Setup, pinning: Pinning) -> list[tuple[Target, str, int | N
     per body, direct then each pinned front; the observability variants on
     the small body; then one and two workers, small, wrk unpinned."""
     plan: list[tuple[Target, str, int | None]] = []
-    pinned = [t for t in setup.fronts if t not in VARIANTS and t not in ("w1", "w2")]
+    later = (*VARIANTS, *H2_TARGETS, "w1", "w2")
+    pinned = [t for t in setup.fronts if t not in later]
     for body in BODIES:
         for target in ("direct", *pinned):
             plan.append((target, body, pinning.load_cpu))
         if body == "small":
             plan += [(variant, body, pinning.load_cpu) for variant in VARIANTS]
+            plan += [(t, body, pinning.load_cpu) for t in H2_TARGETS if t in setup.fronts]
     plan += [(target, "small", None) for target in ("w1", "w2") if target in setup.fronts]
     return plan
 
@@ -831,12 +964,12 @@ def format_table(results: Sequence[CaseResult]) -> str:
             (
                 r.name,
                 f"{r.wrk.requests_per_sec:,.0f}",
-                _ms(r.wrk.p50_ms),
-                _ms(r.wrk.p99_ms),
+                _ms(r.wrk.p50_ms) if r.wrk.p50_ms is not None else "-",
+                _ms(r.wrk.p99_ms) if r.wrk.p99_ms is not None else f"(mean {_ms(r.wrk.mean_ms)})",
                 r.wrk.describe_errors(),
                 _pct(r.cpu.get("backend")),
                 _pct(r.cpu.get("wrk")),
-                "-" if r.target == "direct" else _pct(r.front_cpu),
+                "-" if r.target.startswith("direct") else _pct(r.front_cpu),
                 _us(r.proxy_cpu_us_per_request),
             )
         )
@@ -873,6 +1006,8 @@ COMPARISONS: tuple[tuple[Target, Target], ...] = (
     ("proxied", "nginx"),
     ("proxied", "envoy"),
     *((variant, "proxied") for variant in VARIANTS),
+    ("h2-h1", "direct-h2"),
+    ("h2-h2", "direct-h2"),
     ("w2", "w1"),
 )
 
@@ -895,7 +1030,9 @@ def ratios(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
     return out
 
 
-def _ms(value: float) -> str:
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
     return f"{value * 1000:.0f}us" if value < 1 else f"{value:.2f}ms"
 
 
@@ -1058,7 +1195,7 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None, envoy_path: str
     ):
         tmp = Path(tmpdir)
         try:
-            backend_name, backend_log, backend, direct = start_backend(
+            backend_name, backend_log, backend, direct, direct_h2 = start_backend(
                 tmp, procs, opts, pinning.load_cpu
             )
             front_cpu = pinning.proxy_cpu
@@ -1074,14 +1211,27 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None, envoy_path: str
                 where = f"{envoy_version(envoy)}, {envoy} ({where})"
             else:
                 skipped["envoy"] = where
-            fronts["proxied"], admin_base = start_proxy(tmp, procs, direct, front_cpu)
+            h2_fronts: list[Front] = []
+            if shutil.which("h2load") is None:
+                skipped["h2"] = "h2load is not installed (Debian: apt-get install nghttp2-client)"
+            elif direct_h2 is None:
+                skipped["h2-h2"] = "the built-in backend has no h2c (nginx has)"
+            fronts["proxied"], admin_base, h2_fronts = start_proxy(
+                tmp, procs, direct, front_cpu, backend_h2=direct_h2
+            )
+            if "h2" not in skipped:
+                if direct_h2 is not None:
+                    fronts["direct-h2"] = Front(
+                        name="direct-h2", proc=backend, base=direct_h2, load="h2load"
+                    )
+                fronts.update((f.name, f) for f in h2_fronts)
             # A StatsD "server" that never reads: the sink's datagrams land
             # in its buffer (or are dropped), as with a real one on the host.
             statsd_sink = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
             statsd_sink.bind(("127.0.0.1", 0))
             statsd_port = str(statsd_sink.getsockname()[1])
             for variant, env in VARIANTS.items():
-                fronts[variant], _ = start_proxy(
+                fronts[variant], _, _ = start_proxy(
                     tmp,
                     procs,
                     direct,
@@ -1092,7 +1242,7 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None, envoy_path: str
             # Workers (issue 6): one and two workers, unpinned, so two workers
             # can use both cores; wrk is unpinned for these cases too.
             for workers in (1, 2):
-                fronts[f"w{workers}"], _ = start_proxy(
+                fronts[f"w{workers}"], _, _ = start_proxy(
                     tmp, procs, direct, None, name=f"w{workers}", workers=workers
                 )
             setup = Setup(

@@ -7,6 +7,9 @@
   127.0.0.1:$BENCH_BACKEND_PORT (default 28080), access log to a file, stats on;
 - an h2c-capable listener (codec "auto") on 127.0.0.1:$BENCH_H2_LISTEN_PORT
   (default 28190) to the same origin;
+- when $BENCH_H2_UPSTREAM_PORT is set (an h2c origin there), a third
+  listener on 127.0.0.1:$BENCH_H2H2_LISTEN_PORT (default 28191) to a
+  cluster of that origin over HTTP/2 (h2 -> h2);
 - admin on 127.0.0.1:$BENCH_ADMIN_PORT (default 28901), whose /ready and
   /stats the harness reads.
 
@@ -68,5 +71,13 @@ MESH = mesh(
     .route(prefix("/"), origin),
     admin(f"127.0.0.1:{ADMIN_PORT}"),
 )
+H2_UPSTREAM_PORT = os.environ.get("BENCH_H2_UPSTREAM_PORT")
+if H2_UPSTREAM_PORT:
+    origin_h2 = cluster("origin_h2", f"127.0.0.1:{H2_UPSTREAM_PORT}", lb="round_robin").http2()
+    MESH = MESH.add(
+        listener("bench_h2h2", f"127.0.0.1:{_port('BENCH_H2H2_LISTEN_PORT', 28191)}")
+        .chain(_http("bench_h2h2", "auto"))
+        .route(prefix("/"), origin_h2)
+    )
 if STATSD:
     MESH = MESH.add(statsd(f"127.0.0.1:{STATSD_PORT}"))
