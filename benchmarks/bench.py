@@ -28,8 +28,9 @@ small only). It prints requests/s, p50/p99 latencies, the errors the load
 generator saw, the CPU each process used (percent of one core, from /proc
 and getrusage; for w2 the supervisor plus its workers), the front's CPU
 time per request, and the ratios of trioproxy to the others (req/s and
-CPU/req). Then trioproxy's idle RSS per process and its RSS over a run at
-1,000 wrk connections (`--memory-seconds`). Each case is preceded by an
+CPU/req). Then trioproxy's idle RSS per process and its RSS with 1,000
+idle keep-alive connections held open while wrk loads it
+(`--memory-seconds`). Each case is preceded by an
 unrecorded warm-up. Before the load every HTTP/1.1 URL is fetched once and
 checked, and the machine's busy figure is printed. `--json` writes the
 figures to benchmarks/results/ with a Markdown table beside them;
@@ -903,8 +904,9 @@ def case_plan(setup: Setup, pinning: Pinning) -> list[tuple[Target, str, int | N
     return plan
 
 
-# The memory run (issue 8, target 4): this many keep-alive connections open
-# on trioproxy (one worker, the proxied case's process) for the whole run.
+# The memory run (issue 8, target 4): this many keep-alive connections held
+# open on trioproxy (one worker, the proxied case's process), each after one
+# request, while wrk loads it with its usual connections.
 MEMORY_CONNECTIONS = 1000
 
 
@@ -939,8 +941,12 @@ class MemoryResult:
     """trioproxy's RSS over a run at MEMORY_CONNECTIONS open connections."""
 
     connections: int
+    # How many of them answered their request and were still open then.
+    held: int
     seconds: int
     before_mib: float | None
+    # Once the connections are open, before wrk starts.
+    open_mib: float | None
     # Sampled once a second while wrk runs, then once after it stopped.
     samples_mib: list[float]
     after_mib: float | None
@@ -954,53 +960,88 @@ class MemoryResult:
             return "no samples"
         low, high = min(self.samples_mib), max(self.samples_mib)
         return (
-            f"{self.connections} connections for {self.seconds}s "
-            f"({self.active_connections} active halfway): RSS before "
-            f"{self.before_mib} MiB, during min {low} max {high} MiB "
+            f"{self.held}/{self.connections} idle keep-alive connections held + wrk "
+            f"for {self.seconds}s ({self.active_connections} active halfway): RSS before "
+            f"{self.before_mib} MiB, with them open {self.open_mib} MiB, "
+            f"under load min {low} max {high} MiB "
             f"(spread {100 * (high - low) / low:.1f}% of min), after {self.after_mib} MiB; "
             f"{self.wrk.requests_per_sec:,.0f} req/s, errors {self.wrk.describe_errors()}"
         )
 
 
 def memory_run(setup: Setup, opts: Options, load_cpu: int | None, procs: Processes) -> MemoryResult:
-    """Hold MEMORY_CONNECTIONS keep-alive connections on the proxied case's
-    trioproxy with wrk for `opts.memory_seconds`, sampling its RSS."""
+    """Hold MEMORY_CONNECTIONS keep-alive connections open on the proxied
+    case's trioproxy while wrk loads it for `opts.memory_seconds`, sampling
+    its RSS once a second."""
     front = setup.fronts["proxied"]
     url = f"{front.base}/small"
     seconds = opts.memory_seconds
-    argv = ["wrk", "-t1", f"-c{MEMORY_CONNECTIONS}", f"-d{seconds}s", "--latency", url]
     before = rss_mib(front.proc.pid)
-    proc = procs.start("wrk-memory", argv, cpu=load_cpu)
-    samples: list[float] = []
-    active: int | None = None
-    started = time.monotonic()
-    deadline = started + seconds + 30
-    while True:
-        try:
-            proc.wait(timeout=1.0)
-            break
-        except subprocess.TimeoutExpired:
-            rss = rss_mib(front.proc.pid)
-            if rss is not None:
-                samples.append(rss)
-            if active is None and time.monotonic() - started >= seconds / 2:
-                stats = proxy_stats(setup.admin_base, ("http.bench.downstream_cx_active",))
-                active = stats.get("http.bench.downstream_cx_active")
-            if time.monotonic() > deadline:
-                raise BenchError(f"wrk against {url} did not finish in {seconds + 30}s") from None
+    with contextlib.ExitStack() as stack:
+        held = hold_connections(front.base, MEMORY_CONNECTIONS, stack)
+        open_mib = rss_mib(front.proc.pid)
+        argv = ["wrk", f"-t{opts.threads}", f"-c{opts.connections}", f"-d{seconds}s", url]
+        proc = procs.start("wrk-memory", [*argv, "--latency"], cpu=load_cpu)
+        samples: list[float] = []
+        active: int | None = None
+        started = time.monotonic()
+        deadline = started + seconds + 30
+        while True:
+            try:
+                proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                rss = rss_mib(front.proc.pid)
+                if rss is not None:
+                    samples.append(rss)
+                if active is None and time.monotonic() - started >= seconds / 2:
+                    stats = proxy_stats(setup.admin_base, ("http.bench.downstream_cx_active",))
+                    active = stats.get("http.bench.downstream_cx_active")
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        f"wrk against {url} did not finish in {seconds + 30}s"
+                    ) from None
+        after = rss_mib(front.proc.pid)
     report = procs.log_path("wrk-memory").read_text(errors="replace")
     if proc.returncode != 0:
         raise BenchError(f"wrk exited with status {proc.returncode}:\n{report}")
     check_alive(setup, procs, "the memory run")
     return MemoryResult(
         connections=MEMORY_CONNECTIONS,
+        held=held,
         seconds=seconds,
         before_mib=before,
+        open_mib=open_mib,
         samples_mib=samples,
-        after_mib=rss_mib(front.proc.pid),
+        after_mib=after,
         active_connections=active,
         wrk=parse_wrk(report),
     )
+
+
+def hold_connections(base: str, count: int, stack: contextlib.ExitStack) -> int:
+    """Open `count` connections to `base`, send one GET /small on each, read
+    each answer, and leave them open (closed when `stack` closes); return how
+    many answered 200 with the body."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    socks: list[socket.socket] = []
+    for _ in range(count):
+        sock = stack.enter_context(socket.create_connection((host, int(port)), timeout=10))
+        socks.append(sock)
+    request = b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n"
+    for sock in socks:
+        sock.sendall(request)
+    answered = 0
+    for sock in socks:
+        data = b""
+        with contextlib.suppress(OSError):
+            while not (b"\r\n\r\n" in data and data.endswith(BODY_SMALL)):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        answered += data.startswith(b"HTTP/1.1 200") and data.endswith(BODY_SMALL)
+    return answered
 
 
 def check_alive(setup: Setup, procs: Processes, during: str) -> None:
@@ -1248,10 +1289,13 @@ def render_markdown(doc: dict[str, Any]) -> str:
     if mem and mem["samples_mib"]:
         low, high = min(mem["samples_mib"]), max(mem["samples_mib"])
         lines.append(
-            f"Memory run (proxied, wrk -c{mem['connections']} for {mem['seconds']} s, "
-            f"{mem['active_connections']} downstream connections active halfway): RSS "
-            f"{mem['before_mib']} MiB before, {low}–{high} MiB during, {mem['after_mib']} MiB "
-            f"after; {mem['wrk']['requests_per_sec']:,.0f} req/s."
+            f"Memory run (proxied): {mem['held']} of {mem['connections']} idle keep-alive "
+            f"connections held open (one request each) while wrk -c{opts['connections']} "
+            f"loads it for {mem['seconds']} s ({mem['active_connections']} downstream "
+            f"connections active halfway): RSS {mem['before_mib']} MiB before, "
+            f"{mem['open_mib']} MiB with the connections open, {low}–{high} MiB under load "
+            f"(sampled each second), {mem['after_mib']} MiB at the end; "
+            f"{mem['wrk']['requests_per_sec']:,.0f} req/s."
         )
     for name, why in (doc.get("skipped") or {}).items():
         lines.append(f"Skipped {name}: {why}.")
@@ -1306,7 +1350,7 @@ def _parser() -> argparse.ArgumentParser:
         "--memory-seconds",
         type=_non_negative,
         metavar="S",
-        help=f"length of the memory run at {MEMORY_CONNECTIONS} connections "
+        help=f"length of the memory run ({MEMORY_CONNECTIONS} connections held open) "
         "(default 20, --quick 3; 0: no memory run)",
     )
     p.add_argument(
@@ -1340,6 +1384,16 @@ def _parser() -> argparse.ArgumentParser:
         help="also write JSON (default path: benchmarks/results/bench-<time>.json)",
     )
     return p
+
+
+def raise_open_files_limit() -> None:
+    """Raise our soft limit of open files to the hard one (children inherit
+    it): the memory run holds 1,000 connections here and as many in
+    trioproxy, more than a common soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _positive(text: str) -> int:
@@ -1389,6 +1443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not Path("/proc/self/stat").exists():
         print("bench: needs Linux (/proc) to measure CPU use", file=sys.stderr)
         return EXIT_MISSING_TOOL
+    raise_open_files_limit()
     # SIGTERM (e.g. CI cancelling the job) takes the same path as Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     pinning = Pinning.choose(opts.pin)
