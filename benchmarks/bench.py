@@ -2,7 +2,7 @@
 its backend, a bare trio byte pump, nginx and Envoy, all in one run.
 
     python benchmarks/bench.py                  # 10 s per case
-    python benchmarks/bench.py --duration 5 --warmup 1 --update-docs   # the docs' table
+    python benchmarks/bench.py --duration 5 --warmup 1 --rounds 3 --update-docs  # docs' table
     python benchmarks/bench.py --quick          # CI smoke run: 1 s per case, no warm-up
 
 What it does. It starts a fast backend (nginx in the foreground from
@@ -483,6 +483,8 @@ class Options:
     pin: bool
     # The memory run: seconds at MEMORY_CONNECTIONS open connections (0: none).
     memory_seconds: int = 0
+    # Times the whole case plan runs; each case reports its median round.
+    rounds: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1044,6 +1046,32 @@ def hold_connections(base: str, count: int, stack: contextlib.ExitStack) -> int:
     return answered
 
 
+def median_round(runs: Sequence[CaseResult]) -> CaseResult:
+    """The run of a case that is the median by the front's CPU µs/request
+    (direct cases: by req/s), the upper one of an even count. Interleaved
+    rounds spread a burst of other work on the machine over several cases
+    instead of ruining one."""
+
+    def key(r: CaseResult) -> float:
+        cost = r.proxy_cpu_us_per_request
+        return r.wrk.requests_per_sec if cost is None else cost
+
+    # A case with errors in any round reports that round: the failure shows.
+    failed = [r for r in runs if r.wrk.errors or r.wrk.requests == 0]
+    if failed:
+        return failed[0]
+    ordered = sorted(runs, key=key)
+    return ordered[len(ordered) // 2]
+
+
+def _round_figures(r: CaseResult) -> dict[str, float | None]:
+    return {
+        "requests_per_sec": r.wrk.requests_per_sec,
+        "front_cpu_us_per_request": r.proxy_cpu_us_per_request,
+        "errors": r.wrk.errors,
+    }
+
+
 def check_alive(setup: Setup, procs: Processes, during: str) -> None:
     """Fail the run if the backend or any front has died."""
     for log, proc in [
@@ -1260,7 +1288,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
     lines = [
         f"Measured {doc['date'].replace('T', ' ').replace('+00:00', ' UTC')}, commit "
         f"`{doc['revision']}`, the machine {busy:.0f} % busy (all CPUs) just before the run;",
-        f"`{doc['command']}` ({opts['duration']} s per case after {opts['warmup']} s of warm-up;"
+        f"`{doc['command']}` ({opts['duration']} s per case after {opts['warmup']} s of warm-up,"
+        f" the median of {opts.get('rounds', 1)} interleaved round(s) per case;"
         f" wrk -t{opts['threads']} -c{opts['connections']}, h2load -c{H2_CLIENTS} -m{H2_STREAMS}).",
         f"Origin: {doc['backend']}. Envoy: {doc.get('envoy', 'not run')}.",
         "",
@@ -1347,6 +1376,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     p.add_argument(
+        "--rounds",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="run every case N times, interleaved, and report each case's median run (1)",
+    )
+    p.add_argument(
         "--memory-seconds",
         type=_non_negative,
         metavar="S",
@@ -1429,6 +1465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads,
         backend=args.backend,
         pin=not args.no_pin,
+        rounds=args.rounds,
         memory_seconds=(
             args.memory_seconds if args.memory_seconds is not None else (3 if args.quick else 20)
         ),
@@ -1571,9 +1608,18 @@ def _run(
             print(f"machine:   {busy:.0f}% busy before the run (all CPUs, over 0.5 s)")
             print(flush=True)
             idle = idle_rss(setup)
-            for target, body, load_cpu in case_plan(setup, pinning):
-                print(f"  running {target} {body} ...", file=sys.stderr, flush=True)
-                results.append(run_case(setup, target, body, opts, load_cpu, procs))
+            plan = case_plan(setup, pinning)
+            rounds: dict[tuple[Target, str], list[CaseResult]] = {}
+            for n in range(1, opts.rounds + 1):
+                for target, body, load_cpu in plan:
+                    of = f" (round {n} of {opts.rounds})" if opts.rounds > 1 else ""
+                    print(f"  running {target} {body}{of} ...", file=sys.stderr, flush=True)
+                    result = run_case(setup, target, body, opts, load_cpu, procs)
+                    rounds.setdefault((target, body), []).append(result)
+            results = [median_round(runs) for runs in rounds.values()]
+            every_round = {
+                f"{t} {b}": [_round_figures(r) for r in rs] for (t, b), rs in rounds.items()
+            }
             memory = None
             if opts.memory_seconds:
                 print("  running the memory run ...", file=sys.stderr, flush=True)
@@ -1595,6 +1641,7 @@ def _run(
         path = Path(json_path) if json_path else RESULTS / f"bench-{stamp}.json"
         info: dict[str, object] = {"backend": backend_name, "pinning": asdict(pinning)}
         info["skipped"] = skipped
+        info["every_round"] = every_round
         info["machine_busy_percent_before"] = round(busy, 1)
         info["idle_rss_mib"] = idle
         info["memory_run"] = None if memory is None else asdict(memory)
