@@ -1,0 +1,158 @@
+"""The span exporter: the one I/O task of tracing.
+
+`submit()` is what the request path calls when a sampled span finishes: a
+bounded append and, at `min_flush_spans`, a wake-up; it never waits. The
+`run()` task (in the server's nursery, beside the StatsD flush) sends the
+queue to the collector in batches, every `flush_interval` or as soon as
+`min_flush_spans` are waiting, one report at a time, each within
+`collector_timeout`. While a report is in flight new spans queue up to
+`max_queue_spans`; beyond that they are dropped and counted. A collector
+that is down or slow costs dropped spans, never a slower request.
+
+Stats, Envoy's for its Zipkin tracer under `tracing.zipkin.` or
+`tracing.opentelemetry.`: `spans_sent`, `timer_flushed`, `reports_sent`
+(2xx), `reports_dropped` (answered with another status), `reports_failed`
+(no answer: connect error, reset, timeout); ours: `spans_dropped` (queue
+full, or their report dropped or failed).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import h11
+import trio
+
+from trioproxy import __version__
+from trioproxy.config import Tracing
+from trioproxy.net.errors import ProxyIOError
+from trioproxy.net.network import Network
+from trioproxy.observe.stats import StatsStore
+from trioproxy.observe.tracing.encode import otlp_json, zipkin_json
+from trioproxy.observe.tracing.span import Span
+
+__all__ = ["SpanExporter"]
+
+log = logging.getLogger("trioproxy.tracing")
+
+# A collector's answer is read up to this size, then ignored.
+_MAX_RESPONSE_BYTES = 64 * 1024
+
+
+class SpanExporter:
+    """Batches finished spans to one collector (one per tracing config)."""
+
+    def __init__(self, config: Tracing, network: Network, stats: StatsStore) -> None:
+        self.config = config
+        self._network = network
+        self._queue: deque[Span] = deque()
+        self._wake = trio.Event()
+        p = "tracing.opentelemetry." if config.provider == "opentelemetry" else "tracing.zipkin."
+        self.spans_sent = stats.counter(p + "spans_sent")
+        self.spans_dropped = stats.counter(p + "spans_dropped")
+        self.timer_flushed = stats.counter(p + "timer_flushed")
+        self.reports_sent = stats.counter(p + "reports_sent")
+        self.reports_dropped = stats.counter(p + "reports_dropped")
+        self.reports_failed = stats.counter(p + "reports_failed")
+        self._encode: Callable[[Sequence[Span]], bytes]
+        if config.provider == "opentelemetry":
+            self._encode = lambda spans: otlp_json(spans, config.service_name, __version__)
+        else:
+            self._encode = lambda spans: zipkin_json(spans, config.service_name)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def submit(self, span: Span) -> None:
+        """Queue a finished span (no checkpoint); drop it if the queue is full."""
+        q = self._queue
+        if len(q) >= self.config.max_queue_spans:
+            self.spans_dropped.inc()
+            return
+        q.append(span)
+        if len(q) >= self.config.min_flush_spans:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Flush forever: on the interval, or when enough spans wait."""
+        interval = self.config.flush_interval or math.inf
+        while True:
+            with trio.move_on_after(interval) as timer:
+                await self._wake.wait()
+            self._wake = trio.Event()
+            if timer.cancelled_caught and self._queue:
+                self.timer_flushed.inc()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Send everything queued now, in reports of at most
+        `max(min_flush_spans, 1000)` spans."""
+        batch_max = max(self.config.min_flush_spans, 1000)
+        while self._queue:
+            n = min(len(self._queue), batch_max)
+            batch = [self._queue.popleft() for _ in range(n)]
+            await self._report(batch)
+
+    async def _report(self, spans: list[Span]) -> None:
+        body = self._encode(spans)
+        cfg = self.config
+        status: int | None = None
+        with trio.move_on_after(cfg.collector_timeout or math.inf):
+            try:
+                status = await self._post(body)
+            except (ProxyIOError, OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
+                log.debug("tracing collector %s: %s", cfg.collector, exc)
+        if status is None:
+            self.reports_failed.inc()
+            self.spans_dropped.inc(len(spans))
+        elif 200 <= status < 300:
+            self.reports_sent.inc()
+            self.spans_sent.inc(len(spans))
+        else:
+            self.reports_dropped.inc()
+            self.spans_dropped.inc(len(spans))
+
+    async def _post(self, body: bytes) -> int:
+        """POST one report; the collector's status."""
+        cfg = self.config
+        addr = cfg.collector
+        stream = await self._network.connect_tcp(
+            addr.host, addr.port, timeout=cfg.collector_timeout
+        )
+        try:
+            conn = h11.Connection(h11.CLIENT)
+            host = f"[{addr.host}]" if ":" in addr.host else addr.host
+            req = h11.Request(
+                method="POST",
+                target=cfg.collector_path,
+                headers=[
+                    ("host", f"{host}:{addr.port}"),
+                    ("content-type", "application/json"),
+                    ("content-length", str(len(body))),
+                    ("connection", "close"),
+                    ("user-agent", f"trioproxy/{__version__}"),
+                ],
+            )
+            await stream.send_all(
+                conn.send(req) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+            )
+            received = 0
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = bytes(await stream.receive_some(16384))
+                    received += len(data)
+                    if received > _MAX_RESPONSE_BYTES:
+                        raise h11.RemoteProtocolError("collector response too large")
+                    conn.receive_data(data)
+                    continue
+                if isinstance(event, h11.Response):
+                    return event.status_code
+                if isinstance(event, h11.ConnectionClosed):
+                    raise h11.RemoteProtocolError("collector closed without a response")
+        finally:
+            await trio.aclose_forcefully(stream)
