@@ -37,7 +37,7 @@ from tests.conftest import (
 )
 from tests.memnet import MemoryNetwork
 from tests.trace_collector import Collector
-from trioproxy.config import Mesh, RetryPolicy, SocketAddress, Tracing
+from trioproxy.config import HedgePolicy, Mesh, RetryPolicy, SocketAddress, Tracing
 from trioproxy.observe.stats import StatsStore
 from trioproxy.observe.tracing.exporter import SpanExporter
 from trioproxy.observe.tracing.span import Span
@@ -241,6 +241,57 @@ async def test_retried_request_has_a_client_span_per_try(nursery: trio.Nursery) 
     # Each try carried its own span id upstream.
     assert [q["headers"]["x-b3-spanid"] for q in up.requests] == [s["id"] for s in clients]
     assert server_span["tags"]["http.status_code"] == "200"
+
+
+async def test_hedged_tries_have_a_client_span_each(nursery: trio.Nursery) -> None:
+    slow = await start_upstream(nursery, "slow")
+    fast = await start_upstream(nursery, "fast")
+    slow.hang_all = True
+    col = await start_collector(nursery)
+    server = await start_proxy(
+        nursery,
+        simple_mesh(
+            [route_to("svc", hedge_policy=HedgePolicy(initial_requests=2))],
+            [cluster("svc", slow, fast)],
+            tracing=tracing(col),
+        ),
+    )
+    async with httpx.AsyncClient() as c:
+        r = await c.get(proxy_url(server))
+    assert r.headers["x-upstream"] == "fast"
+    spans = await col.wait_spans(3)
+    [server_span] = by_kind(spans, "SERVER")
+    clients = by_kind(spans, "CLIENT")
+    assert len(clients) == 2
+    assert {s["parentId"] for s in clients} == {server_span["id"]}
+    by_host = {s["tags"]["upstream_address"]: s for s in clients}
+    assert by_host[fast.address]["tags"]["http.status_code"] == "200"
+    assert "error" not in by_host[fast.address]["tags"]
+    # The loser was cancelled without a response: an error span.
+    assert by_host[slow.address]["tags"]["error"] == "true"
+    assert fast.requests[0]["headers"]["x-b3-spanid"] == by_host[fast.address]["id"]
+    if slow.requests:  # the loser may be cancelled while still dialling
+        assert slow.requests[0]["headers"]["x-b3-spanid"] == by_host[slow.address]["id"]
+
+
+async def test_http2_downstream(nursery: trio.Nursery) -> None:
+    up = await start_upstream(nursery)
+    col = await start_collector(nursery)
+    trace = tracing(col, propagation=("w3c",), shared_span_context=False)
+    server = await start_proxy(nursery, mesh(up, trace))
+    async with httpx.AsyncClient(http1=False, http2=True) as c:
+        responses = [
+            await c.get(proxy_url(server), headers={"traceparent": f"00-{TRACE}-{SPAN}-01"})
+            for _ in range(2)
+        ]
+    assert [r.http_version for r in responses] == ["HTTP/2", "HTTP/2"]
+    spans = await col.wait_spans(4)
+    servers = by_kind(spans, "SERVER")
+    assert [s["tags"]["http.protocol"] for s in servers] == ["HTTP/2", "HTTP/2"]
+    assert {s["traceId"] for s in spans} == {TRACE}
+    # Not shared: each server span is a new child of the caller's span.
+    assert {s["parentId"] for s in servers} == {SPAN}
+    assert len({s["id"] for s in servers}) == 2
 
 
 async def test_5xx_and_connect_failure_are_errors(nursery: trio.Nursery) -> None:
