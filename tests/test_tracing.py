@@ -37,7 +37,10 @@ from tests.conftest import (
 )
 from tests.memnet import MemoryNetwork
 from tests.trace_collector import Collector
+from trioproxy.codec.stream import RequestHead
 from trioproxy.config import HedgePolicy, Mesh, RetryPolicy, SocketAddress, Tracing
+from trioproxy.config.dump import to_jsonable, to_tree
+from trioproxy.http.conn_manager import ConnectionManager
 from trioproxy.observe.stats import StatsStore
 from trioproxy.observe.tracing.exporter import SpanExporter
 from trioproxy.observe.tracing.span import Span
@@ -422,6 +425,26 @@ async def test_request_id_generated_and_kept(nursery: trio.Nursery) -> None:
     assert second == "mine"
 
 
+@pytest.mark.parametrize(
+    ("remote", "hcm", "kept"),
+    [
+        ("8.8.8.8:5000", {}, False),  # external: Envoy regenerates it
+        ("8.8.8.8:5000", {"preserve_external_request_id": True}, True),
+        ("8.8.8.8:5000", {"use_remote_address": False}, True),
+        ("10.1.2.3:5000", {}, True),  # private: internal
+        ("[::1]:5000", {}, True),
+    ],
+)
+def test_external_request_id(remote: str, hcm: dict[str, Any], kept: bool) -> None:
+    config = simple_mesh([], [], **hcm).listeners[0].filter_chains[0].filters[0]
+    manager = ConnectionManager(config, router=None, stats=StatsStore())  # type: ignore[arg-type]
+    head = RequestHead(method=b"GET", path=b"/", headers=[(b"x-request-id", b"client-made")])
+    manager._prepare_request(head, remote, None)
+    rids = [v for k, v in head.headers if k == b"x-request-id"]
+    assert len(rids) == 1
+    assert (rids[0] == b"client-made") == kept
+
+
 # --------------------------------------------------------------- memory network, MockClock
 
 
@@ -527,6 +550,8 @@ def test_dsl_tracing(tmp_path: Path) -> None:
         flush_interval=0.25,
     )
     assert hcm.preserve_external_request_id is False  # type: ignore[attr-defined]
+    assert "tracing opentelemetry -> 127.0.0.1:4318/v1/traces" in to_tree(m)
+    assert to_jsonable(m)  # the dump (admin /config_dump) takes the new fields
 
 
 def test_dsl_tracing_defaults_zipkin(tmp_path: Path) -> None:

@@ -240,11 +240,12 @@ class ActiveSpan:
         self.tracer.exporter.submit(span)
 
     def finish_server(self) -> None:
-        """End the downstream request, from its stream info."""
-        if not self.sampled:
+        """End the downstream request, from its stream info. Health checks
+        answered by the proxy are not reported (Envoy's `health_check`)."""
+        info = self.info
+        if not self.sampled or info.is_health_check:
             return
         self._end()
-        info = self.info
         span = self.span
         tags = span.tags
         status = info.response_code
