@@ -487,6 +487,32 @@ async def test_exporter_batches_on_timer_and_size(autojump_clock: trio.testing.M
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("collector_mode", ["keep_alive", "close", "close_silently"])
+async def test_exporter_connection_reuse(
+    autojump_clock: trio.testing.MockClock, collector_mode: str
+) -> None:
+    net = MemoryNetwork()
+    stats = StatsStore()
+    async with trio.open_nursery() as nursery:
+        col = await start_collector(nursery, net)
+        col.keep_alive = collector_mode != "close"
+        col.close_after_each = collector_mode == "close_silently"
+        cfg = Tracing(provider="zipkin", collector=addr(col.address), min_flush_spans=1)
+        exporter = SpanExporter(cfg, net, stats)
+        nursery.start_soon(exporter.run)
+        for i in range(3):
+            exporter.submit(_span(i))
+            await col.wait_spans(i + 1)
+            await trio.sleep(1)
+        # Every report arrived once, whatever the collector did with the
+        # connection; a kept-alive one carried them all.
+        assert len(col.reports) == 3
+        assert stats.counters["tracing.zipkin.reports_sent"].value == 3
+        assert stats.counters["tracing.zipkin.reports_failed"].value == 0
+        assert col.connections == (1 if collector_mode == "keep_alive" else 3)
+        nursery.cancel_scope.cancel()
+
+
 async def test_exporter_collector_timeout(autojump_clock: trio.testing.MockClock) -> None:
     net = MemoryNetwork()
     net.blackhole("127.0.0.1", 9411)

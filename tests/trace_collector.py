@@ -18,6 +18,11 @@ class Collector:
     def __init__(self) -> None:
         self.port = 0
         self.status = 202
+        self.connections = 0
+        # keep_alive False: answer with `connection: close`. close_after_each:
+        # close silently after each answer (an idle-timeout collector).
+        self.keep_alive = True
+        self.close_after_each = False
         self.reports: list[tuple[str, Any]] = []  # (path, parsed JSON body)
         self._changed = trio.Event()
 
@@ -59,32 +64,40 @@ class Collector:
         return self.spans()
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
+        self.connections += 1
         conn = h11.Connection(h11.SERVER)
-        body = bytearray()
-        target = ""
         try:
             async with stream:
                 while True:
-                    ev = conn.next_event()
-                    if ev is h11.NEED_DATA:
-                        data = await stream.receive_some(65536)
-                        if not data:
+                    body = bytearray()
+                    target = ""
+                    while True:
+                        ev = conn.next_event()
+                        if ev is h11.NEED_DATA:
+                            data = await stream.receive_some(65536)
+                            if not data:
+                                return
+                            conn.receive_data(data)
+                        elif isinstance(ev, h11.Request):
+                            target = ev.target.decode()
+                        elif isinstance(ev, h11.Data):
+                            body += ev.data
+                        elif isinstance(ev, h11.EndOfMessage):
+                            break
+                        else:
                             return
-                        conn.receive_data(data)
-                    elif isinstance(ev, h11.Request):
-                        target = ev.target.decode()
-                    elif isinstance(ev, h11.Data):
-                        body += ev.data
-                    elif isinstance(ev, h11.EndOfMessage):
-                        break
-                    else:
+                    self.reports.append((target, json.loads(bytes(body))))
+                    self._changed.set()
+                    self._changed = trio.Event()
+                    headers = [("content-length", "0")]
+                    if not self.keep_alive:
+                        headers.append(("connection", "close"))
+                    head = h11.Response(status_code=self.status, headers=headers)
+                    await stream.send_all(
+                        (conn.send(head) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+                    )
+                    if not self.keep_alive or self.close_after_each:
                         return
-                self.reports.append((target, json.loads(bytes(body))))
-                self._changed.set()
-                self._changed = trio.Event()
-                head = h11.Response(status_code=self.status, headers=[("content-length", "0")])
-                await stream.send_all(
-                    (conn.send(head) or b"") + (conn.send(h11.EndOfMessage()) or b"")
-                )
+                    conn.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError, OSError):
             return

@@ -14,6 +14,7 @@ as decimal strings, `kind` 2 (SERVER) / 3 (CLIENT), attributes as
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections.abc import Sequence
@@ -28,13 +29,20 @@ _STATUS_ERROR = 2
 _STATUS_UNSET = 0
 
 
-def _endpoint(ip: str, port: int | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+@functools.lru_cache(maxsize=1024)
+def _ip_key(ip: str) -> str | None:
+    """ "ipv4" or "ipv6" for an address (None: not an IP); addresses repeat."""
     try:
-        addr = ipaddress.ip_address(ip)
+        return "ipv4" if ipaddress.ip_address(ip).version == 4 else "ipv6"
     except ValueError:
-        return out
-    out["ipv4" if addr.version == 4 else "ipv6"] = ip
+        return None
+
+
+def _endpoint(ip: str, port: int | None) -> dict[str, Any]:
+    key = _ip_key(ip)
+    if key is None:
+        return {}
+    out: dict[str, Any] = {key: ip}
     if port:
         out["port"] = port
     return out

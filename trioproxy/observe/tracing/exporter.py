@@ -5,7 +5,7 @@ bounded append and, at `min_flush_spans`, a wake-up; it never waits. The
 `run()` task (in the server's nursery, beside the StatsD flush) sends the
 queue to the collector in batches, every `flush_interval` or as soon as
 `min_flush_spans` are waiting, one report at a time, each within
-`collector_timeout`. While a report is in flight new spans queue up to
+`collector_timeout`, on one kept-alive connection. While a report is in flight new spans queue up to
 `max_queue_spans`; beyond that they are dropped and counted. A collector
 that is down or slow costs dropped spans, never a slower request.
 
@@ -49,6 +49,9 @@ class SpanExporter:
         self.config = config
         self._network = network
         self._queue: deque[Span] = deque()
+        # The collector connection, kept alive between reports.
+        self._stream: trio.abc.Stream | None = None
+        self._conn = h11.Connection(h11.CLIENT)
         self._wake = trio.Event()
         p = "tracing.opentelemetry." if config.provider == "opentelemetry" else "tracing.zipkin."
         self.spans_sent = stats.counter(p + "spans_sent")
@@ -80,13 +83,16 @@ class SpanExporter:
     async def run(self) -> None:
         """Flush forever: on the interval, or when enough spans wait."""
         interval = self.config.flush_interval or math.inf
-        while True:
-            with trio.move_on_after(interval) as timer:
-                await self._wake.wait()
-            self._wake = trio.Event()
-            if timer.cancelled_caught and self._queue:
-                self.timer_flushed.inc()
-            await self.flush()
+        try:
+            while True:
+                with trio.move_on_after(interval) as timer:
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                if timer.cancelled_caught and self._queue:
+                    self.timer_flushed.inc()
+                await self.flush()
+        finally:
+            await self._disconnect()
 
     async def flush(self) -> None:
         """Send everything queued now, in reports of at most
@@ -102,11 +108,20 @@ class SpanExporter:
         cfg = self.config
         status: int | None = None
         with trio.move_on_after(cfg.collector_timeout or math.inf):
-            try:
-                status = await self._post(body)
-            except (ProxyIOError, OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
-                log.debug("tracing collector %s: %s", cfg.collector, exc)
+            # A kept-alive connection the collector closed meanwhile fails
+            # before any answer: then once more on a new connection.
+            for fresh in (self._stream is None, True):
+                try:
+                    status = await self._post(body)
+                    break
+                except (ProxyIOError, OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
+                    log.debug("tracing collector %s: %s", cfg.collector, exc)
+                    await self._disconnect()
+                    if fresh:
+                        break
         if status is None:
+            # Failed or timed out half way: the connection is not reusable.
+            await self._disconnect()
             self.reports_failed.inc()
             self.spans_dropped.inc(len(spans))
         elif 200 <= status < 300:
@@ -116,43 +131,56 @@ class SpanExporter:
             self.reports_dropped.inc()
             self.spans_dropped.inc(len(spans))
 
+    async def _disconnect(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+
     async def _post(self, body: bytes) -> int:
-        """POST one report; the collector's status."""
+        """POST one report on the kept-alive collector connection (opened
+        if needed); the collector's status."""
         cfg = self.config
         addr = cfg.collector
-        stream = await self._network.connect_tcp(
-            addr.host, addr.port, timeout=cfg.collector_timeout
+        if self._stream is None:
+            self._stream = await self._network.connect_tcp(
+                addr.host, addr.port, timeout=cfg.collector_timeout
+            )
+            self._conn = h11.Connection(h11.CLIENT)
+        stream, conn = self._stream, self._conn
+        host = f"[{addr.host}]" if ":" in addr.host else addr.host
+        req = h11.Request(
+            method="POST",
+            target=cfg.collector_path,
+            headers=[
+                ("host", f"{host}:{addr.port}"),
+                ("content-type", "application/json"),
+                ("content-length", str(len(body))),
+                ("user-agent", f"trioproxy/{__version__}"),
+            ],
         )
-        try:
-            conn = h11.Connection(h11.CLIENT)
-            host = f"[{addr.host}]" if ":" in addr.host else addr.host
-            req = h11.Request(
-                method="POST",
-                target=cfg.collector_path,
-                headers=[
-                    ("host", f"{host}:{addr.port}"),
-                    ("content-type", "application/json"),
-                    ("content-length", str(len(body))),
-                    ("connection", "close"),
-                    ("user-agent", f"trioproxy/{__version__}"),
-                ],
-            )
-            await stream.send_all(
-                conn.send(req) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
-            )
-            received = 0
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    data = bytes(await stream.receive_some(16384))
-                    received += len(data)
-                    if received > _MAX_RESPONSE_BYTES:
-                        raise h11.RemoteProtocolError("collector response too large")
-                    conn.receive_data(data)
-                    continue
-                if isinstance(event, h11.Response):
-                    return event.status_code
-                if isinstance(event, h11.ConnectionClosed):
-                    raise h11.RemoteProtocolError("collector closed without a response")
-        finally:
-            await trio.aclose_forcefully(stream)
+        await stream.send_all(
+            (conn.send(req) or b"")
+            + (conn.send(h11.Data(data=body)) or b"")
+            + (conn.send(h11.EndOfMessage()) or b"")
+        )
+        status = 0
+        received = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = bytes(await stream.receive_some(16384))
+                received += len(data)
+                if received > _MAX_RESPONSE_BYTES:
+                    raise h11.RemoteProtocolError("collector response too large")
+                conn.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise h11.RemoteProtocolError("collector closed without a response")
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        else:
+            await self._disconnect()
+        return status

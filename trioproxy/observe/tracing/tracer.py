@@ -23,6 +23,7 @@ The request path calls `start_server`, `ActiveSpan.start_client`,
 
 from __future__ import annotations
 
+import functools
 import random
 import zlib
 from typing import TYPE_CHECKING
@@ -46,6 +47,7 @@ def _hit(percent: float, draw: int) -> bool:
     return draw < percent * 100
 
 
+@functools.lru_cache(maxsize=1024)
 def _split_address(address: str | None) -> tuple[str | None, int | None]:
     if not address:
         return None, None
