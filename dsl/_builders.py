@@ -996,7 +996,7 @@ class HttpBuilder:
     def tracing(
         self,
         provider: str = "zipkin",
-        collector: str = "127.0.0.1:9411",
+        collector: str | ClusterBuilder = "127.0.0.1:9411",
         *,
         service_name: str = "trioproxy",
         collector_path: str | None = None,
@@ -1012,7 +1012,8 @@ class HttpBuilder:
         operation_name: str = "ingress",
     ) -> HttpBuilder:
         """Trace requests (Envoy's HCM `tracing`) and report spans to a
-        collector at `collector` ("host:port").
+        collector: `collector` is a cluster (`cluster(...)` or its name, as
+        Envoy's `collector_cluster`) or an address "ip:port".
 
         `provider` is "zipkin" (Zipkin v2 JSON to `/api/v2/spans`, B3
         headers) or "opentelemetry" (OTLP/HTTP JSON to `/v1/traces`, W3C

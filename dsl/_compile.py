@@ -213,6 +213,9 @@ def _walk_clusters(items: Iterable[object]) -> Iterator[ClusterBuilder]:
                     continue
                 if not isinstance(chain.value, HttpBuilder):
                     continue
+                tracing = chain.value._tracing
+                if tracing is not None and isinstance(tracing.collector, ClusterBuilder):
+                    yield tracing.collector
                 for vh in chain.value._vhosts:
                     if not isinstance(vh.value, VhostBuilder):
                         continue

@@ -32,17 +32,27 @@ def tracing_config(c: _Compiler, spec: TracingSpec) -> Tracing:
     provider: TracingProvider = c.choice(
         spec.provider, get_args(TracingProvider), "tracing provider", loc
     )
-    collector = SocketAddress(host="127.0.0.1", port=9411)
-    try:
-        collector = parse_endpoint_address(spec.collector, "tracing collector")
-    except BadValue as exc:
-        c.error(loc, str(exc))
-    else:
+    collector: SocketAddress | None = None
+    collector_cluster: str | None = None
+    raw_collector = spec.collector
+    if isinstance(raw_collector, str) and ":" in raw_collector:
         try:
-            ipaddress.ip_address(collector.host)
-        except ValueError:
-            # The exporter connects from a background task; no DNS there.
-            c.error(loc, f"tracing collector {spec.collector!r} must be an IP address and port")
+            collector = parse_endpoint_address(raw_collector, "tracing collector")
+        except BadValue as exc:
+            c.error(loc, str(exc))
+        else:
+            try:
+                ipaddress.ip_address(collector.host)
+            except ValueError:
+                # The exporter connects from a background task; no DNS there.
+                c.error(
+                    loc,
+                    f"tracing collector {raw_collector!r} must be an IP address and port "
+                    "(or a cluster)",
+                )
+    else:
+        # A cluster, by builder or name (Envoy's collector_cluster).
+        collector_cluster = c.cluster_ref(raw_collector, loc)
     o = dict(spec.options)
     path = o["collector_path"]
     if path is None:
@@ -73,6 +83,7 @@ def tracing_config(c: _Compiler, spec: TracingSpec) -> Tracing:
     return Tracing(
         provider=provider,
         collector=collector,
+        collector_cluster=collector_cluster,
         collector_path=path,
         service_name=service,
         random_sampling=sampling["random_sampling"],

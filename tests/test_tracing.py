@@ -395,6 +395,46 @@ async def test_collector_error_status_is_a_dropped_report(nursery: trio.Nursery)
     assert counter(server, "tracing.zipkin.reports_sent") == 0
 
 
+async def test_collector_cluster(nursery: trio.Nursery) -> None:
+    up = await start_upstream(nursery)
+    col = await start_collector(nursery)
+    trace = Tracing(
+        provider="zipkin", collector_cluster="zipkin", min_flush_spans=1, flush_interval=0.05
+    )
+    server = await start_proxy(
+        nursery,
+        simple_mesh(
+            [route_to("svc")],
+            [cluster("svc", up), cluster("zipkin", col), cluster("nowhere")],
+            tracing=trace,
+        ),
+    )
+    async with httpx.AsyncClient() as c:
+        for _ in range(2):
+            assert (await c.get(proxy_url(server))).status_code == 200
+    await col.wait_spans(4)
+    await wait_counter(server, "tracing.zipkin.spans_sent", 4)
+    # One connection to the cluster's host carried every report.
+    assert col.connections == 1
+
+
+async def test_collector_cluster_without_hosts_skips_reports(nursery: trio.Nursery) -> None:
+    up = await start_upstream(nursery)
+    trace = Tracing(
+        provider="zipkin", collector_cluster="nowhere", min_flush_spans=1, flush_interval=0.05
+    )
+    server = await start_proxy(
+        nursery,
+        simple_mesh([route_to("svc")], [cluster("svc", up), cluster("nowhere")], tracing=trace),
+    )
+    async with httpx.AsyncClient() as c:
+        assert (await c.get(proxy_url(server))).status_code == 200
+    await settle(server)
+    await wait_counter(server, "tracing.zipkin.spans_dropped", 2)
+    assert counter(server, "tracing.zipkin.reports_skipped_no_cluster") >= 1
+    assert counter(server, "tracing.zipkin.reports_failed") == 0
+
+
 async def test_bounded_queue_drops_and_counts(nursery: trio.Nursery) -> None:
     up = await start_upstream(nursery)
     col = await start_collector(nursery)
@@ -596,6 +636,35 @@ def test_dsl_tracing_defaults_zipkin(tmp_path: Path) -> None:
     assert (t.provider, t.collector_path, t.propagation) == ("zipkin", "/api/v2/spans", ("b3",))
     assert t.collector == SocketAddress(host="127.0.0.1", port=9411)
     assert hcm.preserve_external_request_id is True  # type: ignore[attr-defined]
+
+
+def test_dsl_tracing_collector_cluster(tmp_path: Path) -> None:
+    m = _load(
+        tmp_path,
+        """
+        zipkin = cluster("zipkin", "127.0.0.1:9411")
+        MESH = mesh(
+            listener("ingress", ":8000")
+            .chain(http().tracing("zipkin", zipkin))
+            .route(prefix("/"), cluster("svc", "127.0.0.1:8081")),
+        )
+        """,
+    )
+    t = m.listeners[0].filter_chains[0].filters[0].tracing  # type: ignore[attr-defined]
+    assert (t.collector, t.collector_cluster) == (None, "zipkin")
+    # Referenced only by tracing, the cluster is still part of the mesh.
+    assert m.cluster("zipkin").endpoints[0].address == SocketAddress(host="127.0.0.1", port=9411)
+    with pytest.raises(MeshError, match="unknown cluster 'zipkn'"):
+        _load(
+            tmp_path,
+            """
+            MESH = mesh(
+                listener("ingress", ":8000")
+                .chain(http().tracing("zipkin", "zipkn"))
+                .route(prefix("/"), cluster("zipkin", "127.0.0.1:8081")),
+            )
+            """,
+        )
 
 
 def test_dsl_tracing_errors_carry_file_and_line(tmp_path: Path) -> None:

@@ -207,7 +207,8 @@ def _hcm(hcm: HttpConnectionManager, ind: str) -> list[str]:
     t = hcm.tracing
     if t is not None:
         lines.append(
-            f"{ind}  tracing {t.provider} -> {t.collector}{t.collector_path}"
+            f"{ind}  tracing {t.provider} -> {t.collector or 'cluster ' + str(t.collector_cluster)}"
+            f"{t.collector_path}"
             f" propagation={','.join(t.propagation)} random_sampling={t.random_sampling:g}%"
         )
     for flt in hcm.http_filters:

@@ -602,12 +602,15 @@ TracePropagation = Literal["w3c", "b3", "b3-single"]
 class Tracing:
     """Envoy's HCM `tracing` with its provider (Zipkin or OpenTelemetry).
 
-    The collector is an address (host:port), not a cluster (see
-    docs/decisions.md). Sampling values are percentages, as in Envoy.
+    The collector is a cluster (Envoy's `collector_cluster`: reports go to
+    one of its hosts, chosen by its balancer) or a plain address. Sampling
+    values are percentages, as in Envoy.
     """
 
     provider: TracingProvider
-    collector: SocketAddress
+    # Exactly one of the two (the compiler checks).
+    collector: SocketAddress | None = None
+    collector_cluster: str | None = None
     # Envoy: collector_endpoint "/api/v2/spans" (Zipkin JSON v2); OTLP/HTTP
     # "/v1/traces".
     collector_path: str = "/api/v2/spans"

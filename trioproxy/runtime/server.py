@@ -384,7 +384,9 @@ class Server:
             return None
         exporter = self.span_exporters.get(cfg)
         if exporter is None:
-            exporter = self.span_exporters[cfg] = SpanExporter(cfg, self.network, self.stats)
+            exporter = self.span_exporters[cfg] = SpanExporter(
+                cfg, self.network, self.stats, self.clusters
+            )
         return Tracer(cfg, exporter, self.stats, config.stat_prefix, node_id=self.hostname)
 
     async def _chain(self, lc: Listener, index: int, chain: FilterChain) -> ChainRuntime:

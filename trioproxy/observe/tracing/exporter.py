@@ -12,8 +12,9 @@ that is down or slow costs dropped spans, never a slower request.
 Stats, Envoy's for its Zipkin tracer under `tracing.zipkin.` or
 `tracing.opentelemetry.`: `spans_sent`, `timer_flushed`, `reports_sent`
 (2xx), `reports_dropped` (answered with another status), `reports_failed`
-(no answer: connect error, reset, timeout); ours: `spans_dropped` (queue
-full, or their report dropped or failed).
+(no answer: connect error, reset, timeout), `reports_skipped_no_cluster`
+(the collector cluster has no healthy host); ours: `spans_dropped` (queue
+full, or their report dropped, failed or skipped).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from trioproxy.net.network import Network
 from trioproxy.observe.stats import StatsStore
 from trioproxy.observe.tracing.encode import otlp_json, zipkin_json
 from trioproxy.observe.tracing.span import Span
+from trioproxy.upstream.cluster_manager import ClusterManager
 
 __all__ = ["SpanExporter"]
 
@@ -45,13 +47,21 @@ _MAX_RESPONSE_BYTES = 64 * 1024
 class SpanExporter:
     """Batches finished spans to one collector (one per tracing config)."""
 
-    def __init__(self, config: Tracing, network: Network, stats: StatsStore) -> None:
+    def __init__(
+        self,
+        config: Tracing,
+        network: Network,
+        stats: StatsStore,
+        clusters: ClusterManager | None = None,
+    ) -> None:
         self.config = config
         self._network = network
+        self._clusters = clusters
         self._queue: deque[Span] = deque()
-        # The collector connection, kept alive between reports.
+        # The collector connection, kept alive between reports, and its peer.
         self._stream: trio.abc.Stream | None = None
         self._conn = h11.Connection(h11.CLIENT)
+        self._peer: tuple[str, int] = ("", 0)
         self._wake = trio.Event()
         p = "tracing.opentelemetry." if config.provider == "opentelemetry" else "tracing.zipkin."
         self.spans_sent = stats.counter(p + "spans_sent")
@@ -60,6 +70,7 @@ class SpanExporter:
         self.reports_sent = stats.counter(p + "reports_sent")
         self.reports_dropped = stats.counter(p + "reports_dropped")
         self.reports_failed = stats.counter(p + "reports_failed")
+        self.reports_skipped_no_cluster = stats.counter(p + "reports_skipped_no_cluster")
         self._encode: Callable[[Sequence[Span]], bytes]
         if config.provider == "opentelemetry":
             self._encode = lambda spans: otlp_json(spans, config.service_name, __version__)
@@ -104,8 +115,13 @@ class SpanExporter:
             await self._report(batch)
 
     async def _report(self, spans: list[Span]) -> None:
-        body = self._encode(spans)
         cfg = self.config
+        if self._stream is None and self._target() is None:
+            # Envoy: the collector cluster is missing or has no healthy host.
+            self.reports_skipped_no_cluster.inc()
+            self.spans_dropped.inc(len(spans))
+            return
+        body = self._encode(spans)
         status: int | None = None
         with trio.move_on_after(cfg.collector_timeout or math.inf):
             # A kept-alive connection the collector closed meanwhile fails
@@ -115,7 +131,7 @@ class SpanExporter:
                     status = await self._post(body)
                     break
                 except (ProxyIOError, OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
-                    log.debug("tracing collector %s: %s", cfg.collector, exc)
+                    log.debug("tracing collector %s: %s", self._peer, exc)
                     await self._disconnect()
                     if fresh:
                         break
@@ -131,6 +147,19 @@ class SpanExporter:
             self.reports_dropped.inc()
             self.spans_dropped.inc(len(spans))
 
+    def _target(self) -> tuple[str, int] | None:
+        """Where the next connection goes: the address, or a host of the
+        collector cluster (None if it has no healthy host)."""
+        cfg = self.config
+        if cfg.collector is not None:
+            return cfg.collector.host, cfg.collector.port
+        cluster = self._clusters.get(cfg.collector_cluster or "") if self._clusters else None
+        host = cluster.choose_host() if cluster is not None else None
+        if host is None:
+            return None
+        ip, _, port = host.address.rpartition(":")
+        return ip.strip("[]"), int(port)
+
     async def _disconnect(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:
@@ -140,19 +169,24 @@ class SpanExporter:
         """POST one report on the kept-alive collector connection (opened
         if needed); the collector's status."""
         cfg = self.config
-        addr = cfg.collector
         if self._stream is None:
+            target = self._target()
+            if target is None:
+                raise ProxyIOError("no collector host")
+            self._peer = target
+            host, port = target
             self._stream = await self._network.connect_tcp(
-                addr.host, addr.port, timeout=cfg.collector_timeout
+                host, port, timeout=cfg.collector_timeout
             )
             self._conn = h11.Connection(h11.CLIENT)
         stream, conn = self._stream, self._conn
-        host = f"[{addr.host}]" if ":" in addr.host else addr.host
+        host, port = self._peer
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         req = h11.Request(
             method="POST",
             target=cfg.collector_path,
             headers=[
-                ("host", f"{host}:{addr.port}"),
+                ("host", authority),
                 ("content-type", "application/json"),
                 ("content-length", str(len(body))),
                 ("user-agent", f"trioproxy/{__version__}"),
