@@ -6,10 +6,11 @@
 
 What it does. It starts a fast backend (nginx in the foreground from
 templates/nginx.conf.in when `nginx` is installed, else the asyncio server in
-backend.py), starts `python -m trioproxy serve` with a mesh generated from
-templates/mesh.py.in (one listener, `http(stat_prefix="bench")` without an
-access log, every path routed to the backend, admin on a free port whose
-`/ready` is polled before any load), then runs `wrk -t1 -cN -dS --latency`
+backend.py), starts `python -m trioproxy serve benchmarks/mesh.py` (the issue-8 mesh:
+every path through a route and a round-robin cluster to the backend, access
+log to a file in the run's temporary directory, stats on; its ports, free
+ones chosen here, passed in BENCH_* environment variables; admin's `/ready`
+is polled before any load), then runs `wrk -t1 -cN -dS --latency`
 against
 
     direct   small   the backend itself, a 6-byte body ("hello\\n")
@@ -85,7 +86,10 @@ HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 RESULTS = HERE / "results"
 
-Target = Literal["direct", "proxied"]
+Target = Literal["direct", "pump", "proxied"]
+
+# Which watched process does the work in front of the backend, per target.
+FRONT: dict[str, str] = {"pump": "pump", "proxied": "trioproxy"}
 
 # The two bodies, by path; backend.py and the nginx template serve the same.
 BODY_SMALL = b"hello\n"
@@ -233,8 +237,16 @@ class Processes:
         self._log_dir = log_dir
         self._running: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
 
-    def start(self, name: str, argv: Sequence[str], *, cpu: int | None) -> subprocess.Popen[bytes]:
-        """Start `argv` (pinned to `cpu`), stdout and stderr to `<name>.log`."""
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cpu: int | None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start `argv` (pinned to `cpu`, with `env` added to the environment),
+        stdout and stderr to `<name>.log`."""
         log = open(self.log_path(name), "wb")  # noqa: SIM115 (closed in stop_all)
         try:
             proc = subprocess.Popen(
@@ -243,6 +255,7 @@ class Processes:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **env} if env else None,
             )
         except BaseException:
             log.close()
@@ -409,8 +422,9 @@ class CaseResult:
     def proxy_cpu_us_per_request(self) -> float | None:
         """trioproxy's CPU time per request in microseconds: its cost,
         whether or not it saturated its core."""
-        pct = self.cpu.get("trioproxy")
-        if self.target != "proxied" or pct is None or not self.wrk.requests_per_sec:
+        front = FRONT.get(self.target)
+        pct = self.cpu.get(front) if front else None
+        if pct is None or not self.wrk.requests_per_sec:
             return None
         return round(pct * 1e4 / self.wrk.requests_per_sec, 1)
 
@@ -423,7 +437,9 @@ class Setup:
     backend_log: str  # its name in Processes: "nginx" or "backend"
     backend: subprocess.Popen[bytes]
     proxy: subprocess.Popen[bytes]
+    pump: subprocess.Popen[bytes]
     direct_base: str
+    pump_base: str
     proxied_base: str
     admin_base: str
 
@@ -479,19 +495,34 @@ def start_proxy(
     tmp: Path, procs: Processes, backend_base: str, cpu: int | None
 ) -> tuple[subprocess.Popen[bytes], str, str]:
     """Start trioproxy in front of the backend; return it, its base URL and admin URL."""
-    listen, admin = free_port(), free_port()
-    mesh = render(
-        "mesh.py.in",
-        tmp / "bench_mesh.py",
-        BACKEND=backend_base.removeprefix("http://"),
-        LISTEN=f"127.0.0.1:{listen}",
-        ADMIN=f"127.0.0.1:{admin}",
-    )
-    argv = [sys.executable, "-m", "trioproxy", "serve", str(mesh)]
-    proc = procs.start("trioproxy", argv, cpu=cpu)
+    listen, h2_listen, admin = free_port(), free_port(), free_port()
+    env = {
+        "BENCH_LISTEN_PORT": str(listen),
+        "BENCH_H2_LISTEN_PORT": str(h2_listen),
+        "BENCH_ADMIN_PORT": str(admin),
+        "BENCH_BACKEND_PORT": backend_base.rsplit(":", 1)[1],
+        "BENCH_ACCESS_LOG": str(tmp / "access.log"),
+    }
+    # One process pinned to `cpu` (`--workers` defaults to the CPU count).
+    argv = [sys.executable, "-m", "trioproxy", "serve", str(HERE / "mesh.py"), "--workers", "1"]
+    proc = procs.start("trioproxy", argv, cpu=cpu, env=env)
     admin_base = f"http://127.0.0.1:{admin}"
     wait_until_ok(admin_base + "/ready", proc, "trioproxy", procs)
     return proc, f"http://127.0.0.1:{listen}", admin_base
+
+
+def start_pump(
+    procs: Processes, backend_base: str, cpu: int | None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the bare trio byte pump (pump.py) in front of the backend, on
+    trioproxy's CPU (they never carry load at the same time)."""
+    listen = free_port()
+    backend_port = backend_base.rsplit(":", 1)[1]
+    argv = [sys.executable, str(HERE / "pump.py"), "--listen", str(listen)]
+    proc = procs.start("pump", [*argv, "--backend", backend_port], cpu=cpu)
+    base = f"http://127.0.0.1:{listen}"
+    wait_until_ok(base + "/small", proc, "pump", procs)
+    return proc, base
 
 
 def check_urls(setup: Setup, procs: Processes) -> None:
@@ -499,6 +530,7 @@ def check_urls(setup: Setup, procs: Processes) -> None:
     for body_name, expected in BODIES.items():
         for base, log in (
             (setup.direct_base, setup.backend_log),
+            (setup.pump_base, "pump"),
             (setup.proxied_base, "trioproxy"),
         ):
             url = f"{base}/{body_name}"
@@ -535,11 +567,19 @@ def run_wrk(url: str, seconds: int, opts: Options, cpu: int | None, procs: Proce
 def run_case(
     setup: Setup, target: Target, body: str, opts: Options, pinning: Pinning, procs: Processes
 ) -> CaseResult:
-    base = setup.direct_base if target == "direct" else setup.proxied_base
+    base = {
+        "direct": setup.direct_base,
+        "pump": setup.pump_base,
+        "proxied": setup.proxied_base,
+    }[target]
     url = f"{base}/{body}"
     if opts.warmup:
         run_wrk(url, opts.warmup, opts, pinning.load_cpu, procs)
-    watched = {"backend": setup.backend.pid, "trioproxy": setup.proxy.pid}
+    watched = {
+        "backend": setup.backend.pid,
+        "trioproxy": setup.proxy.pid,
+        "pump": setup.pump.pid,
+    }
     before = {name: cpu_seconds(pid) for name, pid in watched.items()}
     wrk_before = children_cpu_seconds()
     started = time.monotonic()
@@ -551,7 +591,11 @@ def run_case(
         if after is not None and was is not None:
             cpu[name] = round(100 * (after - was) / elapsed, 1)
     cpu["wrk"] = round(100 * (children_cpu_seconds() - wrk_before) / elapsed, 1)
-    for log, proc in ((setup.backend_log, setup.backend), ("trioproxy", setup.proxy)):
+    for log, proc in (
+        (setup.backend_log, setup.backend),
+        ("trioproxy", setup.proxy),
+        ("pump", setup.pump),
+    ):
         if proc.poll() is not None:
             raise BenchError(
                 f"{log} died during {target} {body} (status {proc.returncode}):\n"
@@ -563,7 +607,7 @@ def run_case(
 def proxy_stats(admin_base: str) -> dict[str, int]:
     """The cluster counters that show whether upstream connections were reused."""
     status, text = http_get(admin_base + "/stats")
-    wanted = ("cluster.backend.upstream_cx_total", "cluster.backend.upstream_rq_total")
+    wanted = ("cluster.origin.upstream_cx_total", "cluster.origin.upstream_rq_total")
     found: dict[str, int] = {}
     if status != 200:
         return found
@@ -586,8 +630,8 @@ def format_table(results: Sequence[CaseResult]) -> str:
         "errors",
         "backend cpu",
         "wrk cpu",
-        "proxy cpu",
-        "proxy cpu/req",
+        "front cpu",
+        "front cpu/req",
     )
     rows = [header]
     for r in results:
@@ -600,7 +644,7 @@ def format_table(results: Sequence[CaseResult]) -> str:
                 r.wrk.describe_errors(),
                 _pct(r.cpu.get("backend")),
                 _pct(r.cpu.get("wrk")),
-                _pct(r.cpu.get("trioproxy")) if r.target == "proxied" else "-",
+                _pct(r.cpu.get(FRONT[r.target])) if r.target in FRONT else "-",
                 _us(r.proxy_cpu_us_per_request),
             )
         )
@@ -612,21 +656,23 @@ def format_table(results: Sequence[CaseResult]) -> str:
             "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells))
         )
     lines.insert(1, "-" * len(lines[0]))
-    ratios = ratio_by_body(results)
     lines.append("")
-    lines.append(
-        "proxied/direct req/s: "
-        + ", ".join(f"{body} {ratio:.3f}" for body, ratio in ratios.items())
-    )
+    for versus in ("direct", "pump"):
+        ratios = ratio_by_body(results, versus)
+        lines.append(
+            f"proxied/{versus} req/s: "
+            + ", ".join(f"{body} {ratio:.3f}" for body, ratio in ratios.items())
+        )
     return "\n".join(lines)
 
 
-def ratio_by_body(results: Sequence[CaseResult]) -> dict[str, float]:
+def ratio_by_body(results: Sequence[CaseResult], versus: Target = "direct") -> dict[str, float]:
+    """proxied req/s over `versus` req/s, per body size."""
     rps = {(r.target, r.body): r.wrk.requests_per_sec for r in results}
     return {
-        body: round(rps[("proxied", body)] / rps[("direct", body)], 4)
+        body: round(rps[("proxied", body)] / rps[(versus, body)], 4)
         for body in BODIES
-        if rps.get(("direct", body)) and ("proxied", body) in rps
+        if rps.get((versus, body)) and ("proxied", body) in rps
     }
 
 
@@ -677,6 +723,7 @@ def write_json(
             for r in results
         ],
         "ratio_proxied_direct_rps": ratio_by_body(results),
+        "ratio_proxied_pump_rps": ratio_by_body(results, "pump"),
     }
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -778,24 +825,28 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None) -> int:
                 tmp, procs, opts, pinning.load_cpu
             )
             proxy, proxied, admin_base = start_proxy(tmp, procs, direct, pinning.proxy_cpu)
+            pump, pump_base = start_pump(procs, direct, pinning.proxy_cpu)
             setup = Setup(
                 backend_name=backend_name,
                 backend_log=backend_log,
                 backend=backend,
                 proxy=proxy,
+                pump=pump,
                 direct_base=direct,
+                pump_base=pump_base,
                 proxied_base=proxied,
                 admin_base=admin_base,
             )
             check_urls(setup, procs)
             wrk_cmd = f"wrk -t{opts.threads} -c{opts.connections} -d{opts.duration}s --latency"
             print(f"backend:   {backend_name} at {direct}")
-            print(f"trioproxy: {proxied} (admin {admin_base}), stat_prefix bench, no access log")
+            print(f"trioproxy: {proxied} (admin {admin_base}), mesh benchmarks/mesh.py")
+            print("           (route + round-robin cluster, access log to a file, stats on)")
             print(f"load:      {wrk_cmd}, warm-up {opts.warmup}s per case")
             print(f"pinning:   {pinning.describe()}")
             print(flush=True)
             for body in BODIES:
-                for target in ("direct", "proxied"):
+                for target in ("direct", "pump", "proxied"):
                     print(f"  running {target} {body} ...", file=sys.stderr, flush=True)
                     results.append(run_case(setup, target, body, opts, pinning, procs))
             stats = proxy_stats(admin_base)
@@ -804,8 +855,8 @@ def _run(opts: Options, pinning: Pinning, json_path: str | None) -> int:
             return EXIT_FAILED
     print(format_table(results))
     if stats:
-        cx = stats.get("cluster.backend.upstream_cx_total", 0)
-        rq = stats.get("cluster.backend.upstream_rq_total", 0)
+        cx = stats.get("cluster.origin.upstream_cx_total", 0)
+        rq = stats.get("cluster.origin.upstream_rq_total", 0)
         print(f"trioproxy upstream: {rq:,} requests over {cx:,} connections")
     if json_path is not None:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")

@@ -245,7 +245,9 @@ def start_proxy(
         )
     )
     proc = procs.start(
-        "trioproxy", [sys.executable, "-m", "trioproxy", "serve", str(mesh)], cpu=cpu
+        "trioproxy",
+        [sys.executable, "-m", "trioproxy", "serve", str(mesh), "--workers", "1"],
+        cpu=cpu,
     )
     wait_until_ok(f"http://127.0.0.1:{admin}/ready", proc, "trioproxy", procs)
     return proc, f"http://127.0.0.1:{listen_h1}", f"http://127.0.0.1:{listen_h2}"

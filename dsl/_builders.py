@@ -17,16 +17,25 @@ Rules of this file:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import attrs
 
 from trioproxy.config import HttpFilterConfig, Location, Mesh
 from trioproxy.config.graph import (
+    AccessLogFilter,
+    AndFilter,
     ClientCertDetail,
     CodecType,
+    ComparisonOp,
+    DurationFilter,
     ForwardClientCertDetails,
     LbPolicy,
+    NotHealthCheckFilter,
+    OrFilter,
+    ResponseFlagFilter,
+    RuntimeFilter,
+    StatusCodeFilter,
 )
 
 from ._errors import caller_location
@@ -59,9 +68,11 @@ __all__ = [
     "VhostBuilder",
     "WeightedBuilder",
     "admin",
+    "and_filter",
     "cluster",
     "demo_service",
     "direct_response",
+    "duration_filter",
     "endpoint",
     "hash_cookie",
     "hash_header",
@@ -70,12 +81,17 @@ __all__ = [
     "http",
     "listener",
     "mesh",
+    "not_health_check_filter",
+    "or_filter",
     "path",
     "prefix",
     "redirect",
     "regex",
+    "response_flag_filter",
     "runtime",
+    "runtime_filter",
     "statsd",
+    "status_code_filter",
     "vhost",
     "weighted",
 ]
@@ -906,6 +922,8 @@ class AccessLogSpec:
 
     path: object
     format: object
+    json_format: object = None
+    filter: object = None
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
 
@@ -987,10 +1005,27 @@ class HttpBuilder:
         )
         return attrs.evolve(self, h2_limits=limits)
 
-    def access_log(self, path: str = "-", format: str | None = None) -> HttpBuilder:
+    def access_log(
+        self,
+        path: str = "-",
+        format: str | None = None,
+        *,
+        json_format: Mapping[str, object] | None = None,
+        filter: AccessLogFilter | None = None,
+    ) -> HttpBuilder:
         """Log each request to `path` ("-" is stdout, or "/dev/stderr", or a file)
-        with an Envoy format string (default: Envoy's default format)."""
-        spec = AccessLogSpec(path=path, format=format, location=caller_location())
+        with an Envoy format string (default: Envoy's default format), or
+        Envoy's `json_format` dictionary (one JSON object per line; a value
+        that is one operator keeps its type, unset values are null). `filter`
+        (`status_code_filter(...)`, `and_filter(...)`, ...) picks the requests
+        logged. Format errors are compile errors at this call's line."""
+        spec = AccessLogSpec(
+            path=path,
+            format=format,
+            json_format=json_format,
+            filter=filter,
+            location=caller_location(),
+        )
         return attrs.evolve(self, access_logs=(*self._access_logs, spec))
 
     def tracing(
@@ -1483,3 +1518,49 @@ def mesh(*items: MeshItem) -> MeshBuilder:
     Clusters used as builder objects in routes are included automatically.
     """
     return MeshBuilder(items=items, location=caller_location())
+
+
+# --------------------------------------------------------------------------- access-log filters
+# Envoy's access-log filters, as plain config data; the compiler checks them.
+
+_COMPARISONS = {"==": "EQ", ">=": "GE", "<=": "LE", "EQ": "EQ", "GE": "GE", "LE": "LE"}
+
+
+def _op(op: str) -> ComparisonOp:
+    return cast(ComparisonOp, _COMPARISONS.get(op, op))
+
+
+def status_code_filter(op: str, value: int, *, runtime_key: str = "") -> StatusCodeFilter:
+    """Log when the response code compares (`"=="`, `">="`, `"<="`) to `value`."""
+    return StatusCodeFilter(op=_op(op), value=value, runtime_key=runtime_key)
+
+
+def duration_filter(op: str, ms: int, *, runtime_key: str = "") -> DurationFilter:
+    """Log when the total duration in milliseconds compares to `ms`."""
+    return DurationFilter(op=_op(op), value=ms, runtime_key=runtime_key)
+
+
+def not_health_check_filter() -> NotHealthCheckFilter:
+    """Skip requests answered by the health_check filter."""
+    return NotHealthCheckFilter()
+
+
+def response_flag_filter(*flags: str) -> ResponseFlagFilter:
+    """Log when any of `flags` (e.g. "UH", "UF") is set; any flag if none given."""
+    return ResponseFlagFilter(flags=tuple(flags))
+
+
+def runtime_filter(key: str, numerator: int = 0, denominator: int = 100) -> RuntimeFilter:
+    """Log `numerator/denominator` of requests; an integer runtime value under
+    `key` replaces the numerator (Envoy's runtime_filter, default 0%)."""
+    return RuntimeFilter(runtime_key=key, numerator=numerator, denominator=denominator)
+
+
+def and_filter(*filters: AccessLogFilter) -> AndFilter:
+    """Log when every filter passes."""
+    return AndFilter(filters=tuple(filters))
+
+
+def or_filter(*filters: AccessLogFilter) -> OrFilter:
+    """Log when any filter passes."""
+    return OrFilter(filters=tuple(filters))

@@ -22,22 +22,27 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Final, TypeVar, cast, get_args
 
 import attrs
 
+from trioproxy.codec.access_log_format import FormatError, compile_format, compile_json_format
 from trioproxy.config import (
     DEFAULT_ACCESS_LOG_FORMAT,
     AccessLog,
+    AccessLogFilter,
     Admin,
+    AndFilter,
     CircuitBreakers,
     Cluster,
     CookieHashPolicy,
     DemoService,
     DirectResponseAction,
+    DurationFilter,
     Endpoint,
     FilterChain,
     GrpcHealthCheck,
@@ -51,21 +56,26 @@ from trioproxy.config import (
     Listener,
     Location,
     Mesh,
+    NotHealthCheckFilter,
+    OrFilter,
     OutlierDetection,
     OverloadManager,
     QueryParameterHashPolicy,
     QueryParameterMatcher,
     RedirectAction,
+    ResponseFlagFilter,
     RetryPolicy,
     Route,
     RouteAction,
     RouteConfig,
     RouteMatch,
+    RuntimeFilter,
     RuntimeFraction,
     RuntimeValue,
     SocketAddress,
     SourceIpHashPolicy,
     StatsdSink,
+    StatusCodeFilter,
     TcpHealthCheck,
     VirtualHost,
     WeightedCluster,
@@ -83,6 +93,7 @@ from trioproxy.config.graph import (
 from trioproxy.filters.http.health_check import LocalHealthCheck
 
 from ._builders import (
+    AccessLogSpec,
     AdminBuilder,
     ClusterBuilder,
     DemoServiceBuilder,
@@ -407,18 +418,21 @@ class _Compiler:
                 )
                 continue
             eloc = raw._location
+            address: SocketAddress | None = None
             try:
                 address = parse_endpoint_address(raw._address, f"an endpoint of cluster {name!r}")
             except BadValue as exc:
                 self.error(eloc, str(exc))
-                continue
             weight = raw._weight
             if not _is_int(weight) or cast(int, weight) < 1:
+                shown = address if address is not None else repr(raw._address)
                 self.error(
                     eloc,
-                    f"bad weight {weight!r} for endpoint {address} of cluster {name!r}"
+                    f"bad weight {weight!r} for endpoint {shown} of cluster {name!r}"
                     " (expected a positive integer)",
                 )
+                continue
+            if address is None:
                 continue
             priority = raw._priority
             if not _is_int(priority) or not 0 <= cast(int, priority) <= MAX_PRIORITY:
@@ -745,24 +759,89 @@ class _Compiler:
             location=loc,
         )
 
+    def access_log(self, spec: AccessLogSpec) -> AccessLog:
+        """An `.access_log(...)` call: its format is parsed here, so a bad
+        operator is an error at the call's file:line."""
+        loc = spec.location
+        fmt = (
+            DEFAULT_ACCESS_LOG_FORMAT
+            if spec.format is None
+            else self.text(spec.format, "access_log format", loc)
+        )
+        json_text: str | None = None
+        try:
+            if spec.json_format is not None:
+                if spec.format is not None:
+                    self.error(loc, "access_log takes a format or a json_format, not both")
+                if not isinstance(spec.json_format, Mapping):
+                    self.error(
+                        loc,
+                        f"access_log json_format must be a dict, got {_kind(spec.json_format)}",
+                    )
+                else:
+                    compile_json_format(spec.json_format)
+                    json_text = json.dumps(spec.json_format, sort_keys=True)
+            else:
+                compile_format(fmt)
+        except FormatError as exc:
+            self.error(loc, f"bad access_log format: {exc}")
+        log_filter = None
+        if spec.filter is not None and self.access_log_filter(spec.filter, loc):
+            log_filter = cast(AccessLogFilter, spec.filter)
+        return AccessLog(
+            path=self.name(spec.path, "access_log path", loc),
+            format=fmt,
+            json_format=json_text,
+            filter=log_filter,
+            location=loc,
+        )
+
+    def access_log_filter(self, f: object, loc: Location | None) -> bool:
+        """Check an access-log filter tree; False (with errors) if it is bad."""
+        if isinstance(f, AndFilter | OrFilter):
+            if not f.filters:
+                self.error(loc, f"{type(f).__name__} needs at least one filter")
+                return False
+            return all([self.access_log_filter(p, loc) for p in f.filters])
+        if isinstance(f, StatusCodeFilter | DurationFilter):
+            what = "status_code_filter" if isinstance(f, StatusCodeFilter) else "duration_filter"
+            ok = True
+            if f.op not in ("EQ", "GE", "LE"):
+                self.error(loc, f"{what}: bad comparison {f.op!r} (==, >= or <=)")
+                ok = False
+            if not isinstance(f.value, int) or isinstance(f.value, bool) or f.value < 0:
+                self.error(loc, f"{what}: value must be a non-negative integer, got {f.value!r}")
+                ok = False
+            return ok
+        if isinstance(f, RuntimeFilter):
+            if f.denominator not in (100, 10000, 1000000):
+                self.error(
+                    loc,
+                    f"runtime_filter: bad denominator {f.denominator!r} (100, 10000 or 1000000)",
+                )
+                return False
+            if not isinstance(f.numerator, int) or f.numerator < 0:
+                self.error(loc, f"runtime_filter: bad numerator {f.numerator!r}")
+                return False
+            return True
+        if isinstance(f, ResponseFlagFilter):
+            bad = [x for x in f.flags if not (isinstance(x, str) and x.isalnum() and x.isupper())]
+            if bad:
+                self.error(loc, f"response_flag_filter: bad flag(s) {bad!r}")
+                return False
+            return True
+        if isinstance(f, NotHealthCheckFilter):
+            return True
+        self.error(loc, f"access_log filter must be an access-log filter, got {_kind(f)}")
+        return False
+
     def chain(self, hb: HttpBuilder, listener: str, location: Location | None) -> FilterChain:
         loc = hb._location
         stat_prefix = listener
         if hb._stat_prefix is not None:
             stat_prefix = self.name(hb._stat_prefix, "http() stat_prefix", loc)
         codec: CodecType = self.choice(hb._codec, get_args(CodecType), "codec", loc)
-        access_logs = tuple(
-            AccessLog(
-                path=self.name(spec.path, "access_log path", spec.location),
-                format=(
-                    DEFAULT_ACCESS_LOG_FORMAT
-                    if spec.format is None
-                    else self.text(spec.format, "access_log format", spec.location)
-                ),
-                location=spec.location,
-            )
-            for spec in hb._access_logs
-        )
+        access_logs = tuple(self.access_log(spec) for spec in hb._access_logs)
         filters: list[HttpFilterConfig] = []
         for given in hb._filters:
             if isinstance(given.value, HttpFilterConfig):

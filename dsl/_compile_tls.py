@@ -30,8 +30,6 @@ from typing import TYPE_CHECKING, Final, cast, get_args
 import attrs
 
 from trioproxy.config import (
-    DEFAULT_ACCESS_LOG_FORMAT,
-    AccessLog,
     CertificateValidation,
     DownstreamTlsContext,
     FilterChain,
@@ -430,7 +428,7 @@ def tcp_proxy_chain(
     target = tb._target
     cluster: str | None = None
     weighted: tuple[WeightedCluster, ...] = ()
-    from ._builders import ClusterBuilder, WeightedBuilder
+    from ._builders import AccessLogSpec, ClusterBuilder, WeightedBuilder
 
     if isinstance(target, WeightedBuilder):
         weighted = c.weighted(target)
@@ -442,15 +440,7 @@ def tcp_proxy_chain(
             f"tcp_proxy() needs a cluster, a cluster name or weighted(...), got {_kind(target)}",
         )
     access_logs = tuple(
-        AccessLog(
-            path=c.name(spec.path, "access_log path", spec.location),
-            format=(
-                DEFAULT_ACCESS_LOG_FORMAT
-                if spec.format is None
-                else c.text(spec.format, "access_log format", spec.location)
-            ),
-            location=spec.location,
-        )
+        c.access_log(AccessLogSpec(path=spec.path, format=spec.format, location=spec.location))
         for spec in tb._access_logs
     )
     proxy = TcpProxy(

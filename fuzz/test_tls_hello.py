@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ssl
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fuzz.conftest import fuzz_examples
@@ -79,6 +79,9 @@ def check(data: bytes) -> object:
 
 @settings(max_examples=fuzz_examples(), deadline=None)
 @given(st.binary(max_size=2000))
+@example(b"")
+@example(b"\x16\x03\x01\x00")
+@example(b"GET / HTTP/1.1\r\n\r\n")
 def test_arbitrary_bytes(data: bytes) -> None:
     check(data)
 
@@ -89,6 +92,8 @@ def test_arbitrary_bytes(data: bytes) -> None:
     st.lists(PROTOCOL, max_size=4, unique=True),
     st.lists(st.integers(min_value=1, max_value=4000), max_size=6),
 )
+@example(None, [], [])
+@example("example.com", ["h2", "http/1.1"], [1, 5, 100])
 def test_real_hellos_split_into_records(sni: str | None, alpn: list[str], cuts: list[int]) -> None:
     data = resplit(client_hello(sni, alpn), cuts)
     result = check(data)
@@ -102,6 +107,8 @@ def test_real_hellos_split_into_records(sni: str | None, alpn: list[str], cuts: 
     st.binary(min_size=1, max_size=16),
     st.booleans(),
 )
+@example("example.com", 0, b"\x00", False)
+@example("example.com", 11, b"\xff\xff", True)
 def test_mutated_hellos(sni: str, at: int, noise: bytes, truncate: bool) -> None:
     data = bytearray(client_hello(sni, ["h2", "http/1.1"]))
     at %= len(data)

@@ -11,17 +11,17 @@ For header values that are random bytes, or valid `traceparent` / `b3` /
    gives the same trace id (W3C zero-pads a 64-bit one), span id and
    sampling decision (debug implies sampled).
 
-The budget is `TRIOPROXY_FUZZ_EXAMPLES` per target.
+The budget is ten times `TRIOPROXY_FUZZ_EXAMPLES` (a cheap, pure target).
 """
 
 from __future__ import annotations
 
 import re
 
-from hypothesis import given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from fuzz.conftest import fuzz_examples
+from fuzz.conftest import fuzz_settings, time_capped
 from trioproxy.observe.tracing.context import extract, inject
 
 VALID = [
@@ -66,8 +66,13 @@ FORMATS = st.permutations(["w3c", "b3", "b3-single"]).flatmap(
 )
 
 
-@settings(max_examples=fuzz_examples(), deadline=None)
+@fuzz_settings(scale=10)
 @given(HEADERS, FORMATS)
+@example([(b"traceparent", VALID[0]), (b"tracestate", b"a=1")], ["w3c", "b3"])
+@example([(b"b3", VALID[1]), (b"x-b3-sampled", b"0")], ["b3", "b3-single"])
+@example([(b"x-b3-traceid", b"80f198ee56343ba8"), (b"x-b3-spanid", VALID[3])], ["b3"])
+@example([(b"b3", b"d")], ["b3-single", "w3c", "b3"])
+@time_capped
 def test_extracted_contexts_travel_unchanged(
     headers: list[tuple[bytes, bytes]], formats: list[str]
 ) -> None:

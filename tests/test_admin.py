@@ -11,8 +11,10 @@ import errno
 import json
 import logging
 import math
+import os
 import re
 import socket
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,7 +33,7 @@ from tests.conftest import (
     start_proxy,
     start_upstream,
 )
-from trioproxy.config import Cluster, Endpoint, Mesh, SocketAddress
+from trioproxy.config import AccessLog, Cluster, Endpoint, Mesh, SocketAddress
 from trioproxy.observe.admin import ENDPOINTS, parse_query
 from trioproxy.observe.stats import QUANTILES
 from trioproxy.runtime.server import Server
@@ -673,3 +675,33 @@ def test_parse_query() -> None:
     assert parse_query("filter=a+b&format=json") == {"filter": "a+b", "format": "json"}
     assert parse_query("filter=a%7Cb%20c&&x=") == {"filter": "a|b c", "x": ""}
     assert parse_query("a=1&a=2") == {"a": "1"}  # the first value, as Envoy's getFirstValue
+
+
+async def _wait_for_text(path: Path, text: str) -> str:
+    """The access log flushes from a worker thread about once a second."""
+    with trio.fail_after(10):
+        while not (path.exists() and text in path.read_text()):
+            await trio.sleep(0.05)
+    return path.read_text()
+
+
+async def test_reopen_logs_after_rotation(nursery: trio.Nursery, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    up = await start_upstream(nursery)
+    mesh = simple_mesh(
+        [route_to("svc")],
+        [cluster("svc", up)],
+        admin=True,
+        access_logs=[AccessLog(path=str(log), format="%REQ(:PATH)%\n")],
+    )
+    server = await start_proxy(nursery, mesh)
+    assert (await get(server, "/reopen_logs")).status_code == 405  # mutating: POST only
+    async with httpx.AsyncClient() as c:
+        assert (await c.get(proxy_url(server, "/before"))).status_code == 200
+        await _wait_for_text(log, "/before\n")
+        os.rename(log, tmp_path / "access.log.1")
+        r = await post(server, "/reopen_logs")
+        assert (r.status_code, r.text) == (200, "OK\n")
+        assert (await c.get(proxy_url(server, "/after"))).status_code == 200
+        assert await _wait_for_text(log, "/after\n") == "/after\n"
+    assert (tmp_path / "access.log.1").read_text() == "/before\n"

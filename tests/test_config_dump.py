@@ -284,7 +284,9 @@ def test_jsonable_user_filter_config() -> None:
 
 def test_jsonable_access_log_and_hcm_settings() -> None:
     hcm = _hcm_json()
-    assert hcm["access_logs"] == [{"path": "-", "format": AccessLog().format}]
+    assert hcm["access_logs"] == [
+        {"path": "-", "format": AccessLog().format, "json_format": None, "filter": None}
+    ]
     assert hcm["stat_prefix"] == "ingress_http"
     assert hcm["codec"] == "auto"
     assert hcm["request_headers_timeout"] == 10.0

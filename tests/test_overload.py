@@ -179,7 +179,16 @@ def test_accept_loop_survives_emfile(tmp_path: Path) -> None:
     out, err = tmp_path / "serve.out", tmp_path / "serve.err"
     with out.open("wb") as o, err.open("wb") as e:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "trioproxy", "serve", str(tmp_path / "mesh.py")],
+            # One process: the accept loop under test, not the supervisor.
+            [
+                sys.executable,
+                "-m",
+                "trioproxy",
+                "serve",
+                str(tmp_path / "mesh.py"),
+                "--workers",
+                "1",
+            ],
             stdout=o,
             stderr=e,
             stdin=subprocess.DEVNULL,

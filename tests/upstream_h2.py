@@ -1,4 +1,5 @@
-"""A real HTTP/2 (h2c, prior knowledge) test upstream on h2 + trio.
+"""A real HTTP/2 (h2c, prior knowledge) test upstream on h2 + trio, on
+127.0.0.1 or on a `tests.memnet.MemoryNetwork` (`network=`).
 
 Same contract as `tests/upstream.py`: it records each request and answers
 with JSON describing it, steered by request headers:
@@ -57,14 +58,22 @@ class UpstreamH2:
         return f"127.0.0.1:{self.port}"
 
     async def run(
-        self, task_status: trio.TaskStatus[UpstreamH2] = trio.TASK_STATUS_IGNORED
+        self,
+        network: Any = None,
+        *,
+        task_status: trio.TaskStatus[UpstreamH2] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
+        """Serve on a real 127.0.0.1 port, or on `network` (a MemoryNetwork)."""
+        if network is None:
+            listeners: list[Any] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            self.port = listeners[0].socket.getsockname()[1]
+        else:
+            listener, (_, self.port) = await network.listen_tcp("127.0.0.1", 0)
+            listeners = [listener]
         task_status.started(self)
         await trio.serve_listeners(self._handle, listeners)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         self.connections += 1
         self.active_connections += 1
         conn = h2.connection.H2Connection(
@@ -213,6 +222,8 @@ class UpstreamH2:
             return
 
 
-async def start_upstream_h2(nursery: trio.Nursery, name: str = "upstream-h2") -> UpstreamH2:
-    up: UpstreamH2 = await nursery.start(UpstreamH2(name).run)
+async def start_upstream_h2(
+    nursery: trio.Nursery, name: str = "upstream-h2", network: object = None
+) -> UpstreamH2:
+    up: UpstreamH2 = await nursery.start(UpstreamH2(name).run, network)
     return up

@@ -10,15 +10,20 @@ import argparse
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
 from trioproxy import __version__
 from trioproxy.config import Mesh, SocketAddress
+
+if TYPE_CHECKING:
+    from trioproxy.runtime.server import Server
 
 __all__ = ["main"]
 
@@ -65,9 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--workers",
         type=int,
-        default=1,
+        default=os.cpu_count() or 1,
         metavar="N",
-        help="worker processes (only 1 for now; multi-process workers are planned)",
+        help="worker processes, each binding every listener with SO_REUSEPORT, under a "
+        "supervisor that owns admin (default: the number of CPUs); 1 runs a single "
+        "process with no supervisor",
+    )
+    s.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="do not reload when the mesh file (or a module it imports from its "
+        "directory) changes; SIGHUP and admin POST /reload still reload",
     )
     s.add_argument(
         "--drain-time-s",
@@ -86,6 +99,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("mesh", metavar="MESH.py")
 
+    w = sub.add_parser(
+        "worker",
+        help="(internal) one worker process of `serve --workers N`",
+        description="Started by the supervisor of `trioproxy serve --workers N`; not for "
+        "direct use.",
+    )
+    w.add_argument("mesh", metavar="MESH.py")
+    w.add_argument("--index", type=int, required=True)
+    w.add_argument("--control-fd", type=int, required=True)
+    w.add_argument("--drain-time-s", type=float, default=600.0)
+    w.add_argument("--log-level", default="info")
+    w.add_argument("--log-path")
+
+    d = sub.add_parser(
+        "diff",
+        help="print what reloading OLD.py to NEW.py would change",
+        description="Compile both mesh files and print, one line each, the listeners, "
+        "clusters and routes a hot reload from OLD to NEW would add (+), remove (-) "
+        "or change (~).",
+    )
+    d.add_argument("old", metavar="OLD.py")
+    d.add_argument("new", metavar="NEW.py")
+
     sh = sub.add_parser(
         "show",
         help="print the compiled config graph",
@@ -93,7 +129,54 @@ def _parser() -> argparse.ArgumentParser:
     )
     sh.add_argument("mesh", metavar="MESH.py")
     sh.add_argument("--json", action="store_true", help="print JSON for tools")
+
+    ex = sub.add_parser(
+        "explain",
+        help="say which listener, route and cluster a request would take",
+        description="Explain how MESH.py would route URL: listener, filter chain, HTTP "
+        "filters, virtual host, route and cluster (or redirect / direct response), and "
+        "why each route before the match did not match. Exit 0 on a match, 1 if none.",
+    )
+    ex.add_argument("mesh", metavar="MESH.py")
+    ex.add_argument("url", metavar="URL", help="e.g. http://api.example.com/v1/users?id=1")
+    ex.add_argument("-X", dest="method", default="GET", help="request method (default GET)")
+    ex.add_argument(
+        "-H", dest="headers", action="append", default=[], metavar="'K: V'", help="a header"
+    )
+    ex.add_argument("--listener", help="the listener's name (default: the first HTTP one)")
+    ex.add_argument("--json", action="store_true", help="print JSON for tools")
     return p
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import urllib.parse
+
+    from trioproxy.http.explain import explain, to_text
+
+    mesh = _load(args.mesh)
+    if mesh is None:
+        return 1
+    url = urllib.parse.urlsplit(args.url if "//" in args.url else f"http://{args.url}")
+    headers = []
+    for h in args.headers:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            print(f"trioproxy: bad -H {h!r} (want 'name: value')", file=sys.stderr)
+            return 2
+        headers.append((name.strip(), value.strip()))
+    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    result = explain(
+        mesh,
+        host=url.netloc,
+        path=path,
+        method=args.method,
+        headers=headers,
+        listener=args.listener,
+    )
+    print(json.dumps(result, indent=2) if args.json else to_text(result), end="")
+    if args.json:
+        print()
+    return 0 if "route" in result else 1
 
 
 def _load(path: str) -> Mesh | None:
@@ -157,12 +240,60 @@ def _setup_logging(level: str, path: str | None) -> logging.handlers.QueueListen
     return writer
 
 
+def _loader(path: str) -> Callable[[], Mesh]:
+    """Compile `path` again (a reload); MeshError lists every file:line."""
+    from trioproxy.dsl import load_mesh
+
+    return lambda: load_mesh(path)
+
+
+def _watched_files(path: str) -> list[str]:
+    """The mesh file and the modules its last load imported from its directory."""
+    from trioproxy.dsl import _load as dsl_load
+
+    files = [os.path.abspath(path)]
+    for name in dsl_load._loaded.get(os.path.abspath(path), ()):
+        f = getattr(sys.modules.get(name), "__file__", None)
+        if f and os.path.abspath(f) not in files:
+            files.append(os.path.abspath(f))
+    return files
+
+
+def _mtimes(files: list[str]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for f in files:
+        try:
+            out[f] = os.stat(f).st_mtime_ns
+        except OSError:
+            out[f] = None
+    return out
+
+
+async def _watch_and_reload(server: Server, path: str, interval: float = 1.0) -> None:
+    """Poll the mtimes of the mesh file and its sibling modules every
+    `interval`; reload when one changes (os.stat is a cheap syscall)."""
+    seen = _mtimes(_watched_files(path))
+    while True:
+        await trio.sleep(interval)
+        now = _mtimes(list(seen))
+        if now != seen:
+            log.info("%s changed; reloading", path)
+            await server.reload_from_source()
+            seen = _mtimes(_watched_files(path))  # the new load's imports
+
+
 async def _serve(
-    mesh: Mesh, admin: SocketAddress | None, options: dict[str, object], drain_time: float
+    mesh: Mesh,
+    admin: SocketAddress | None,
+    options: dict[str, object],
+    drain_time: float,
+    watch: bool = True,
 ) -> None:
     from trioproxy.runtime.server import Server
 
     server = Server(mesh, admin_address=admin, options=options, drain_time=drain_time)
+    path = str(options["mesh"])
+    server.mesh_loader = _loader(path)
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
@@ -181,8 +312,27 @@ async def _serve(
                     server.shutdown(graceful=True)
 
             nursery.start_soon(stop_on_signal)
+
+            async def reopen_on_sigusr1() -> None:
+                # Envoy reopens access-log files on SIGUSR1 (log rotation).
+                with trio.open_signal_receiver(signal.SIGUSR1) as usr1:
+                    async for _ in usr1:
+                        log.info("SIGUSR1 received; reopening access logs")
+                        server.reopen_access_logs()
+
+            nursery.start_soon(reopen_on_sigusr1)
+            nursery.start_soon(_reload_on_sighup, server)
+            if watch:
+                nursery.start_soon(_watch_and_reload, server, path)
             await server.run()
             nursery.cancel_scope.cancel()
+
+
+async def _reload_on_sighup(server: Server) -> None:
+    with trio.open_signal_receiver(signal.SIGHUP) as hups:
+        async for _ in hups:
+            log.info("SIGHUP received; reloading")
+            await server.reload_from_source()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,6 +342,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if mesh is None:
             return 1
         print(f"{args.mesh}: OK: {_summary(mesh)}")
+        return 0
+    if args.command == "explain":
+        return _explain(args)
+    if args.command == "diff":
+        old, new = _load(args.old), _load(args.new)
+        if old is None or new is None:
+            return 1
+        from trioproxy.config.diff import diff_meshes
+
+        lines = diff_meshes(old, new).lines
+        print("\n".join(lines) if lines else "no change")
         return 0
     if args.command == "show":
         mesh = _load(args.mesh)
@@ -205,12 +366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             tree = to_tree(mesh)
             print(tree, end="" if tree.endswith("\n") else "\n")
         return 0
+    if args.command == "worker":
+        return _run_worker(args)
     # serve
-    if args.workers != 1:
-        print(
-            "trioproxy: --workers must be 1 for now (multi-process workers are not built yet)",
-            file=sys.stderr,
-        )
+    if args.workers < 1:
+        print("trioproxy: --workers must be at least 1", file=sys.stderr)
         return 2
     admin = None
     if args.admin:
@@ -233,6 +393,77 @@ def main(argv: Sequence[str] | None = None) -> int:
         writer.stop()  # flushes the records still queued
 
 
+def _run_worker(args: argparse.Namespace) -> int:
+    from trioproxy.runtime.workers import run_worker
+
+    writer = _setup_logging(args.log_level, args.log_path)
+    try:
+        mesh = _load(args.mesh)
+        if mesh is None:
+            return 1
+        options = {"mesh": args.mesh, "worker": args.index}
+        try:
+            run_worker(mesh, _loader(args.mesh), args.control_fd, options, args.drain_time_s)
+        except BaseException as exc:
+            leaves = _leaves(exc)
+            if not all(isinstance(e, OSError) for e in leaves):
+                raise
+            for e in leaves:
+                assert isinstance(e, OSError)
+                print(
+                    f"trioproxy: cannot start: {e.strerror or e} (worker {args.index})",
+                    file=sys.stderr,
+                )
+            return 1
+        return 0
+    finally:
+        writer.stop()
+
+
+def _run_supervisor(
+    args: argparse.Namespace, admin: SocketAddress | None, mesh: Mesh, options: dict[str, object]
+) -> int:
+    from trioproxy.runtime.workers import Supervisor, supervise
+
+    worker_args = ["--drain-time-s", str(args.drain_time_s), "--log-level", args.log_level]
+    if args.log_path:
+        worker_args += ["--log-path", args.log_path]
+    sup = Supervisor(
+        mesh,
+        mesh_path=args.mesh,
+        workers=args.workers,
+        worker_args=worker_args,
+        admin_address=admin,
+        options=options,
+        drain_time=args.drain_time_s,
+    )
+    sup.mesh_loader = _loader(args.mesh)
+
+    async def main() -> int:
+        async with trio.open_nursery() as nursery:
+            if not args.no_watch:
+                nursery.start_soon(_watch_and_reload, sup, args.mesh)
+            code = await supervise(sup)
+            nursery.cancel_scope.cancel()
+        return code
+
+    try:
+        code: int = trio.run(main)
+    except BaseException as exc:
+        leaves = _leaves(exc)
+        if all(isinstance(e, KeyboardInterrupt) for e in leaves):
+            return 130
+        if not all(isinstance(e, OSError) for e in leaves):
+            raise
+        for e in leaves:
+            assert isinstance(e, OSError)
+            print(f"trioproxy: cannot start: {e.strerror or e}", file=sys.stderr)
+        return 1
+    if sup.failed:
+        print(f"trioproxy: {sup.failed}", file=sys.stderr)
+    return code
+
+
 def _run_serve(args: argparse.Namespace, admin: SocketAddress | None) -> int:
     mesh = _load(args.mesh)
     if mesh is None:
@@ -246,8 +477,10 @@ def _run_serve(args: argparse.Namespace, admin: SocketAddress | None) -> int:
         "admin": args.admin or "",
         "drain_time_s": args.drain_time_s,
     }
+    if args.workers > 1:
+        return _run_supervisor(args, admin, mesh, options)
     try:
-        trio.run(_serve, mesh, admin, options, args.drain_time_s)
+        trio.run(_serve, mesh, admin, options, args.drain_time_s, not args.no_watch)
     except BaseException as exc:  # sorted out below; re-raised if not ours
         leaves = _leaves(exc)
         if all(isinstance(e, KeyboardInterrupt) for e in leaves):

@@ -26,14 +26,18 @@ import attrs
 __all__ = [
     "OVERLOAD_ACTIONS",
     "AccessLog",
+    "AccessLogFilter",
     "Admin",
+    "AndFilter",
     "CertificateValidation",
     "CircuitBreakers",
     "Cluster",
+    "ComparisonOp",
     "CookieHashPolicy",
     "DemoService",
     "DirectResponseAction",
     "DownstreamTlsContext",
+    "DurationFilter",
     "Endpoint",
     "FilterChain",
     "FilterChainMatch",
@@ -51,23 +55,28 @@ __all__ = [
     "Location",
     "Mesh",
     "NetworkFilterConfig",
+    "NotHealthCheckFilter",
+    "OrFilter",
     "OutlierDetection",
     "OverloadActionName",
     "OverloadManager",
     "QueryParameterHashPolicy",
     "QueryParameterMatcher",
     "RedirectAction",
+    "ResponseFlagFilter",
     "RetryPolicy",
     "Route",
     "RouteAction",
     "RouteConfig",
     "RouteMatch",
+    "RuntimeFilter",
     "RuntimeFraction",
     "RuntimeValue",
     "SanMatcher",
     "SocketAddress",
     "SourceIpHashPolicy",
     "StatsdSink",
+    "StatusCodeFilter",
     "TcpHealthCheck",
     "TcpProxy",
     "TlsCertificate",
@@ -586,11 +595,78 @@ class NetworkFilterConfig:
 
 @attrs.frozen(kw_only=True)
 class AccessLog:
-    """An access-log sink: `path` is "-" / "/dev/stdout", "/dev/stderr" or a file."""
+    """An access-log sink: `path` is "-" / "/dev/stdout", "/dev/stderr" or a file.
+
+    `json_format`, when set, is Envoy's `json_format` dictionary as canonical
+    JSON text (sorted keys; kept as text so the graph stays hashable) and
+    replaces `format`. `filter` decides which requests are logged.
+    """
 
     path: str = "-"
     format: str = DEFAULT_ACCESS_LOG_FORMAT
+    json_format: str | None = None
+    filter: AccessLogFilter | None = None
     location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+# Envoy's access-log filters (config.accesslog.v3.AccessLogFilter).
+ComparisonOp = Literal["EQ", "GE", "LE"]
+
+
+@attrs.frozen(kw_only=True)
+class AccessLogFilter:
+    """Base of the access-log filters."""
+
+
+@attrs.frozen(kw_only=True)
+class StatusCodeFilter(AccessLogFilter):
+    """Envoy's status_code_filter: response code `op` `value` (0 if none was
+    sent); an integer under `runtime_key` replaces `value`."""
+
+    op: ComparisonOp
+    value: int
+    runtime_key: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class DurationFilter(AccessLogFilter):
+    """Envoy's duration_filter: total request duration in ms `op` `value`."""
+
+    op: ComparisonOp
+    value: int
+    runtime_key: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class NotHealthCheckFilter(AccessLogFilter):
+    """Envoy's not_health_check_filter: skip requests the health_check filter answered."""
+
+
+@attrs.frozen(kw_only=True)
+class ResponseFlagFilter(AccessLogFilter):
+    """Envoy's response_flag_filter: log if any of `flags` is set (any flag if empty)."""
+
+    flags: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class RuntimeFilter(AccessLogFilter):
+    """Envoy's runtime_filter: log `numerator/denominator` of requests; an
+    integer under `runtime_key` replaces the numerator (Envoy's default 0/100)."""
+
+    runtime_key: str
+    numerator: int = 0
+    denominator: int = 100
+
+
+@attrs.frozen(kw_only=True)
+class AndFilter(AccessLogFilter):
+    filters: tuple[AccessLogFilter, ...]
+
+
+@attrs.frozen(kw_only=True)
+class OrFilter(AccessLogFilter):
+    filters: tuple[AccessLogFilter, ...]
 
 
 TracingProvider = Literal["zipkin", "opentelemetry"]

@@ -31,6 +31,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING
 from urllib.parse import quote_from_bytes
 
+import attrs
 import h2.connection
 import trio
 
@@ -47,7 +48,7 @@ from trioproxy.codec.http1 import (
 )
 from trioproxy.codec.http2 import PREFACE, Http2Settings, new_server_connection
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead, StreamInfo, get_header
-from trioproxy.config import HttpConnectionManager
+from trioproxy.config import HttpConnectionManager, RouteConfig
 from trioproxy.filters.base import HTTP_FILTERS, FilterStatus, HttpFilter
 from trioproxy.http.route_table import RouteTable, RuntimeFractions
 from trioproxy.http.upgrade import ByteChannel
@@ -281,12 +282,40 @@ class ActiveStream:
     async def _write_end(self, trailers: Headers | None) -> None:
         raise NotImplementedError
 
+    async def _write_whole(self, head: ResponseHead, body: bytes, trailers: Headers | None) -> None:
+        """Head, body and end; codecs that can batch them override this."""
+        await self._write_head(head, False)
+        if body:
+            await self._write_data(body)
+        await self._write_end(trailers)
+
     # ------------------------------------------------------------- response
 
     async def send_response_head(self, head: ResponseHead, *, end_stream: bool = False) -> None:
         """Send the response head (after running the filters' response hooks)."""
         for f in reversed(self._filters):
             await f.on_response_headers(self, head)
+        self._start_response(head, end_stream)
+        await self._write_head(head, end_stream)
+        self._touch()
+
+    async def send_whole_response(
+        self, head: ResponseHead, body: bytes, trailers: Headers | None = None
+    ) -> None:
+        """`send_response_head(head)`, `send_data(body)` and `send_end(trailers)`
+        in one go: one socket write on HTTP/1.1 (the router's path when the
+        upstream's whole response is already buffered)."""
+        for f in reversed(self._filters):
+            await f.on_response_headers(self, head)
+        self._start_response(head, True)
+        self.info.bytes_sent += len(body)
+        if trailers:
+            self.response_trailers = trailers
+            self.info.response_trailers = trailers  # %TRAILER(X)% in access logs
+        await self._write_whole(head, body, trailers)
+        self._touch()
+
+    def _start_response(self, head: ResponseHead, end_stream: bool) -> None:
         info = self.info
         info.response = head
         info.response_code = head.status
@@ -300,8 +329,6 @@ class ActiveStream:
         # Complete as soon as the last bytes are handed over: the client may
         # read them and close before this task runs again.
         self.response_complete = end_stream
-        await self._write_head(head, end_stream)
-        self._touch()
 
     @property
     def response_body_sent(self) -> bool:
@@ -323,6 +350,7 @@ class ActiveStream:
         self.response_complete = True
         if trailers:
             self.response_trailers = trailers
+            self.info.response_trailers = trailers  # %TRAILER(X)% in access logs
         await self._write_end(trailers)
 
     async def local_reply(
@@ -483,6 +511,18 @@ class Http1Stream(ActiveStream):
             await self._conn.send_all(data)
 
     async def _write_head(self, head: ResponseHead, end_stream: bool) -> None:
+        data = self._encode_head(head)
+        if end_stream:
+            data += self._codec.send_end()
+        await self._send(data)
+
+    async def _write_whole(self, head: ResponseHead, body: bytes, trailers: Headers | None) -> None:
+        data = self._encode_head(head)
+        if body:
+            data += self._codec.send_data(body)
+        await self._send(data + self._codec.send_end(trailers))
+
+    def _encode_head(self, head: ResponseHead) -> bytes:
         headers = strip_hop_by_hop(head.headers)
         hcm = self._hcm
         if self.close_connection or hcm.draining or hcm.overload.disable_keepalive:
@@ -496,9 +536,7 @@ class Http1Stream(ActiveStream):
             # upstream's; the connection cannot continue.
             self.close_connection = True
             raise DownstreamReset("response head could not be encoded") from None
-        if end_stream:
-            data += self._codec.send_end()
-        await self._send(data)
+        return data
 
     async def _write_data(self, data: bytes) -> None:
         await self._send(self._codec.send_data(data))
@@ -543,6 +581,7 @@ class ConnectionManager:
         self.overload = overload
         self.tracer = tracer
         self.router = router
+        self._runtime = runtime
         self.route_table = RouteTable(config.route_config, runtime)
         self.stats = HcmStats(stats, config.stat_prefix)
         self.access_loggers = tuple(access_loggers)
@@ -573,6 +612,13 @@ class ConnectionManager:
             ),
         )
         self._filter_factories = tuple((HTTP_FILTERS[type(f)], f) for f in config.http_filters)
+
+    def swap_routes(self, route_config: RouteConfig) -> None:
+        """Hot reload: new requests match `route_config` from now on. One
+        assignment, no checkpoint; a request already routed keeps its route
+        (the router reads `route_table` once per request)."""
+        self.route_table = RouteTable(route_config, self._runtime)
+        self.config = attrs.evolve(self.config, route_config=route_config)
 
     def drain(self) -> None:
         """Start a graceful drain (no checkpoint): HTTP/1.1 connections idle

@@ -1024,7 +1024,18 @@ class Router:
             await up.receive_data()  # the end of message
             await stream.send_response_head(resp, end_stream=True)
             return
-        await stream.send_response_head(resp)
+        if isinstance(up, UpstreamHttp1):
+            # A small response usually arrives whole with its head: then one
+            # downstream write instead of three.
+            chunks, ended = up.take_buffered()
+            if ended:
+                await stream.send_whole_response(resp, b"".join(chunks), up.trailers or None)
+                return
+            await stream.send_response_head(resp)
+            for buffered in chunks:
+                await stream.send_data(buffered)
+        else:
+            await stream.send_response_head(resp)
         while (chunk := await up.receive_data()) is not None:
             await stream.send_data(chunk)
         await stream.send_end(up.trailers or None)

@@ -172,7 +172,7 @@ class PoolStats:
 class UpstreamHttp1:
     """One HTTP/1.1 connection to an upstream host, lent for one stream."""
 
-    __slots__ = ("_writing", "codec", "conn", "idle_since", "trailers")
+    __slots__ = ("_stashed", "_writing", "codec", "conn", "idle_since", "trailers")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -183,6 +183,8 @@ class UpstreamHttp1:
         # leaves it True: the codec already counted those bytes as sent, so
         # the connection's framing is unknown and it must never be reused.
         self._writing = False
+        # An event (or error) take_buffered met and left for _next_event.
+        self._stashed: object = None
 
     async def _write(self, data: bytes) -> None:
         self._writing = True
@@ -204,7 +206,37 @@ class UpstreamHttp1:
     async def send_end(self, trailers: Headers | None = None) -> None:
         await self._write(self.codec.send_end(trailers))
 
+    def take_buffered(self) -> tuple[list[bytes], bool]:
+        """The body chunks the codec holds now, without I/O, and whether the
+        end of message was among them (trailers in `self.trailers`). Anything
+        else it meets (need more data, a close, an error) is left for the
+        next `receive_data`."""
+        chunks: list[bytes] = []
+        while True:
+            try:
+                ev = self.codec.next_event()
+            except Http1Error as exc:
+                self._stashed = UpstreamProtocolError(str(exc))
+                return chunks, False
+            if type(ev) is bytes:
+                chunks.append(ev)
+                continue
+            if type(ev) is EndOfMessage:
+                self.trailers = ev.trailers
+                return chunks, True
+            if ev is not NEED_DATA:
+                self._stashed = ev
+            return chunks, False
+
     async def _next_event(self) -> object:
+        stashed = self._stashed
+        if stashed is not None:
+            self._stashed = None
+            if isinstance(stashed, Exception):
+                raise stashed
+            if stashed is CLOSED or stashed is PAUSED:
+                raise UpstreamReset("upstream closed the connection")
+            return stashed
         while True:
             try:
                 ev = self.codec.next_event()
@@ -242,7 +274,16 @@ class UpstreamHttp1:
         raise UpstreamProtocolError(f"unexpected event {ev!r}")
 
     def reusable(self) -> bool:
-        return not self.conn.closed and not self._writing and self.codec.keep_alive
+        # Bytes past the end of the response (read with it) are no answer to
+        # anything: reused, the connection would hand them to the next request
+        # as its response. Unread bytes that arrive later are caught by
+        # `peer_closed()` before reuse.
+        return (
+            not self.conn.closed
+            and not self._writing
+            and self.codec.keep_alive
+            and not self.codec.trailing_data
+        )
 
 
 class Http1Pool:

@@ -16,6 +16,7 @@ a list. Neither awaits, blocks nor allocates beyond the line itself.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import socket
 import sys
@@ -25,9 +26,10 @@ from typing import BinaryIO, Final
 import attrs
 import trio
 
-from trioproxy.codec.access_log_format import Formatter, compile_format
+from trioproxy.codec.access_log_format import Formatter, compile_format, compile_json_format
 from trioproxy.codec.stream import StreamInfo
 from trioproxy.config import AccessLog
+from trioproxy.observe.access_log_filter import Predicate, RuntimeReader, compile_filter
 
 __all__ = [
     "AccessLogManager",
@@ -292,16 +294,31 @@ class AccessLogger:
         trioproxy.codec.access_log_format.FormatError: a bad format string.
     """
 
-    __slots__ = ("_format", "config", "sink")
+    __slots__ = ("_filter", "_format", "config", "sink")
 
-    def __init__(self, config: AccessLog, sink: AccessLogSink, *, hostname: str = "-") -> None:
+    def __init__(
+        self,
+        config: AccessLog,
+        sink: AccessLogSink,
+        *,
+        hostname: str = "-",
+        runtime: RuntimeReader | None = None,
+    ) -> None:
         self.config = config
         self.sink = sink
-        self._format: Formatter = compile_format(config.format, hostname=hostname)
+        if config.json_format is not None:
+            fields = json.loads(config.json_format)
+            self._format: Formatter = compile_json_format(fields, hostname=hostname)
+        else:
+            self._format = compile_format(config.format, hostname=hostname)
+        self._filter: Predicate | None = (
+            None if config.filter is None else compile_filter(config.filter, runtime)
+        )
 
     def log(self, info: StreamInfo) -> None:
-        """Format `info` and buffer the line. Never blocks."""
-        self.sink.write(self._format(info))
+        """Format `info` (if the filter passes it) and buffer the line. Never blocks."""
+        if self._filter is None or self._filter(info):
+            self.sink.write(self._format(info))
 
 
 class AccessLogManager:
@@ -315,9 +332,14 @@ class AccessLogManager:
     """
 
     def __init__(
-        self, *, hostname: str | None = None, flush_interval: float = DEFAULT_FLUSH_INTERVAL
+        self,
+        *,
+        hostname: str | None = None,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        runtime: RuntimeReader | None = None,
     ) -> None:
         self.hostname = socket.gethostname() if hostname is None else hostname
+        self._runtime = runtime
         self._flush_interval = flush_interval
         self._sinks: dict[str, AccessLogSink] = {}
         self._nursery: trio.Nursery | None = None
@@ -336,7 +358,9 @@ class AccessLogManager:
 
     def logger(self, config: AccessLog) -> AccessLogger:
         """A logger for `config`, sharing the sink of any other logger on its path."""
-        return AccessLogger(config, self.sink(config.path), hostname=self.hostname)
+        return AccessLogger(
+            config, self.sink(config.path), hostname=self.hostname, runtime=self._runtime
+        )
 
     def sinks(self) -> tuple[AccessLogSink, ...]:
         return tuple(self._sinks.values())

@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -38,7 +38,10 @@ log = logging.getLogger("trioproxy.admin")
 
 
 class AdminResponse:
-    __slots__ = ("body", "content_type", "headers", "status")
+    """An admin answer; with `stream`, the body is streamed (chunked) from
+    that async iterator and the connection closes after it (`/events`)."""
+
+    __slots__ = ("body", "content_type", "headers", "status", "stream")
 
     def __init__(
         self,
@@ -47,7 +50,9 @@ class AdminResponse:
         status: int = 200,
         content_type: str = "text/plain",
         headers: tuple[tuple[bytes, bytes], ...] = (),
+        stream: AsyncIterator[bytes] | None = None,
     ) -> None:
+        self.stream = stream
         self.body = body.encode() if isinstance(body, str) else body
         self.status = status
         self.content_type = content_type
@@ -95,17 +100,29 @@ async def _help(server: Server, q: dict[str, str]) -> AdminResponse:
     return AdminResponse("\n".join(lines) + "\n")
 
 
-@endpoint("/", "admin home page")
+@endpoint("/", "live dashboard (listeners, clusters, rates, latency, errors by flag)")
 async def _home(server: Server, q: dict[str, str]) -> AdminResponse:
-    items = "".join(
-        f'<li><a href="{p}">{p}</a>{" (POST)" if ep.mutating else ""} — {ep.help}</li>'
-        for p, ep in sorted(ENDPOINTS.items())
+    from trioproxy.observe.dashboard import PAGE
+
+    return AdminResponse(PAGE, content_type="text/html; charset=utf-8")
+
+
+@endpoint("/events", "server-sent events: a JSON snapshot every second (?interval=S&count=N)")
+async def _events(server: Server, q: dict[str, str]) -> AdminResponse:
+    from trioproxy.observe.dashboard import event_stream
+
+    try:
+        interval = float(q.get("interval", "1"))
+        count = int(q["count"]) if "count" in q else None
+    except ValueError:
+        return AdminResponse("interval must be a number, count an integer\n", status=400)
+    if not 0.05 <= interval <= 3600 or (count is not None and count < 1):
+        return AdminResponse("interval must be 0.05..3600 s and count >= 1\n", status=400)
+    return AdminResponse(
+        b"",
+        content_type="text/event-stream",
+        stream=event_stream(server, interval, count),
     )
-    page = (
-        "<!doctype html><title>trioproxy admin</title>"
-        f"<h1>trioproxy {server.version}</h1><ul>{items}</ul>"
-    )
-    return AdminResponse(page, content_type="text/html; charset=utf-8")
 
 
 @endpoint("/ready", "print server state, return 200 if LIVE, otherwise return 503")
@@ -390,6 +407,41 @@ async def _quit(server: Server, q: dict[str, str]) -> AdminResponse:
     return AdminResponse("OK\n")
 
 
+@endpoint(
+    "/explain",
+    "explain how a request would be routed (?host=H&path=P&method=M&header=k:v&listener=L)",
+)
+async def _explain(server: Server, q: dict[str, str]) -> AdminResponse:
+    from trioproxy.http.explain import explain
+
+    if "host" not in q:
+        return AdminResponse(
+            "usage: GET /explain?host=H&path=P[&method=M][&header=k:v]\n", status=400
+        )
+    headers = []
+    if "header" in q:
+        name, sep, value = q["header"].partition(":")
+        if not sep or not name.strip():
+            return AdminResponse("header must be name:value\n", status=400)
+        headers.append((name.strip(), value.strip()))
+    return _json(
+        explain(
+            server.mesh,
+            host=q["host"],
+            path=q.get("path", "/"),
+            method=q.get("method", "GET"),
+            headers=headers,
+            listener=q.get("listener"),
+        )
+    )
+
+
+@endpoint("/reopen_logs", "reopen access logs (after moving the files away)", mutating=True)
+async def _reopen_logs(server: Server, q: dict[str, str]) -> AdminResponse:
+    server.reopen_access_logs()
+    return AdminResponse("OK\n")
+
+
 @endpoint("/logging", "change the log level (?level=debug|info|warning|error)", mutating=True)
 async def _logging(server: Server, q: dict[str, str]) -> AdminResponse:
     level = q.get("level")
@@ -490,6 +542,9 @@ async def _serve_conn(server: Server, stream: trio.abc.Stream) -> None:
                         continue
                     return
                 resp = await _dispatch(server, ev)
+                if resp.stream is not None:
+                    await _stream_response(conn, stream, resp, resp.stream)
+                    return
                 headers = [
                     (b"content-type", resp.content_type.encode()),
                     (b"content-length", str(len(resp.body)).encode()),
@@ -520,6 +575,34 @@ async def _serve_conn(server: Server, stream: trio.abc.Stream) -> None:
                 conn.start_next_cycle()
         except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
+
+
+async def _stream_response(
+    conn: h11.Connection, stream: trio.abc.Stream, resp: AdminResponse, body: AsyncIterator[bytes]
+) -> None:
+    """Send `resp`'s head, then each chunk as it comes (chunked encoding for
+    HTTP/1.1, close-delimited for 1.0); the connection closes afterwards."""
+    head = h11.Response(
+        status_code=resp.status,
+        headers=[
+            (b"content-type", resp.content_type.encode()),
+            (b"cache-control", b"no-cache"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"connection", b"close"),
+            *resp.headers,
+        ],
+        reason=_reason(resp.status),
+    )
+    await stream.send_all(conn.send(head) or b"")
+    try:
+        async for chunk in body:
+            await stream.send_all(conn.send(h11.Data(data=chunk)) or b"")
+        await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+    finally:
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            with trio.CancelScope(shield=True):
+                await aclose()
 
 
 def _reason(status: int) -> bytes:
@@ -584,6 +667,12 @@ async def _answer(server: Server, req: h11.Request) -> AdminResponse:
             f"{parts.path} answers GET only\n", status=405, headers=((b"allow", b"GET, HEAD"),)
         )
     try:
+        # A supervisor (`--workers N`) merges fresh worker stats first.
+        refresh = getattr(server, "refresh_stats", None)
+        if refresh is not None and parts.path.startswith(("/stats", "/server_info")):
+            await refresh()
+        if parts.path == "/stats" and "per_worker" in query:
+            return _per_worker(server, query)
         return await ep.handler(server, query)
     except Exception as exc:  # an admin bug must not kill the admin server
         log.exception("admin handler %s failed", parts.path)
@@ -614,3 +703,49 @@ def _health_flags(h: Any) -> str:
     if getattr(h, "outlier_ejected", False):
         flags.append("/failed_outlier_check")
     return "".join(flags) or "healthy"
+
+
+def _per_worker(server: Server, q: dict[str, str]) -> AdminResponse:
+    """`/stats?per_worker`: every worker's own counters and gauges, prefixed
+    `worker_<i>.` (JSON with `format=json`); one process: `worker_0`."""
+    per = getattr(server, "per_worker_stats", None)
+    snaps: dict[str, Any] = (
+        per()
+        if per is not None
+        else {
+            "worker_0": {
+                "counters": {n: c.value for n, c in server.stats.counters.items()},
+                "gauges": {n: g.value for n, g in server.stats.gauges.items()},
+            }
+        }
+    )
+    try:
+        flt = _stat_filter(q)
+    except re.error as exc:
+        return AdminResponse(f"invalid filter regex: {exc}\n", status=400)
+    if q.get("format") == "json":
+        return _json(snaps)
+    lines = []
+    for worker, snap in snaps.items():
+        values = {**snap.get("counters", {}), **snap.get("gauges", {})}
+        for name, value in sorted(values.items()):
+            if flt is None or flt.search(name):
+                lines.append(f"{worker}.{name}: {value}\n")
+    return AdminResponse("".join(lines))
+
+
+# /reload: hot reload of the mesh file (trioproxy's own; Envoy reloads only
+# through xDS). 200 with what changed, 400 if the mesh is invalid (the old
+# config keeps serving; the errors are in the log), 501 with no mesh file.
+
+
+@endpoint("/reload", "compile the mesh file again and apply what changed", mutating=True)
+async def _reload(server: Server, q: dict[str, str]) -> AdminResponse:
+    if server.mesh_loader is None:
+        return AdminResponse("this server has no mesh file to reload\n", status=501)
+    diff = await server.reload_from_source()
+    if diff is None:
+        return AdminResponse(
+            "reload failed; the old config keeps serving (errors in the log)\n", status=400
+        )
+    return AdminResponse("OK\n" + "".join(line + "\n" for line in diff.lines))

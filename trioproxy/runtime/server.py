@@ -35,7 +35,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -56,6 +56,7 @@ from trioproxy.config import (
     SocketAddress,
     Tracing,
 )
+from trioproxy.config.diff import MeshDiff, diff_meshes
 from trioproxy.filters.http.health_check import SERVER_HEALTH, ServerHealth
 from trioproxy.filters.network.base import (
     LISTENER_FILTERS,
@@ -198,6 +199,13 @@ class Server:
         # Workers serving the mesh (`--workers`; one per process for now).
         self.stats.gauge("server.concurrency").set(int(self.options.get("concurrency", 1)))
         self.stats.gauge("server.live").set(0)
+        # Hot reload: `mesh_loader` compiles the mesh afresh (set by the CLI,
+        # which owns the DSL); admin `POST /reload` and SIGHUP call it.
+        self.mesh_loader: Callable[[], Mesh] | None = None
+        self.reload_success = self.stats.counter("server.reload_success")
+        self.reload_failed = self.stats.counter("server.reload_failed")
+        self._reload_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -222,6 +230,91 @@ class Server:
                 hcm.drain()
         self._check_drained()
 
+    # ------------------------------------------------------------------ reload
+
+    async def reload_from_source(self) -> MeshDiff | None:
+        """Compile the mesh again with `mesh_loader` and `reload` it. An
+        invalid mesh is logged (every error with its file:line), counted in
+        `server.reload_failed`, and the old config keeps serving: None."""
+        if self.mesh_loader is None:
+            raise RuntimeError("this server has no mesh loader")
+        try:
+            mesh = self.mesh_loader()
+        except Exception as exc:
+            self.reload_failed.inc()
+            log.error("reload failed; the old config keeps serving:\n%s", exc)
+            return None
+        return await self.reload(mesh)
+
+    async def reload(self, mesh: Mesh) -> MeshDiff | None:
+        """Hot reload to `mesh`: diff by name (`diff_meshes`); unchanged
+        listeners and clusters are untouched; changed routes apply to new
+        requests at once; changed and new clusters get new pools while the
+        old ones finish their requests; new and changed listeners bind
+        (SO_REUSEPORT, alongside the old socket); removed and replaced ones
+        stop accepting and drain. Returns the diff, or None if applying it
+        failed (a listener cannot bind, ...): counted as a failed reload.
+
+        Top-level settings other than listeners and clusters (admin, stats
+        sinks, overload, runtime, demo services) are not reloaded."""
+        async with self._reload_lock:
+            assert self._nursery is not None, "Server.run is not running"
+            diff = diff_meshes(self.mesh, mesh)
+            try:
+                await self._apply(mesh, diff)
+            except Exception as exc:
+                self.reload_failed.inc()
+                log.error("reload failed while applying it: %s", exc)
+                return None
+            self.mesh = mesh
+            self.reload_success.inc()
+            log.info("reloaded: %s", "; ".join(diff.lines) if diff.lines else "no change")
+            return diff
+
+    async def _apply(self, mesh: Mesh, diff: MeshDiff) -> None:
+        assert self._nursery is not None
+        new_l = {lc.name: lc for lc in mesh.listeners}
+        new_c = {c.name: c for c in mesh.clusters}
+        # Clusters first, so that routes and listeners never name a missing one.
+        if diff.added_clusters or diff.changed_clusters:
+            await self.clusters.replace(
+                tuple(new_c[n] for n in (*diff.added_clusters, *diff.changed_clusters))
+            )
+        for name in diff.route_listeners:
+            lr = self.listeners[name]
+            lc = new_l[name]
+            configs = [
+                chain.filters[-1].route_config
+                for chain in lc.filter_chains
+                if chain.filters and isinstance(chain.filters[-1], HttpConnectionManager)
+            ]
+            for hcm, rc in zip(lr.hcms, configs, strict=True):
+                hcm.swap_routes(rc)
+            lr.config = lc
+        for name in (*diff.changed_listeners, *diff.added_listeners):
+            old = self.listeners.get(name)
+            await self._start_listener(self._nursery, new_l[name])
+            if old is not None:
+                self._retire_listener(old)
+        for name in diff.removed_listeners:
+            self._retire_listener(self.listeners.pop(name))
+        if diff.removed_clusters:
+            await self.clusters.replace((), diff.removed_clusters)
+        stats = self.stats
+        stats.counter("listener_manager.listener_added").inc(len(diff.added_listeners))
+        stats.counter("listener_manager.listener_modified").inc(len(diff.changed_listeners))
+        stats.counter("listener_manager.listener_removed").inc(len(diff.removed_listeners))
+        stats.counter("cluster_manager.cluster_added").inc(len(diff.added_clusters))
+        stats.counter("cluster_manager.cluster_modified").inc(len(diff.changed_clusters))
+        stats.counter("cluster_manager.cluster_removed").inc(len(diff.removed_clusters))
+
+    def _retire_listener(self, lr: ListenerRuntime) -> None:
+        # Stop accepting (the accept loop closes its socket) and drain the
+        # connections; the accept loop's task ends with its last connection.
+        lr.accept_scope.cancel()
+        for hcm in lr.hcms:
+            hcm.drain()
+
     def _check_drained(self) -> None:
         if self.draining and self.downstream_connections() == 0:
             self._drained.set()
@@ -238,6 +331,7 @@ class Server:
         SERVER_HEALTH.set(self.health)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 await nursery.start(self.clusters.run)
                 for svc in self.mesh.demo_services:
                     try:
@@ -366,7 +460,13 @@ class Server:
             return None
         from trioproxy.observe.access_log import AccessLogManager
 
-        return AccessLogManager(hostname=self.hostname)
+        return AccessLogManager(hostname=self.hostname, runtime=self.runtime)
+
+    def reopen_access_logs(self) -> None:
+        """Reopen every access-log file on its next flush (log rotation:
+        SIGUSR1 and admin `POST /reopen_logs`, as Envoy)."""
+        if self._access_logs is not None:
+            self._access_logs.reopen()
 
     def _access_loggers_for(self, hcm: HttpConnectionManager) -> list[Any]:
         return self.access_loggers(hcm.access_logs)

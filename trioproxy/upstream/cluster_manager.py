@@ -394,15 +394,31 @@ class ClusterManager:
             c.name: ClusterRuntime(c, network, stats, self._rng) for c in clusters
         }
         stats.gauge("cluster_manager.active_clusters").set(len(self.clusters))
+        self._network = network
+        self._stats = stats
+        self._nursery: trio.Nursery | None = None
+        self._scopes: dict[ClusterRuntime, trio.CancelScope] = {}
 
     def get(self, name: str) -> ClusterRuntime | None:
         return self.clusters.get(name)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the background tasks of the clusters (HTTP/2 connections today;
-        health checks and discovery later) until cancelled."""
+        """Own the background tasks of the clusters (HTTP/2 connections,
+        health checks, outlier sweeps, certificate watchers) until cancelled.
+        Each cluster's tasks run under its own cancel scope so that a reload
+        can retire one cluster (`replace`) and keep the others."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for c in self.clusters.values():
+                self._scopes[c] = await nursery.start(self._run_cluster, c)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _run_cluster(
+        self, c: ClusterRuntime, *, task_status: trio.TaskStatus[trio.CancelScope]
+    ) -> None:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
                 for host in c.hosts:
                     if isinstance(host.pool, Http2Pool | AutoPool):
                         host.pool.nursery = nursery
@@ -412,8 +428,40 @@ class ClusterManager:
                     nursery.start_soon(_sweep_outliers, c.outlier)
                 if c.config.health_check is not None:
                     nursery.start_soon(run_health_checks, c, c.network, self._rng)
-            task_status.started()
-            await trio.sleep_forever()
+                task_status.started(scope)
+                await trio.sleep_forever()
+
+    async def replace(self, clusters: tuple[Cluster, ...], removed: tuple[str, ...] = ()) -> None:
+        """Hot reload: `clusters` (new or changed) get new runtimes and pools
+        for new requests; the runtimes they replace, and those `removed`,
+        finish their requests in flight on their old pools, which close
+        once idle (`_retire`)."""
+        assert self._nursery is not None, "ClusterManager.run is not running"
+        old: list[ClusterRuntime] = []
+        for cfg in clusters:
+            c = ClusterRuntime(cfg, self._network, self._stats, self._rng)
+            self._scopes[c] = await self._nursery.start(self._run_cluster, c)
+            prev = self.clusters.get(cfg.name)
+            self.clusters[cfg.name] = c  # new requests see it at once
+            if prev is not None:
+                old.append(prev)
+        for name in removed:
+            prev = self.clusters.pop(name, None)
+            if prev is not None:
+                old.append(prev)
+        self._stats.gauge("cluster_manager.active_clusters").set(len(self.clusters))
+        for prev in old:
+            self._nursery.start_soon(self._retire, prev)
+
+    async def _retire(self, c: ClusterRuntime) -> None:
+        # Requests in flight hold their ClusterRuntime and Host: wait for the
+        # last one, then stop the cluster's tasks and close its pools.
+        while any(h.active_requests for h in c.hosts):
+            await trio.sleep(0.05)
+        scope = self._scopes.pop(c, None)
+        if scope is not None:
+            scope.cancel()
+        c.close()
 
     @property
     def rng(self) -> random.Random:
