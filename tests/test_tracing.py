@@ -435,6 +435,23 @@ async def test_collector_cluster_without_hosts_skips_reports(nursery: trio.Nurse
     assert counter(server, "tracing.zipkin.reports_failed") == 0
 
 
+async def test_reload_turns_tracing_on(nursery: trio.Nursery) -> None:
+    up = await start_upstream(nursery)
+    col = await start_collector(nursery)
+    plain = simple_mesh([route_to("svc")], [cluster("svc", up)])
+    server = await start_proxy(nursery, plain)
+    async with httpx.AsyncClient() as c:
+        assert (await c.get(proxy_url(server))).status_code == 200
+        assert "x-b3-traceid" not in up.requests[-1]["headers"]
+        diff = await server.reload(mesh(up, tracing(col)))
+        assert diff is not None and diff.changed_listeners == ("ingress",)
+    # A new connection reaches the new listener; its exporter was started.
+    async with httpx.AsyncClient() as c:
+        assert (await c.get(proxy_url(server))).status_code == 200
+    await col.wait_spans(2)
+    assert "x-b3-traceid" in up.requests[-1]["headers"]
+
+
 async def test_bounded_queue_drops_and_counts(nursery: trio.Nursery) -> None:
     up = await start_upstream(nursery)
     col = await start_collector(nursery)

@@ -349,8 +349,6 @@ class Server:
                     nursery.start_soon(self._access_logs.run)
                 for lc in self.mesh.listeners:
                     await self._start_listener(nursery, lc)
-                for exporter in self.span_exporters.values():
-                    nursery.start_soon(exporter.run)
                 if self.admin_address is not None:
                     from trioproxy.observe.admin import serve_admin
 
@@ -478,7 +476,8 @@ class Server:
         return [self._access_logs.logger(al) for al in configs]
 
     def tracer(self, config: HttpConnectionManager) -> Tracer | None:
-        """The tracer of an HCM (its exporter is started by `run()`)."""
+        """The tracer of an HCM. A new tracing config gets its exporter,
+        started in the server nursery (at start, or by a reload)."""
         cfg = config.tracing
         if cfg is None:
             return None
@@ -487,6 +486,8 @@ class Server:
             exporter = self.span_exporters[cfg] = SpanExporter(
                 cfg, self.network, self.stats, self.clusters
             )
+            if self._nursery is not None:
+                self._nursery.start_soon(exporter.run)
         return Tracer(cfg, exporter, self.stats, config.stat_prefix, node_id=self.hostname)
 
     async def _chain(self, lc: Listener, index: int, chain: FilterChain) -> ChainRuntime:
