@@ -179,6 +179,45 @@ async def test_new_trace_without_incoming_context(nursery: trio.Nursery) -> None
     assert seen["x-b3-spanid"] == cid
 
 
+@pytest.mark.parametrize("provider", ["zipkin", "opentelemetry"])
+async def test_two_proxy_hops_make_one_trace(nursery: trio.Nursery, provider: str) -> None:
+    up = await start_upstream(nursery)
+    col = await start_collector(nursery)
+    inner = await start_proxy(nursery, mesh(up, tracing(col, provider=provider)))
+    inner_address = f"127.0.0.1:{inner.listener_address('ingress').port}"
+    edge = await start_proxy(nursery, mesh(inner_address, tracing(col, provider=provider)))
+    async with httpx.AsyncClient() as c:
+        assert (await c.get(proxy_url(edge))).status_code == 200
+    spans = await col.wait_spans(4)
+    if provider == "zipkin":
+        [edge_server] = [s for s in spans if s["kind"] == "SERVER" and "shared" not in s]
+        [inner_server] = [s for s in spans if s["kind"] == "SERVER" and s.get("shared")]
+        [edge_client] = [
+            s for s in spans if s["kind"] == "CLIENT" and s["parentId"] == edge_server["id"]
+        ]
+        # Shared span context: the inner proxy's server span is the edge's
+        # client span, seen from the other side.
+        assert inner_server["id"] == edge_client["id"]
+        assert inner_server["parentId"] == edge_server["id"]
+        trace_key, id_key, parent_key = "traceId", "id", "parentId"
+    else:
+        trace_key, id_key, parent_key = "traceId", "spanId", "parentSpanId"
+        edge_server = next(s for s in spans if s["kind"] == 2 and parent_key not in s)
+        edge_client = next(s for s in spans if s.get(parent_key) == edge_server[id_key])
+        inner_server = next(s for s in spans if s.get(parent_key) == edge_client[id_key])
+        assert inner_server["kind"] == 2
+    inner_client = next(
+        s for s in spans if s.get(parent_key) == inner_server[id_key] and s is not inner_server
+    )
+    assert {s[trace_key] for s in spans} == {edge_server[trace_key]}
+    assert len({s[id_key] for s in spans}) == (3 if provider == "zipkin" else 4)
+    assert inner_client is not edge_client
+    # The same request id all the way (the inner proxy trusts 127.0.0.1).
+    rid = up.requests[0]["headers"]["x-request-id"]
+    if provider == "zipkin":
+        assert {s["tags"]["guid:x-request-id"] for s in spans if s["kind"] == "SERVER"} == {rid}
+
+
 async def test_otlp_w3c(nursery: trio.Nursery) -> None:
     up = await start_upstream(nursery)
     col = await start_collector(nursery)
