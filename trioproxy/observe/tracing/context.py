@@ -18,6 +18,7 @@ Rules (W3C Trace Context level 1; openzipkin/b3-propagation):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 import attrs
@@ -203,9 +204,16 @@ def format_b3_multi(ctx: SpanContext) -> Headers:
     return out
 
 
+_NOTHING = Extracted()
+
+
 def extract(headers: Sequence[tuple[bytes, bytes]], formats: Iterable[str]) -> Extracted:
     """The incoming context from the first of `formats` the request carries
     (a valid context; failing that, the first sampling decision seen)."""
+    formats = tuple(formats)
+    names = _names(formats)
+    if not any(k in names for k, _ in headers):
+        return _NOTHING  # the common case at an edge: one scan, nothing built
     decision: bool | None = None
     for fmt in formats:
         if fmt == "w3c":
@@ -236,11 +244,17 @@ def extract(headers: Sequence[tuple[bytes, bytes]], formats: Iterable[str]) -> E
     return Extracted(sampled=decision)
 
 
+@functools.lru_cache(maxsize=16)
+def _names(formats: tuple[str, ...]) -> frozenset[bytes]:
+    """Every header name of `formats` (few distinct tuples: cached)."""
+    return frozenset(h for f in formats for h in PROPAGATION_HEADERS[f])
+
+
 def inject(headers: Headers, ctx: SpanContext, formats: Iterable[str]) -> Headers:
     """`headers` without any propagation header of `formats`, plus `ctx`
     written in each of them."""
     formats = tuple(formats)
-    drop = {h for f in formats for h in PROPAGATION_HEADERS[f]}
+    drop = _names(formats)
     out = [(k, v) for k, v in headers if k not in drop]
     for fmt in formats:
         if fmt == "w3c":
