@@ -976,6 +976,16 @@ class AccessLogSpec:
 
 
 @attrs.frozen(kw_only=True)
+class TracingSpec:
+    """An `http(...).tracing(...)` call, raw."""
+
+    provider: object
+    collector: object
+    options: tuple[tuple[str, object], ...] = ()
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
 class HealthCheckFilterSpec:
     """An `http(...).health_check(...)` call, raw."""
 
@@ -998,6 +1008,8 @@ class HttpBuilder:
     _max_request_headers_kb: object = 60
     _max_headers_count: object = 100
     _generate_request_id: object = True
+    _preserve_external_request_id: object = False
+    _tracing: TracingSpec | None = None
     _use_remote_address: object = True
     _allow_connect: object = False
     _forward_client_cert: object = "sanitize_set"
@@ -1063,6 +1075,57 @@ class HttpBuilder:
             location=caller_location(),
         )
         return attrs.evolve(self, access_logs=(*self._access_logs, spec))
+
+    def tracing(
+        self,
+        provider: str = "zipkin",
+        collector: str | ClusterBuilder = "127.0.0.1:9411",
+        *,
+        service_name: str = "trioproxy",
+        collector_path: str | None = None,
+        random_sampling: float = 100.0,
+        client_sampling: float = 100.0,
+        overall_sampling: float = 100.0,
+        propagation: str | Sequence[str] | None = None,
+        shared_span_context: bool = True,
+        max_queue_spans: int = 4096,
+        min_flush_spans: int = 5,
+        flush_interval: Duration = 5.0,
+        collector_timeout: Duration = 5.0,
+        operation_name: str = "ingress",
+    ) -> HttpBuilder:
+        """Trace requests (Envoy's HCM `tracing`) and report spans to a
+        collector: `collector` is a cluster (`cluster(...)` or its name, as
+        Envoy's `collector_cluster`) or an address "ip:port".
+
+        `provider` is "zipkin" (Zipkin v2 JSON to `/api/v2/spans`, B3
+        headers) or "opentelemetry" (OTLP/HTTP JSON to `/v1/traces`, W3C
+        `traceparent`). `propagation` overrides the header formats, any of
+        "w3c", "b3", "b3-single" (read in that order, all written).
+        Sampling values are percentages (Envoy's, all 100 by default):
+        `random_sampling`, `client_sampling` (requests with
+        `x-client-trace-id`) and `overall_sampling`. Spans are sent in
+        batches every `flush_interval` or at `min_flush_spans`; at most
+        `max_queue_spans` wait, more are dropped and counted.
+        """
+        options = (
+            ("service_name", service_name),
+            ("collector_path", collector_path),
+            ("random_sampling", random_sampling),
+            ("client_sampling", client_sampling),
+            ("overall_sampling", overall_sampling),
+            ("propagation", propagation),
+            ("shared_span_context", shared_span_context),
+            ("max_queue_spans", max_queue_spans),
+            ("min_flush_spans", min_flush_spans),
+            ("flush_interval", flush_interval),
+            ("collector_timeout", collector_timeout),
+            ("operation_name", operation_name),
+        )
+        spec = TracingSpec(
+            provider=provider, collector=collector, options=options, location=caller_location()
+        )
+        return attrs.evolve(self, tracing=spec)
 
     def filter(self, cfg: HttpFilterConfig) -> HttpBuilder:
         """Append an HTTP filter (its config object); filters run in order."""
@@ -1135,6 +1198,7 @@ def http(
     max_request_headers_kb: int = 60,
     max_headers_count: int = 100,
     generate_request_id: bool = True,
+    preserve_external_request_id: bool = False,
     use_remote_address: bool = True,
     allow_connect: bool = False,
     forward_client_cert: ForwardClientCertDetails = "sanitize_set",
@@ -1154,6 +1218,10 @@ def http(
     picks from "subject", "cert", "chain", "dns", "uri" (Hash and By are
     always included).
 
+    `generate_request_id` adds an `x-request-id` (a UUID4) to requests
+    without one; an external client's (not from loopback or a private
+    address) is replaced unless `preserve_external_request_id`, as in Envoy.
+
     `allow_connect` accepts WebSocket over HTTP/2 (RFC 8441 extended
     CONNECT), bridged to an HTTP/1.1 upgrade towards the upstream.
     """
@@ -1168,6 +1236,7 @@ def http(
         max_request_headers_kb=max_request_headers_kb,
         max_headers_count=max_headers_count,
         generate_request_id=generate_request_id,
+        preserve_external_request_id=preserve_external_request_id,
         use_remote_address=use_remote_address,
         allow_connect=allow_connect,
         forward_client_cert=forward_client_cert,

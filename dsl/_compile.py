@@ -128,6 +128,7 @@ from ._compile_tls import (
     upstream_tls,
     xfcc_options,
 )
+from ._compile_tracing import tracing_config
 from ._errors import MeshError, MeshIssue
 from ._tls_builders import TcpProxyBuilder
 from ._values import (
@@ -224,6 +225,9 @@ def _walk_clusters(items: Iterable[object]) -> Iterator[ClusterBuilder]:
                     continue
                 if not isinstance(chain.value, HttpBuilder):
                     continue
+                tracing = chain.value._tracing
+                if tracing is not None and isinstance(tracing.collector, ClusterBuilder):
+                    yield tracing.collector
                 for vh in chain.value._vhosts:
                     if not isinstance(vh.value, VhostBuilder):
                         continue
@@ -871,6 +875,10 @@ class _Compiler:
             ),
             server_name=self.text(hb._server_name, "server_name", loc),
             generate_request_id=self.flag(hb._generate_request_id, "generate_request_id", loc),
+            preserve_external_request_id=self.flag(
+                hb._preserve_external_request_id, "preserve_external_request_id", loc
+            ),
+            tracing=None if hb._tracing is None else tracing_config(self, hb._tracing),
             use_remote_address=self.flag(hb._use_remote_address, "use_remote_address", loc),
             allow_connect=self.flag(hb._allow_connect, "allow_connect", loc),
             request_headers_timeout=self.duration(

@@ -204,6 +204,13 @@ def _hcm(hcm: HttpConnectionManager, ind: str) -> list[str]:
     ]
     for log in hcm.access_logs:
         lines.append(f"{ind}  access_log {log.path}")
+    t = hcm.tracing
+    if t is not None:
+        lines.append(
+            f"{ind}  tracing {t.provider} -> {t.collector or 'cluster ' + str(t.collector_cluster)}"
+            f"{t.collector_path}"
+            f" propagation={','.join(t.propagation)} random_sampling={t.random_sampling:g}%"
+        )
     for flt in hcm.http_filters:
         lines.append(f"{ind}  filter {_describe(flt)}")
     for vh in hcm.route_config.virtual_hosts:

@@ -83,6 +83,9 @@ __all__ = [
     "TcpProxy",
     "TlsCertificate",
     "TlsInspector",
+    "TracePropagation",
+    "Tracing",
+    "TracingProvider",
     "UpstreamTlsContext",
     "VirtualHost",
     "WeightedCluster",
@@ -716,6 +719,52 @@ class OrFilter(AccessLogFilter):
     filters: tuple[AccessLogFilter, ...]
 
 
+TracingProvider = Literal["zipkin", "opentelemetry"]
+# Header formats a trace context is read from and written to.
+TracePropagation = Literal["w3c", "b3", "b3-single"]
+
+
+@attrs.frozen(kw_only=True)
+class Tracing:
+    """Envoy's HCM `tracing` with its provider (Zipkin or OpenTelemetry).
+
+    The collector is a cluster (Envoy's `collector_cluster`: reports go to
+    one of its hosts, chosen by its balancer) or a plain address. Sampling
+    values are percentages, as in Envoy.
+    """
+
+    provider: TracingProvider
+    # Exactly one of the two (the compiler checks).
+    collector: SocketAddress | None = None
+    collector_cluster: str | None = None
+    # Envoy: collector_endpoint "/api/v2/spans" (Zipkin JSON v2); OTLP/HTTP
+    # "/v1/traces".
+    collector_path: str = "/api/v2/spans"
+    service_name: str = "trioproxy"
+    # Envoy: random_sampling, client_sampling, overall_sampling all 100 %.
+    random_sampling: float = 100.0
+    client_sampling: float = 100.0
+    overall_sampling: float = 100.0
+    # Extracted in this order (the first format present wins), all injected.
+    # Envoy: Zipkin speaks B3, OpenTelemetry W3C trace context.
+    propagation: tuple[TracePropagation, ...] = ("b3",)
+    # Envoy's Zipkin shared_span_context (default true): the server span
+    # reuses the caller's span id and is reported with `shared: true`.
+    shared_span_context: bool = True
+    # Spans held for export at most; more are dropped and counted. Envoy has
+    # no bound; 4096 spans is about 4 MiB (docs/decisions.md).
+    max_queue_spans: int = 4096
+    # Envoy's runtime keys tracing.zipkin.min_flush_spans (5) and
+    # tracing.zipkin.flush_interval_ms (5 s).
+    min_flush_spans: int = 5
+    flush_interval: float = 5.0
+    # Envoy's collector timeout for a report (5 s).
+    collector_timeout: float = 5.0
+    # Span name of the server span: Envoy's traffic_direction based name.
+    operation_name: str = "ingress"
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
 @attrs.frozen(kw_only=True)
 class HttpConnectionManager(NetworkFilterConfig):
     stat_prefix: str
@@ -738,6 +787,11 @@ class HttpConnectionManager(NetworkFilterConfig):
     server_name: str = "trioproxy"
     # Envoy: generate_request_id true.
     generate_request_id: bool = True
+    # Envoy: preserve_external_request_id false: an external client's
+    # x-request-id is replaced (internal: loopback or private addresses).
+    preserve_external_request_id: bool = False
+    # Envoy's HCM `tracing`; None: no tracing, no per-request cost.
+    tracing: Tracing | None = None
     # Envoy: use_remote_address false; the front proxy examples set it true.
     use_remote_address: bool = True
     # Envoy: per_connection_buffer_limit_bytes 1 MiB; bounds a buffered body.
