@@ -1185,6 +1185,7 @@ def format_table(results: Sequence[CaseResult]) -> str:
 VARIANTS: dict[Target, dict[str, str]] = {
     "proxied-nolog": {"BENCH_ACCESS_LOG": "off"},
     "proxied-statsd": {"BENCH_STATSD": "on"},
+    "proxied-tracing": {"BENCH_TRACING": "on"},
 }
 
 # The ratios printed and written, (numerator, denominator) targets: trioproxy

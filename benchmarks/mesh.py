@@ -23,10 +23,14 @@ runs each as a variant of the proxied case, see its VARIANTS):
 - BENCH_ACCESS_LOG=off: no access log on either listener (stats stay on;
   the stats store has no off switch);
 - BENCH_STATSD=on: also flush stats every 5 s to a StatsD sink at
-  127.0.0.1:$BENCH_STATSD_PORT (default 8125).
+  127.0.0.1:$BENCH_STATSD_PORT (default 8125);
+- BENCH_TRACING=on: trace every request (100 % sampling, B3 and W3C
+  propagation) and export Zipkin v2 JSON to 127.0.0.1:$BENCH_ZIPKIN_PORT
+  (default 9411). With no collector there, every span is still built,
+  sampled and encoded, and the reports fail (counted) off the request path.
 
-A new switch (say BENCH_TRACING=on once tracing lands) is one more `if` in
-`_http()` below and one line in bench.py's VARIANTS.
+A new switch is one more `if` in `_http()` below and one line in
+bench.py's VARIANTS.
 """
 
 import os
@@ -51,12 +55,19 @@ ACCESS_LOG = os.environ.get(
 STATSD = os.environ.get("BENCH_STATSD") == "on"
 STATSD_PORT = _port("BENCH_STATSD_PORT", 8125)
 
+TRACING = os.environ.get("BENCH_TRACING") == "on"
+ZIPKIN_PORT = _port("BENCH_ZIPKIN_PORT", 9411)
+
 
 def _http(stat_prefix: str, codec: Literal["http1", "auto"]) -> HttpBuilder:
     """The HTTP chain of a listener, with the observability switched on."""
     chain = http(stat_prefix=stat_prefix, codec=codec)
     if ACCESS_LOG != "off":
         chain = chain.access_log(ACCESS_LOG)
+    if TRACING:
+        chain = chain.tracing(
+            "zipkin", f"127.0.0.1:{ZIPKIN_PORT}", propagation=["b3", "w3c"], random_sampling=100
+        )
     return chain
 
 
