@@ -16,6 +16,8 @@ Rules of this file:
 
 from __future__ import annotations
 
+import inspect
+import re
 from typing import Final
 
 import h11
@@ -124,6 +126,53 @@ REASONS: Final = {
 }  # fmt: skip
 
 Event = RequestHead | ResponseHead | bytes | EndOfMessage | _Sentinel
+
+# h11 checks each outgoing header name and value with its own regex call
+# (`h11._headers.normalize_and_validate`), the largest single item of its send
+# path. The same grammar checked once over all names and once over all values,
+# joined by a newline (which neither grammar admits, so a joined list with no
+# newline of its own matches exactly when every item does), costs a fraction;
+# the event is then built with `_parsed=True`, which skips only those per-item
+# checks (the framing checks, the Host rule and the method/target checks still run). A list that
+# fails, or holds anything but bytes, takes h11's own path, so the error
+# raised is h11's, as before.
+_TOKEN: Final = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"  # h11._abnf.field_name
+_FIELD_CONTENT: Final = rb"[^\x00\s]+(?:[ \t]+[^\x00\s]+)*"  # h11._abnf.field_content
+_NAMES: Final = re.compile(_TOKEN + rb"(?:\n" + _TOKEN + rb")*")
+_VALUES: Final = re.compile(rb"(?:" + _FIELD_CONTENT + rb")?(?:\n(?:" + _FIELD_CONTENT + rb")?)*")
+
+# `_parsed` is private to h11 (0.16): fail on import, not on every request, if
+# a release drops it (h11_strict guards its own private names the same way).
+for _event in (h11.Request, h11.Response):
+    if "_parsed" not in inspect.signature(_event).parameters:
+        raise ImportError(
+            f"h11 {getattr(h11, '__version__', '?')}: {_event.__name__} takes no _parsed; "
+            "trioproxy.codec.http1 must be updated for this h11"
+        )
+
+
+def _valid_headers(headers: Headers) -> bool:
+    """True if h11 would accept every name and value of `headers` as they are."""
+    if not headers:
+        return True
+    names: list[bytes] = []
+    values: list[bytes] = []
+    for k, v in headers:
+        if type(k) is not bytes or type(v) is not bytes:
+            return False  # h11 converts it (or says why not)
+        names.append(k)
+        values.append(v)
+    joined_names = b"\n".join(names)
+    joined_values = b"\n".join(values)
+    # A newline inside an item would split it into two that each match.
+    seps = len(headers) - 1
+    return (
+        joined_names.count(b"\n") == seps
+        and joined_values.count(b"\n") == seps
+        and _NAMES.fullmatch(joined_names) is not None
+        and _VALUES.fullmatch(joined_values) is not None
+    )
+
 
 # The peer's end of stream, as seen by `_Base` (see its docstring).
 _OPEN, _EOF_PENDING, _EOF_FED, _EOF_BROKEN = range(4)
@@ -375,6 +424,7 @@ class Http1ServerCodec(_Base):
                         headers=head.headers,
                         # Like Envoy, write the standard phrase, not the upstream's.
                         reason=REASONS.get(head.status, b""),
+                        _parsed=type(head.status) is int and _valid_headers(head.headers),
                     )
                 )
                 or b""
@@ -424,7 +474,16 @@ class Http1ClientCodec(_Base):
             headers.append((b"transfer-encoding", b"chunked"))
         try:
             data = (
-                self._conn.send(h11.Request(method=head.method, target=head.path, headers=headers))
+                self._conn.send(
+                    h11.Request(
+                        method=head.method,
+                        target=head.path,
+                        headers=headers,
+                        _parsed=type(head.method) is bytes
+                        and type(head.path) is bytes
+                        and _valid_headers(headers),
+                    )
+                )
                 or b""
             )
             if not body:
