@@ -23,7 +23,6 @@ import base64
 import math
 import os
 import time
-import uuid
 from collections.abc import Sequence
 from email.utils import formatdate
 from typing import TYPE_CHECKING
@@ -75,6 +74,16 @@ def _requested_upgrade(headers: Headers) -> bytes | None:
         elif k == b"connection" and b"upgrade" in v.lower():
             asked = any(t.strip().lower() == b"upgrade" for t in v.split(b","))
     return upgrade if asked and upgrade else None
+
+
+def _uuid4() -> bytes:
+    """A random (version 4) UUID as the 36 bytes of its canonical text: what
+    `str(uuid.uuid4()).encode()` gives, at a third of its cost (x-request-id)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex().encode()
+    return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 
 class _DateCache:
@@ -897,7 +906,7 @@ class ConnectionManager:
         elif xff is not None:
             out.append((b"x-forwarded-for", xff))
         if rid is None and cfg.generate_request_id:
-            out.append((b"x-request-id", str(uuid.uuid4()).encode()))
+            out.append((b"x-request-id", _uuid4()))
         head.headers = out
         head.scheme = self.scheme
 
