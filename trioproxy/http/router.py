@@ -501,12 +501,15 @@ class Router:
                 runtime=self._runtime,
             )
         try:
-            with trio.CancelScope() as route_scope:
+            # Without a body the route timeout starts now: the scope gets its
+            # deadline when created rather than set on it (`start_route_timer`),
+            # one deadline registration fewer per request.
+            deadline = math.inf if stream.has_body else trio.current_time() + timeout
+            with trio.CancelScope(deadline=deadline) as route_scope:
                 fwd = _Forward(route_scope, timeout, body, state)
+                fwd.request_done = not stream.has_body
                 if cluster.hash_based and action.hash_policy:
                     _hash_request(fwd, stream, action)
-                if not stream.has_body:
-                    fwd.start_route_timer()
                 if hedge is None or stream.upgrade is not None:
                     await self._tries(stream, cluster, fwd)
                 else:
