@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Final
+from typing import ClassVar, Final
 
 import h11
 
@@ -234,6 +234,19 @@ class _Base:
             return False
         return True
 
+    # The peer's state in which a message of theirs starts (see `must_read`).
+    _AWAITING: ClassVar[object]
+
+    def must_read(self) -> bool:
+        """`next_event()` would return `NEED_DATA` now: the peer's next
+        message has not started, no byte of it is buffered and their side is
+        open. A shortcut for the common keep-alive case, where asking h11
+        costs a parse attempt."""
+        conn = self._conn
+        return (
+            self._eof == _OPEN and conn.their_state is self._AWAITING and not conn.trailing_data[0]
+        )
+
     def _next(self) -> object:
         if self._eof == _EOF_BROKEN:
             return _CONNECTION_CLOSED
@@ -283,6 +296,8 @@ class Http1ServerCodec(_Base):
     """
 
     __slots__ = ("_head_method", "_max_header_bytes", "_start")
+
+    _AWAITING = h11.IDLE
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100) -> None:
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
@@ -450,6 +465,8 @@ class Http1ClientCodec(_Base):
     """The upstream side: serialises requests, parses responses."""
 
     __slots__ = ("_informational",)
+
+    _AWAITING = h11.SEND_RESPONSE
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100) -> None:
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)

@@ -720,7 +720,7 @@ class ConnectionManager:
         deadline: float | None = None  # request-headers deadline, once a byte arrived
         try:
             while True:
-                ev = codec.next_event()
+                ev = NEED_DATA if codec.must_read() else codec.next_event()
                 if isinstance(ev, RequestHead):
                     return ev
                 if ev is not NEED_DATA:
