@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from trioproxy.config import DnsDiscovery, Endpoint
-from trioproxy.net.dns import DnsFailure, DnsResolver
 from trioproxy.upstream.eds import EdsError, parse_load_assignment
 from trioproxy.upstream.membership import RefreshSchedule, dns_endpoints
 
 if TYPE_CHECKING:
+    from trioproxy.net.dns import DnsResolver
     from trioproxy.upstream.cluster_manager import ClusterRuntime
 
 __all__ = ["DISCOVERY", "run_dns_discovery", "run_eds_file"]
@@ -45,6 +45,12 @@ __all__ = ["DISCOVERY", "run_dns_discovery", "run_eds_file"]
 log = logging.getLogger("trioproxy.discovery")
 
 Discovery = Callable[..., Awaitable[None]]
+
+
+def _new_resolver(cfg: DnsDiscovery) -> DnsResolver:
+    from trioproxy.net.dns import DnsResolver
+
+    return DnsResolver(cfg.resolvers, timeout=cfg.timeout)
 
 
 async def run_dns_discovery(
@@ -57,10 +63,11 @@ async def run_dns_discovery(
     cfg = cluster.config.dns or DnsDiscovery()  # a hand-built graph may leave it out
     stats = cluster.discovery
     assert stats is not None
-    # (Without resolvers it reads /etc/resolv.conf: off the event loop.)
-    resolver = await trio.to_thread.run_sync(
-        lambda: DnsResolver(cfg.resolvers, timeout=cfg.timeout)
-    )
+    # Off the event loop: importing dnspython (only meshes with DNS clusters
+    # pay its ~4 MiB of RSS) and, without resolvers, reading resolv.conf.
+    resolver = await trio.to_thread.run_sync(_new_resolver, cfg)
+    from trioproxy.net.dns import DnsFailure  # imported by _new_resolver
+
     schedule = RefreshSchedule(cfg, rng)
     targets = cluster.config.endpoints
     logical = cluster.config.type == "logical_dns"
