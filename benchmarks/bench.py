@@ -30,7 +30,9 @@ and getrusage; for w2 the supervisor plus its workers), the front's CPU
 time per request, and the ratios of trioproxy to the others (req/s and
 CPU/req). Then trioproxy's idle RSS per process and its RSS with 1,000
 idle keep-alive connections held open while wrk loads it
-(`--memory-seconds`). Each case is preceded by an
+(`--memory-seconds`), and its RSS while one slow client reads a 1 GiB body
+through a trioproxy of its own (`--slow-reader-mib`, slow_reader.py). Each
+case is preceded by an
 unrecorded warm-up. Before the load every HTTP/1.1 URL is fetched once and
 checked, and the machine's busy figure is printed. `--json` writes the
 figures to benchmarks/results/ with a Markdown table beside them;
@@ -93,6 +95,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
+
+from slow_reader import SlowReadResult, origin, slow_read
 
 __all__ = ["main"]
 
@@ -483,6 +487,9 @@ class Options:
     pin: bool
     # The memory run: seconds at MEMORY_CONNECTIONS open connections (0: none).
     memory_seconds: int = 0
+    # The slow-reader run: MiB of body read at this many MiB/s (0: none).
+    slow_reader_mib: int = 0
+    slow_reader_rate: int = 64
     # Times the whole case plan runs; each case reports its median round.
     rounds: int = 1
 
@@ -1021,6 +1028,23 @@ def memory_run(setup: Setup, opts: Options, load_cpu: int | None, procs: Process
     )
 
 
+def slow_reader_run(
+    tmp: Path, procs: Processes, opts: Options, cpu: int | None, stack: contextlib.ExitStack
+) -> SlowReadResult:
+    """Issue 8 target 4's slow reader: a trioproxy of its own (same mesh) in
+    front of slow_reader.origin's large body; one client reads it at
+    `opts.slow_reader_rate` MiB/s while trioproxy's RSS is sampled."""
+    size = opts.slow_reader_mib * 1024 * 1024
+    port = stack.enter_context(origin(size))
+    front, _, _ = start_proxy(tmp, procs, f"http://127.0.0.1:{port}", cpu, name="slow-reader")
+    result = slow_read(
+        front.base, front.proc.pid, mib=opts.slow_reader_mib, rate=opts.slow_reader_rate
+    )
+    if not result.complete:
+        raise BenchError(f"the slow reader got {result.received:,} of {size:,} bytes")
+    return result
+
+
 def hold_connections(base: str, count: int, stack: contextlib.ExitStack) -> int:
     """Open `count` connections to `base`, send one GET /small on each, read
     each answer, and leave them open (closed when `stack` closes); return how
@@ -1327,6 +1351,16 @@ def render_markdown(doc: dict[str, Any]) -> str:
             f"(sampled each second), {mem['after_mib']} MiB at the end; "
             f"{mem['wrk']['requests_per_sec']:,.0f} req/s."
         )
+    slow = doc.get("slow_reader")
+    if slow and slow["samples_mib"]:
+        low, high = min(slow["samples_mib"]), max(slow["samples_mib"])
+        got = "all of it" if slow["complete"] else f"only {slow['received']:,} bytes"
+        lines.append(
+            f"Slow reader (a separate `--workers 1` trioproxy, same mesh): one client read a "
+            f"{slow['body_mib']} MiB body at {slow['rate_mib_s']} MiB/s ({got}, "
+            f"{slow['seconds']:.1f} s): RSS {slow['before_mib']} MiB before, {low}–{high} MiB "
+            f"while reading ({len(slow['samples_mib'])} samples), {slow['after_mib']} MiB after."
+        )
     for name, why in (doc.get("skipped") or {}).items():
         lines.append(f"Skipped {name}: {why}.")
     return "\n".join(lines) + "\n"
@@ -1389,6 +1423,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help=f"length of the memory run ({MEMORY_CONNECTIONS} connections held open) "
         "(default 20, --quick 3; 0: no memory run)",
+    )
+    p.add_argument(
+        "--slow-reader-mib",
+        type=_non_negative,
+        metavar="N",
+        help="body size of the slow-reader run: one client reads N MiB through trioproxy "
+        "at --slow-reader-rate while its RSS is sampled (default 1024, --quick 32; 0: none)",
+    )
+    p.add_argument(
+        "--slow-reader-rate",
+        type=_positive,
+        default=64,
+        metavar="R",
+        help="the slow reader's pace in MiB/s (64)",
     )
     p.add_argument(
         "--envoy",
@@ -1470,6 +1518,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         memory_seconds=(
             args.memory_seconds if args.memory_seconds is not None else (3 if args.quick else 20)
         ),
+        slow_reader_mib=(
+            args.slow_reader_mib
+            if args.slow_reader_mib is not None
+            else (32 if args.quick else 1024)
+        ),
+        slow_reader_rate=args.slow_reader_rate,
     )
     if shutil.which("wrk") is None:
         print(
@@ -1625,6 +1679,10 @@ def _run(
             if opts.memory_seconds:
                 print("  running the memory run ...", file=sys.stderr, flush=True)
                 memory = memory_run(setup, opts, pinning.load_cpu, procs)
+            slow = None
+            if opts.slow_reader_mib:
+                print("  running the slow-reader run ...", file=sys.stderr, flush=True)
+                slow = slow_reader_run(tmp, procs, opts, front_cpu, stack)
             stats = proxy_stats(admin_base)
         except BenchError as exc:
             print(f"bench: {exc}", file=sys.stderr)
@@ -1633,6 +1691,8 @@ def _run(
     print("trioproxy idle RSS (MiB): " + ", ".join(f"{k} {v}" for k, v in idle.items()))
     if memory is not None:
         print(f"trioproxy memory run: {memory.describe()}")
+    if slow is not None:
+        print(f"trioproxy slow reader: {slow.describe()}")
     if stats:
         cx = stats.get("cluster.origin.upstream_cx_total", 0)
         rq = stats.get("cluster.origin.upstream_rq_total", 0)
@@ -1646,6 +1706,7 @@ def _run(
         info["machine_busy_percent_before"] = round(busy, 1)
         info["idle_rss_mib"] = idle
         info["memory_run"] = None if memory is None else asdict(memory)
+        info["slow_reader"] = None if slow is None else asdict(slow)
         if envoy is not None:
             info["envoy"] = where
         info["trioproxy_stats"] = stats
