@@ -96,7 +96,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from slow_reader import SlowReadResult, origin, slow_read
+from slow_reader import SlowReadResult, origin, rss_mib, slow_read
 
 __all__ = ["main"]
 
@@ -917,16 +917,6 @@ def case_plan(setup: Setup, pinning: Pinning) -> list[tuple[Target, str, int | N
 # open on trioproxy (one worker, the proxied case's process), each after one
 # request, while wrk loads it with its usual connections.
 MEMORY_CONNECTIONS = 1000
-
-
-def rss_mib(pid: int) -> float | None:
-    """Resident set size of a live process in MiB, from /proc; None if gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-    return round(int(match.group(1)) / 1024, 1) if match else None
 
 
 def idle_rss(setup: Setup) -> dict[str, float | None]:

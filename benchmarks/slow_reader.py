@@ -47,6 +47,17 @@ def rss_mib(pid: int) -> float | None:
     return round(int(match.group(1)) / 1024, 1) if match else None
 
 
+def read_head(sock: socket.socket) -> bytes:
+    """Receive until the end of a message head (or EOF); return all of it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = sock.recv(4096)
+        if not more:
+            break
+        data += more
+    return data
+
+
 @contextlib.contextmanager
 def origin(size: int) -> Iterator[int]:
     """A background origin on 127.0.0.1 answering every request with `size`
@@ -57,12 +68,8 @@ def origin(size: int) -> Iterator[int]:
 
     def serve(conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
-            head = b""
-            while b"\r\n\r\n" not in head:
-                data = conn.recv(4096)
-                if not data:
-                    return
-                head += data
+            if b"\r\n\r\n" not in read_head(conn):
+                return
             conn.sendall(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
                 b"content-length: %d\r\n\r\n" % size
@@ -135,13 +142,7 @@ def slow_read(
         # large part of the body on its behalf.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = sock.recv(4096)
-            if not data:
-                break
-            head += data
-        head, _, body = head.partition(b"\r\n\r\n")
+        head, _, body = read_head(sock).partition(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 200"):
             raise RuntimeError(f"slow reader: unexpected answer {head[:200]!r}")
         received = len(body)
