@@ -13,8 +13,10 @@ from typing import Any
 import h11
 import trio
 
+from tests.serving import LoopbackServer
 
-class Collector:
+
+class Collector(LoopbackServer):
     def __init__(self) -> None:
         self.port = 0
         self.status = 202
@@ -25,25 +27,6 @@ class Collector:
         self.close_after_each = False
         self.reports: list[tuple[str, Any]] = []  # (path, parsed JSON body)
         self._changed = trio.Event()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def run(
-        self,
-        network: Any = None,
-        *,
-        task_status: trio.TaskStatus[Collector] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        if network is None:
-            listeners: list[Any] = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            self.port = listeners[0].socket.getsockname()[1]
-        else:
-            listener, (_, self.port) = await network.listen_tcp("127.0.0.1", 0)
-            listeners = [listener]
-        task_status.started(self)
-        await trio.serve_listeners(self._handle, listeners)
 
     def spans(self) -> list[dict[str, Any]]:
         """Every span received: Zipkin objects, or OTLP span objects."""

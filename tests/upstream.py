@@ -26,8 +26,10 @@ from typing import Any
 import h11
 import trio
 
+from tests.serving import LoopbackServer
 
-class Upstream:
+
+class Upstream(LoopbackServer):
     def __init__(self, name: str = "upstream", host: str = "127.0.0.1", port: int = 0) -> None:
         self.name = name
         self.host = host  # any 127.0.0.x works on Linux loopback
@@ -43,26 +45,6 @@ class Upstream:
         self.delay_all = 0.0  # wait this long before answering every request
         # Hanging requests whose connection the proxy closed (a reset try).
         self.abandoned = 0
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    async def run(
-        self,
-        network: Any = None,
-        *,
-        task_status: trio.TaskStatus[Upstream] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve on a real 127.0.0.1 port, or on `network` (a MemoryNetwork)."""
-        if network is None:
-            listeners: list[Any] = await trio.open_tcp_listeners(self.port, host=self.host)
-            self.port = listeners[0].socket.getsockname()[1]
-        else:
-            listener, (_, self.port) = await network.listen_tcp("127.0.0.1", 0)
-            listeners = [listener]
-        task_status.started(self)
-        await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         self.connections += 1

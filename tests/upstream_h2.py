@@ -31,6 +31,8 @@ import h2.exceptions
 import h2.settings
 import trio
 
+from tests.serving import LoopbackServer
+
 
 class _Stream:
     def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
@@ -42,7 +44,7 @@ class _Stream:
         self.window = trio.Event()
 
 
-class UpstreamH2:
+class UpstreamH2(LoopbackServer):
     def __init__(self, name: str = "upstream-h2") -> None:
         self.name = name
         self.requests: list[dict[str, Any]] = []
@@ -52,26 +54,6 @@ class UpstreamH2:
         self.hang_all = False  # never answer any request (until it is reset)
         self.port = 0
         self.max_concurrent_streams = 100
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def run(
-        self,
-        network: Any = None,
-        *,
-        task_status: trio.TaskStatus[UpstreamH2] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve on a real 127.0.0.1 port, or on `network` (a MemoryNetwork)."""
-        if network is None:
-            listeners: list[Any] = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            self.port = listeners[0].socket.getsockname()[1]
-        else:
-            listener, (_, self.port) = await network.listen_tcp("127.0.0.1", 0)
-            listeners = [listener]
-        task_status.started(self)
-        await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         self.connections += 1
