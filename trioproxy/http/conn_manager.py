@@ -597,16 +597,27 @@ class ConnectionManager:
         self.route_table = RouteTable(route_config, self._runtime)
         self.config = attrs.evolve(self.config, route_config=route_config)
 
-    def drain(self) -> None:
+    def drain(self, *, idle_grace: float = 0.0) -> None:
         """Start a graceful drain (no checkpoint): HTTP/1.1 connections idle
         between requests close now, busy ones send `connection: close` with
         their current response; HTTP/2 connections send GOAWAY and close
-        once their streams finish."""
+        once their streams finish.
+
+        Args:
+            idle_grace: keep idle HTTP/1.1 connections open this long (s),
+                answering a request that arrives with `connection: close`.
+                Closing at once races a request already on the wire (reset);
+                a takeover, where a successor serves the reconnect, waits.
+        """
         from trioproxy.http.h2_conn_manager import begin_drain
 
         begin_drain(self)  # sets `draining`
+        deadline = trio.current_time() + idle_grace
         for scope in list(self._idle_waits):
-            scope.cancel()
+            if idle_grace > 0:
+                scope.deadline = min(scope.deadline, deadline)
+            else:
+                scope.cancel()
 
     # ------------------------------------------------------------------ connection
 
