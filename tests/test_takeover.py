@@ -11,8 +11,10 @@ it. Connections the kernel queued on the old socket are accepted before it
 closes (without that, this test sees resets in 2 runs out of 3).
 
 Also: --takeover with nothing running serves normally; an invalid new mesh
-or a wrong admin token exits 1 and leaves the old process serving. Run with
--s for the figures.
+or a wrong admin token exits 1 and leaves the old process serving. In
+process: a drain serves the connections queued on the socket; a handover
+gives idle HTTP/1.1 connections a grace (MockClock). Run with -s for the
+figures.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -30,7 +33,10 @@ import h2.events
 import httpx
 import pytest
 import trio
+import trio.testing
 
+from tests.conftest import cluster, route_to, simple_mesh, start_upstream
+from tests.memnet import MemoryNetwork, RawClient
 from tests.test_cli import (
     assert_no_traceback,
     free_ports,
@@ -39,6 +45,7 @@ from tests.test_cli import (
     serving,
     write_mesh,
 )
+from trioproxy.runtime.server import HANDOVER_IDLE_GRACE, Server
 
 TOKEN = "takeover-test-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -404,3 +411,64 @@ def test_takeover_bad_address_is_a_usage_error(tmp_path: Path) -> None:
     r = run_cli("serve", str(mesh), "--takeover", "nope", timeout=BOUND)
     assert r.returncode == 2
     assert "bad --takeover address 'nope'" in r.stderr
+
+
+# ---------------------------------------------------------------- in process
+
+
+async def test_drain_takes_the_connections_queued_on_the_socket() -> None:
+    """Connections the kernel completed into the listening socket's accept
+    queue before a drain are served (told to close), not reset."""
+    async with trio.open_nursery() as n:
+        up = await start_upstream(n, "up")
+        server = Server(simple_mesh([route_to("svc")], [cluster("svc", up)]))
+        await n.start(server.run)
+        port = server.listener_address("ingress").port
+        # Blocking connects with no checkpoint in between: the kernel queues
+        # them on the socket and the server has accepted none of them.
+        socks = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET / HTTP/1.1\r\nhost: example.com\r\n\r\n")
+            socks.append(s)
+        server.drain_listeners()  # no checkpoint: the accept loop is cancelled
+        for s in socks:
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(s))
+            data = b""
+            with trio.fail_after(10):
+                while chunk := await stream.receive_some(65536):
+                    data += chunk
+            assert data.startswith(b"HTTP/1.1 200"), data
+            assert b"\r\nconnection: close\r\n" in data.lower()
+            await stream.aclose()
+        cx = server.stats.counters["listener.127.0.0.1_0.downstream_cx_total"].value
+        assert cx == 3
+        n.cancel_scope.cancel()
+
+
+async def test_handover_gives_idle_http1_connections_a_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """On a takeover, an idle keep-alive connection is not closed under a
+    request on its way: one arriving within HANDOVER_IDLE_GRACE is answered
+    with `connection: close`; one that stays idle is closed at its end."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as n:
+        up = await start_upstream(n, "up", network=net)
+        server = Server(simple_mesh([route_to("svc")], [cluster("svc", up)]), network=net)
+        await n.start(server.run)
+        port = server.listener_address("ingress").port
+        late = await RawClient.connect(net, port)
+        assert (await late.request()).status == 200
+        idle = await RawClient.connect(net, port)
+        assert (await idle.request()).status == 200
+        started = trio.current_time()
+        server.hand_over()
+        await trio.sleep(1)
+        r = await late.request()
+        assert r.status == 200
+        assert r.headers["connection"] == "close"
+        assert await late.closed_by_peer()
+        assert await idle.closed_by_peer()
+        assert HANDOVER_IDLE_GRACE <= trio.current_time() - started < HANDOVER_IDLE_GRACE + 1
+        n.cancel_scope.cancel()
