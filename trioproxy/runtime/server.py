@@ -88,6 +88,10 @@ _ACCEPT_BACKOFF = 0.1
 # for a request already on its way (answered with `connection: close`): the
 # HTTP/2 drain notice, which is Envoy's drain_timeout default (5 s).
 HANDOVER_IDLE_GRACE = 5.0
+# On a takeover, connections are told to close this long after the old
+# listening sockets stopped accepting (every worker gets the drain within a
+# few milliseconds of the others).
+HANDOVER_CLOSE_DELAY = 0.5
 
 
 class ChainRuntime:
@@ -230,9 +234,23 @@ class Server:
         self.state = "DRAINING"
         for lr in self.listeners.values():
             lr.accept_scope.cancel()
+        if idle_grace > 0 and self._nursery is not None:
+            # A handover: tell clients to go (connection: close, GOAWAY) only
+            # once every old listening socket (in every worker) is closed, or
+            # their reconnects land in a queue that is about to be reset.
+            self._nursery.start_soon(self._drain_connections_later, idle_grace)
+        else:
+            self._drain_connections(idle_grace)
+        self._check_drained()
+
+    def _drain_connections(self, idle_grace: float) -> None:
+        for lr in self.listeners.values():
             for hcm in lr.hcms:
                 hcm.drain(idle_grace=idle_grace)
-        self._check_drained()
+
+    async def _drain_connections_later(self, idle_grace: float) -> None:
+        await trio.sleep(HANDOVER_CLOSE_DELAY)
+        self._drain_connections(idle_grace)
 
     def hand_over(self) -> None:
         """Another trioproxy has bound our listeners beside ours (SO_REUSEPORT)
