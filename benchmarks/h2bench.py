@@ -33,7 +33,6 @@ CPU 0.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import signal
 import subprocess
@@ -46,6 +45,7 @@ from pathlib import Path
 from bench import (
     BODIES,
     BenchError,
+    H2loadResult,
     Pinning,
     Processes,
     _nginx_version,
@@ -54,6 +54,7 @@ from bench import (
     cpu_seconds,
     free_port,
     http_get,
+    parse_h2load,
     processes,
     wait_until_ok,
 )
@@ -116,61 +117,8 @@ MESH = mesh(
 # --------------------------------------------------------------------------- h2load
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class H2loadResult:
-    """The figures of one h2load summary."""
-
-    total: int
-    done: int
-    succeeded: int
-    failed: int
-    errored: int
-    timeout: int
-    status: dict[str, int]
-    requests_per_sec: float
-    mean_ms: float
-
-    @property
-    def errors(self) -> int:
-        """Requests that did not end in a 2xx (h2load's failed includes errored)."""
-        return self.total - self.status.get("2xx", 0)
-
-
-def parse_h2load(output: str) -> H2loadResult:
-    """Parse h2load's report.
-
-    Raises:
-        BenchError: the report has no summary (h2load failed to connect).
-    """
-    m = re.search(
-        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
-        r"(\d+) failed, (\d+) errored, (\d+) timeout",
-        output,
-    )
-    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output)
-    rps = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", output)
-    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", output)
-    if not (m and codes and rps):
-        raise BenchError(f"cannot parse h2load's report:\n{output}")
-    total, _started, done, ok, failed, errored, timeout = (int(g) for g in m.groups())
-    return H2loadResult(
-        total=total,
-        done=done,
-        succeeded=ok,
-        failed=failed,
-        errored=errored,
-        timeout=timeout,
-        status={f"{k}xx": int(v) for k, v in zip("2345", codes.groups(), strict=True)},
-        requests_per_sec=float(rps.group(3)),
-        mean_ms=_duration_ms(mean.group(1)) if mean else 0.0,
-    )
-
-
-def _duration_ms(text: str) -> float:
-    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * factor
-    return float(text)
+# H2loadResult and parse_h2load live in bench.py, which also runs h2load
+# (its h2 cases against benchmarks/mesh.py); imported above.
 
 
 # --------------------------------------------------------------------------- setup

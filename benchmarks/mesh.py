@@ -7,18 +7,37 @@
   127.0.0.1:$BENCH_BACKEND_PORT (default 28080), access log to a file, stats on;
 - an h2c-capable listener (codec "auto") on 127.0.0.1:$BENCH_H2_LISTEN_PORT
   (default 28190) to the same origin;
+- when $BENCH_H2_UPSTREAM_PORT is set (an h2c origin there), a third
+  listener on 127.0.0.1:$BENCH_H2H2_LISTEN_PORT (default 28191) to a
+  cluster of that origin over HTTP/2 (h2 -> h2);
 - admin on 127.0.0.1:$BENCH_ADMIN_PORT (default 28901), whose /ready and
   /stats the harness reads.
 
 The access log goes to $BENCH_ACCESS_LOG (default: bench-access.log in the
 system's temporary directory). The ports and the path are read here, from
 the environment, so any harness can drive the same mesh.
+
+Observability switches, so a harness can measure what each costs (bench.py
+runs each as a variant of the proxied case, see its VARIANTS):
+
+- BENCH_ACCESS_LOG=off: no access log on either listener (stats stay on;
+  the stats store has no off switch);
+- BENCH_STATSD=on: also flush stats every 5 s to a StatsD sink at
+  127.0.0.1:$BENCH_STATSD_PORT (default 8125);
+- BENCH_TRACING=on: trace every request (100 % sampling, B3 and W3C
+  propagation) and export Zipkin v2 JSON to 127.0.0.1:$BENCH_ZIPKIN_PORT
+  (default 9411). With no collector there, every span is still built,
+  sampled and encoded, and the reports fail (counted) off the request path.
+
+A new switch is one more `if` in `_http()` below and one line in
+bench.py's VARIANTS.
 """
 
 import os
 import tempfile
+from typing import Literal
 
-from trioproxy.dsl import admin, cluster, http, listener, mesh, prefix
+from trioproxy.dsl import HttpBuilder, admin, cluster, http, listener, mesh, prefix, statsd
 
 
 def _port(name: str, default: int) -> int:
@@ -33,14 +52,43 @@ ACCESS_LOG = os.environ.get(
     "BENCH_ACCESS_LOG", os.path.join(tempfile.gettempdir(), "bench-access.log")
 )
 
+STATSD = os.environ.get("BENCH_STATSD") == "on"
+STATSD_PORT = _port("BENCH_STATSD_PORT", 8125)
+
+TRACING = os.environ.get("BENCH_TRACING") == "on"
+ZIPKIN_PORT = _port("BENCH_ZIPKIN_PORT", 9411)
+
+
+def _http(stat_prefix: str, codec: Literal["http1", "auto"]) -> HttpBuilder:
+    """The HTTP chain of a listener, with the observability switched on."""
+    chain = http(stat_prefix=stat_prefix, codec=codec)
+    if ACCESS_LOG != "off":
+        chain = chain.access_log(ACCESS_LOG)
+    if TRACING:
+        chain = chain.tracing(
+            "zipkin", f"127.0.0.1:{ZIPKIN_PORT}", propagation=["b3", "w3c"], random_sampling=100
+        )
+    return chain
+
+
 origin = cluster("origin", f"127.0.0.1:{BACKEND_PORT}", lb="round_robin")
 
 MESH = mesh(
     listener("bench", f"127.0.0.1:{LISTEN_PORT}")
-    .chain(http(stat_prefix="bench", codec="http1").access_log(ACCESS_LOG))
+    .chain(_http("bench", "http1"))
     .route(prefix("/"), origin),
     listener("bench_h2", f"127.0.0.1:{H2_LISTEN_PORT}")
-    .chain(http(stat_prefix="bench_h2", codec="auto").access_log(ACCESS_LOG))
+    .chain(_http("bench_h2", "auto"))
     .route(prefix("/"), origin),
     admin(f"127.0.0.1:{ADMIN_PORT}"),
 )
+H2_UPSTREAM_PORT = os.environ.get("BENCH_H2_UPSTREAM_PORT")
+if H2_UPSTREAM_PORT:
+    origin_h2 = cluster("origin_h2", f"127.0.0.1:{H2_UPSTREAM_PORT}", lb="round_robin").http2()
+    MESH = MESH.add(
+        listener("bench_h2h2", f"127.0.0.1:{_port('BENCH_H2H2_LISTEN_PORT', 28191)}")
+        .chain(_http("bench_h2h2", "auto"))
+        .route(prefix("/"), origin_h2)
+    )
+if STATSD:
+    MESH = MESH.add(statsd(f"127.0.0.1:{STATSD_PORT}"))

@@ -26,8 +26,10 @@ from trioproxy.config.graph import (
     AccessLogFilter,
     AndFilter,
     ClientCertDetail,
+    ClusterType,
     CodecType,
     ComparisonOp,
+    DnsLookupFamily,
     DurationFilter,
     ForwardClientCertDetails,
     LbPolicy,
@@ -289,6 +291,11 @@ class ClusterBuilder:
     _outlier: Given[dict[str, object]] | None = None
     _health_check: Given[dict[str, object]] | None = None
     _breakers: Given[dict[str, object]] | None = None
+    # Discovery: the `type=` given (None: static, or eds with `.eds_file()`),
+    # the DNS options given to `cluster()`, the `.eds_file()` call.
+    _type: Given[object] | None = None
+    _dns: Given[dict[str, object]] | None = None
+    _eds: Given[dict[str, object]] | None = None
     _location: Location | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
@@ -572,29 +579,70 @@ class ClusterBuilder:
         )
         return attrs.evolve(self, tls=Given(spec, spec.location))
 
+    def eds_file(self, path: str, *, watch_interval: Duration = 1.0) -> ClusterBuilder:
+        """Take the endpoints from an Envoy ClusterLoadAssignment file (JSON,
+        or YAML for .yaml/.yml; Envoy's filesystem EDS), re-read whenever it
+        changes (checked every `watch_interval`); a malformed file is
+        rejected and the last good endpoints stay. The cluster's type is
+        then "eds" and it lists no endpoints of its own. A relative path is
+        relative to the mesh file."""
+        options: dict[str, object] = {"path": path, "watch_interval": watch_interval}
+        return attrs.evolve(self, eds=Given(options, caller_location()))
+
 
 def cluster(
     name: str,
     *endpoints: str | EndpointBuilder,
     lb: LbPolicy = "round_robin",
     connect_timeout: Duration = 5.0,
+    type: ClusterType | None = None,
+    dns_refresh_rate: Duration | None = None,
+    dns_failure_refresh_rate: Duration | tuple[Duration, Duration] | None = None,
+    respect_dns_ttl: bool | None = None,
+    dns_lookup_family: DnsLookupFamily | None = None,
+    dns_resolvers: Sequence[str] | None = None,
 ) -> ClusterBuilder:
     """A cluster of upstream endpoints ("host:port" strings or `endpoint()`s).
 
     `lb` is "round_robin", "least_request", "random", "ring_hash" or
     "maglev" (options with `.lb(...)`); `connect_timeout` defaults to
     Envoy's 5 s.
+
+    `type` is Envoy's discovery type: "static" (the default; endpoints are
+    IP addresses), "strict_dns" (every address each endpoint's name resolves
+    to is a host), "logical_dns" (one endpoint; new connections go to the
+    first address it resolves to) or "eds" (see `.eds_file()`). DNS options,
+    with Envoy's names and defaults: `dns_refresh_rate` (5 s),
+    `dns_failure_refresh_rate` (a base, or (base, max), for a jittered
+    exponential back-off after failed lookups; default: the refresh rate),
+    `respect_dns_ttl` (False: True refreshes after the records' TTL),
+    `dns_lookup_family` ("AUTO": IPv6 then IPv4, "V4_ONLY", "V6_ONLY",
+    "V4_PREFERRED", "ALL") and `dns_resolvers` (nameservers "ip:port";
+    default: the system's).
     """
     here = caller_location()
     eps = tuple(
         EndpointBuilder(address=ep, location=here) if isinstance(ep, str) else ep
         for ep in endpoints
     )
+    dns_given: dict[str, object] = {
+        k: v
+        for k, v in (
+            ("dns_refresh_rate", dns_refresh_rate),
+            ("dns_failure_refresh_rate", dns_failure_refresh_rate),
+            ("respect_dns_ttl", respect_dns_ttl),
+            ("dns_lookup_family", dns_lookup_family),
+            ("dns_resolvers", dns_resolvers),
+        )
+        if v is not None
+    }
     return ClusterBuilder(
         name=name,
         endpoints=eps,
         lb=Given(lb, here),
         connect_timeout=Given(connect_timeout, here),
+        type=None if type is None else Given(type, here),
+        dns=Given(dns_given, here) if dns_given else None,
         location=here,
     )
 
@@ -928,6 +976,16 @@ class AccessLogSpec:
 
 
 @attrs.frozen(kw_only=True)
+class TracingSpec:
+    """An `http(...).tracing(...)` call, raw."""
+
+    provider: object
+    collector: object
+    options: tuple[tuple[str, object], ...] = ()
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
 class HealthCheckFilterSpec:
     """An `http(...).health_check(...)` call, raw."""
 
@@ -950,6 +1008,8 @@ class HttpBuilder:
     _max_request_headers_kb: object = 60
     _max_headers_count: object = 100
     _generate_request_id: object = True
+    _preserve_external_request_id: object = False
+    _tracing: TracingSpec | None = None
     _use_remote_address: object = True
     _allow_connect: object = False
     _forward_client_cert: object = "sanitize_set"
@@ -1015,6 +1075,57 @@ class HttpBuilder:
             location=caller_location(),
         )
         return attrs.evolve(self, access_logs=(*self._access_logs, spec))
+
+    def tracing(
+        self,
+        provider: str = "zipkin",
+        collector: str | ClusterBuilder = "127.0.0.1:9411",
+        *,
+        service_name: str = "trioproxy",
+        collector_path: str | None = None,
+        random_sampling: float = 100.0,
+        client_sampling: float = 100.0,
+        overall_sampling: float = 100.0,
+        propagation: str | Sequence[str] | None = None,
+        shared_span_context: bool = True,
+        max_queue_spans: int = 4096,
+        min_flush_spans: int = 5,
+        flush_interval: Duration = 5.0,
+        collector_timeout: Duration = 5.0,
+        operation_name: str = "ingress",
+    ) -> HttpBuilder:
+        """Trace requests (Envoy's HCM `tracing`) and report spans to a
+        collector: `collector` is a cluster (`cluster(...)` or its name, as
+        Envoy's `collector_cluster`) or an address "ip:port".
+
+        `provider` is "zipkin" (Zipkin v2 JSON to `/api/v2/spans`, B3
+        headers) or "opentelemetry" (OTLP/HTTP JSON to `/v1/traces`, W3C
+        `traceparent`). `propagation` overrides the header formats, any of
+        "w3c", "b3", "b3-single" (read in that order, all written).
+        Sampling values are percentages (Envoy's, all 100 by default):
+        `random_sampling`, `client_sampling` (requests with
+        `x-client-trace-id`) and `overall_sampling`. Spans are sent in
+        batches every `flush_interval` or at `min_flush_spans`; at most
+        `max_queue_spans` wait, more are dropped and counted.
+        """
+        options = (
+            ("service_name", service_name),
+            ("collector_path", collector_path),
+            ("random_sampling", random_sampling),
+            ("client_sampling", client_sampling),
+            ("overall_sampling", overall_sampling),
+            ("propagation", propagation),
+            ("shared_span_context", shared_span_context),
+            ("max_queue_spans", max_queue_spans),
+            ("min_flush_spans", min_flush_spans),
+            ("flush_interval", flush_interval),
+            ("collector_timeout", collector_timeout),
+            ("operation_name", operation_name),
+        )
+        spec = TracingSpec(
+            provider=provider, collector=collector, options=options, location=caller_location()
+        )
+        return attrs.evolve(self, tracing=spec)
 
     def filter(self, cfg: HttpFilterConfig) -> HttpBuilder:
         """Append an HTTP filter (its config object); filters run in order."""
@@ -1087,6 +1198,7 @@ def http(
     max_request_headers_kb: int = 60,
     max_headers_count: int = 100,
     generate_request_id: bool = True,
+    preserve_external_request_id: bool = False,
     use_remote_address: bool = True,
     allow_connect: bool = False,
     forward_client_cert: ForwardClientCertDetails = "sanitize_set",
@@ -1106,6 +1218,10 @@ def http(
     picks from "subject", "cert", "chain", "dns", "uri" (Hash and By are
     always included).
 
+    `generate_request_id` adds an `x-request-id` (a UUID4) to requests
+    without one; an external client's (not from loopback or a private
+    address) is replaced unless `preserve_external_request_id`, as in Envoy.
+
     `allow_connect` accepts WebSocket over HTTP/2 (RFC 8441 extended
     CONNECT), bridged to an HTTP/1.1 upgrade towards the upstream.
     """
@@ -1120,6 +1236,7 @@ def http(
         max_request_headers_kb=max_request_headers_kb,
         max_headers_count=max_headers_count,
         generate_request_id=generate_request_id,
+        preserve_external_request_id=preserve_external_request_id,
         use_remote_address=use_remote_address,
         allow_connect=allow_connect,
         forward_client_cert=forward_client_cert,

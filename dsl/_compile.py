@@ -118,6 +118,7 @@ from ._builders import (
     VhostBuilder,
     WeightedBuilder,
 )
+from ._compile_discovery import discovery_options
 from ._compile_http2 import http2_limit_options
 from ._compile_tls import (
     apply_chain_options,
@@ -127,6 +128,7 @@ from ._compile_tls import (
     upstream_tls,
     xfcc_options,
 )
+from ._compile_tracing import tracing_config
 from ._errors import MeshError, MeshIssue
 from ._tls_builders import TcpProxyBuilder
 from ._values import (
@@ -223,6 +225,9 @@ def _walk_clusters(items: Iterable[object]) -> Iterator[ClusterBuilder]:
                     continue
                 if not isinstance(chain.value, HttpBuilder):
                     continue
+                tracing = chain.value._tracing
+                if tracing is not None and isinstance(tracing.collector, ClusterBuilder):
+                    yield tracing.collector
                 for vh in chain.value._vhosts:
                     if not isinstance(vh.value, VhostBuilder):
                         continue
@@ -480,8 +485,10 @@ class _Compiler:
                 f"cluster {name!r}: auto_http() picks the protocol by TLS ALPN,"
                 " so it needs .tls(...)",
             )
+        discovery = discovery_options(self, cb, name, endpoints)
         return Cluster(
             name=name,
+            **discovery,  # type: ignore[arg-type]
             endpoints=tuple(endpoints),
             lb_policy=lb,
             healthy_panic_threshold=panic,
@@ -868,6 +875,10 @@ class _Compiler:
             ),
             server_name=self.text(hb._server_name, "server_name", loc),
             generate_request_id=self.flag(hb._generate_request_id, "generate_request_id", loc),
+            preserve_external_request_id=self.flag(
+                hb._preserve_external_request_id, "preserve_external_request_id", loc
+            ),
+            tracing=None if hb._tracing is None else tracing_config(self, hb._tracing),
             use_remote_address=self.flag(hb._use_remote_address, "use_remote_address", loc),
             allow_connect=self.flag(hb._allow_connect, "allow_connect", loc),
             request_headers_timeout=self.duration(

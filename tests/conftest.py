@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import pytest
 import trio
@@ -36,6 +37,16 @@ from trioproxy.config import (
 from trioproxy.runtime.server import Server
 
 IN_CI = os.environ.get("CI") == "true"
+
+
+def poll_until(cond: Callable[[], object], what: str, timeout: float = 20) -> None:
+    """Wait for a condition on another process (a subprocess's file, port or
+    admin stat), which gives nothing to await: poll it, fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def require_tool(name: str) -> str:

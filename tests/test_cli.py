@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import require_tool
+from tests.conftest import poll_until, require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 GREETING = "Hello from behind trioproxy (service 1)! hostname: "
@@ -585,12 +585,12 @@ def test_serve_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
 
 def _wait_for_text(path: Path, text: str) -> str:
     """Poll `path` (written by the subprocess's flusher) until it has `text`."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text():
-            return path.read_text()
-        time.sleep(0.05)  # polling a subprocess: nothing to await
-    pytest.fail(f"{path} never contained {text!r}")
+    poll_until(
+        lambda: path.exists() and text in path.read_text(),
+        f"{text!r} in {path}",
+        timeout=START_TIMEOUT,
+    )
+    return path.read_text()
 
 
 def test_serve_sigusr1_reopens_access_log_files(tmp_path: Path) -> None:

@@ -184,10 +184,15 @@ def test_jsonable_clusters() -> None:
     api, canary = data["clusters"]
     assert api == {
         "name": "api",
+        "type": "static",
         "endpoints": [
-            {"address": {"host": "127.0.0.1", "port": 8081}, "weight": 1, "priority": 0},
-            {"address": {"host": "api.internal", "port": 80}, "weight": 3, "priority": 0},
+            {"address": {"host": "127.0.0.1", "port": 8081}, "weight": 1, "priority": 0}
+            | {"health_status": "UNKNOWN", "hostname": ""},
+            {"address": {"host": "api.internal", "port": 80}, "weight": 3, "priority": 0}
+            | {"health_status": "UNKNOWN", "hostname": ""},
         ],
+        "dns": None,
+        "eds_file": None,
         "lb_policy": "least_request",
         "protocol": "http1",
         "connect_timeout": 5.0,

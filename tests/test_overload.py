@@ -23,7 +23,7 @@ import trio
 import trio.testing
 from trioproxy.dsl import direct_response, listener, mesh, overload, prefix
 
-from tests.conftest import counter, gauge, start_proxy
+from tests.conftest import counter, gauge, poll_until, start_proxy
 from tests.memnet import MemoryNetwork, RawClient
 from tests.test_cli import REPO
 from trioproxy.runtime.server import Server
@@ -208,10 +208,7 @@ def test_accept_loop_survives_emfile(tmp_path: Path) -> None:
         held = []
         for _ in range(100):
             held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-        deadline = time.monotonic() + 10
-        while "EMFILE" not in err.read_text():
-            assert time.monotonic() < deadline, err.read_text()
-            time.sleep(0.05)
+        poll_until(lambda: "EMFILE" in err.read_text(), "EMFILE in the log", timeout=10)
         assert proc.poll() is None  # still running
         for s in held:
             s.close()
@@ -222,7 +219,7 @@ def test_accept_loop_survives_emfile(tmp_path: Path) -> None:
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline
-                time.sleep(0.1)
+                time.sleep(0.1)  # polling a subprocess: nothing to await
         assert r.status_code == 200 and r.text == "ok"
         assert "retrying in" in err.read_text()
     finally:

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import attrs
@@ -15,7 +14,15 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import cluster, counter, proxy_url, route_to, simple_mesh, start_upstream
+from tests.conftest import (
+    cluster,
+    counter,
+    poll_until,
+    proxy_url,
+    route_to,
+    simple_mesh,
+    start_upstream,
+)
 from tests.test_cli import REPO, free_ports, front_proxy, serving
 from trioproxy.config import Mesh, SocketAddress
 from trioproxy.config.diff import diff_meshes
@@ -157,10 +164,7 @@ def _stat(admin: int, name: str) -> int:
 
 
 def _wait_stat(admin: int, name: str, value: int) -> None:
-    deadline = time.monotonic() + 15
-    while _stat(admin, name) != value:
-        assert time.monotonic() < deadline, f"{name} never reached {value}"
-        time.sleep(0.05)  # polling a subprocess
+    poll_until(lambda: _stat(admin, name) == value, f"{name} to reach {value}", timeout=15)
 
 
 def test_serve_reloads_on_file_change_sighup_and_post(tmp_path: Path) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.conftest import poll_until
 from tests.test_cli import free_ports, front_proxy, serving, write_mesh
 
 
@@ -39,20 +39,12 @@ def _worker_pids(supervisor: int) -> list[int]:
     return pids
 
 
-def _until(cond: object, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)  # polling subprocesses
-
-
 def test_workers_spread_restart_reload_and_drain(tmp_path: Path) -> None:
     port, admin, s1, s2 = free_ports(4)
     mesh = front_proxy(tmp_path, listener=port, admin=admin, s1=s1, s2=s2)
     with serving(tmp_path, str(mesh), "--workers", "2") as proxy:
         proxy.wait_ready(admin)
-        _until(lambda: len(_worker_pids(proxy.proc.pid)) == 2, "2 workers")
+        poll_until(lambda: len(_worker_pids(proxy.proc.pid)) == 2, "2 workers")
         info = httpx.get(f"http://127.0.0.1:{admin}/server_info", timeout=10).json()
         assert info["command_line_options"]["concurrency"] == 2
         # New connections spread over both workers (SO_REUSEPORT).
@@ -65,7 +57,7 @@ def test_workers_spread_restart_reload_and_drain(tmp_path: Path) -> None:
             per = _stats(admin, "per_worker")
             return all(int(per.get(f"worker_{i}.{name}", "0")) > 0 for i in (0, 1))
 
-        _until(both_served, "both workers to serve", timeout=30)
+        poll_until(both_served, "both workers to serve", timeout=30)
         per = _stats(admin, "per_worker")
         merged = _stats(admin)
         assert int(merged[name]) == int(per[f"worker_0.{name}"]) + int(per[f"worker_1.{name}"])
@@ -83,8 +75,8 @@ def test_workers_spread_restart_reload_and_drain(tmp_path: Path) -> None:
         # A killed worker is restarted and counted.
         victim = _worker_pids(proxy.proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
-        _until(lambda: _stats(admin).get("server.worker_restarts") == "1", "a restart")
-        _until(lambda: len(_worker_pids(proxy.proc.pid)) == 2, "2 workers again")
+        poll_until(lambda: _stats(admin).get("server.worker_restarts") == "1", "a restart")
+        poll_until(lambda: len(_worker_pids(proxy.proc.pid)) == 2, "2 workers again")
         assert victim not in _worker_pids(proxy.proc.pid)
         assert httpx.get(f"http://127.0.0.1:{port}/service/2", timeout=10).status_code == 200
         # SIGTERM drains every worker; the supervisor exits 0.

@@ -28,9 +28,10 @@ import trio
 
 
 class Upstream:
-    def __init__(self, name: str = "upstream") -> None:
+    def __init__(self, name: str = "upstream", host: str = "127.0.0.1", port: int = 0) -> None:
         self.name = name
-        self.port = 0
+        self.host = host  # any 127.0.0.x works on Linux loopback
+        self.port = port
         self.requests: list[dict[str, Any]] = []
         self.connections = 0
         self.active_connections = 0
@@ -45,7 +46,7 @@ class Upstream:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     async def run(
         self,
@@ -55,7 +56,7 @@ class Upstream:
     ) -> None:
         """Serve on a real 127.0.0.1 port, or on `network` (a MemoryNetwork)."""
         if network is None:
-            listeners: list[Any] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            listeners: list[Any] = await trio.open_tcp_listeners(self.port, host=self.host)
             self.port = listeners[0].socket.getsockname()[1]
         else:
             listener, (_, self.port) = await network.listen_tcp("127.0.0.1", 0)

@@ -16,7 +16,9 @@ Rules of this file:
 
 from __future__ import annotations
 
-from typing import Final
+import inspect
+import re
+from typing import ClassVar, Final
 
 import h11
 
@@ -125,6 +127,53 @@ REASONS: Final = {
 
 Event = RequestHead | ResponseHead | bytes | EndOfMessage | _Sentinel
 
+# h11 checks each outgoing header name and value with its own regex call
+# (`h11._headers.normalize_and_validate`), the largest single item of its send
+# path. The same grammar checked once over all names and once over all values,
+# joined by a newline (which neither grammar admits, so a joined list with no
+# newline of its own matches exactly when every item does), costs a fraction;
+# the event is then built with `_parsed=True`, which skips only those per-item
+# checks (the framing checks, the Host rule and the method/target checks still run). A list that
+# fails, or holds anything but bytes, takes h11's own path, so the error
+# raised is h11's, as before.
+_TOKEN: Final = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"  # h11._abnf.field_name
+_FIELD_CONTENT: Final = rb"[^\x00\s]+(?:[ \t]+[^\x00\s]+)*"  # h11._abnf.field_content
+_NAMES: Final = re.compile(_TOKEN + rb"(?:\n" + _TOKEN + rb")*")
+_VALUES: Final = re.compile(rb"(?:" + _FIELD_CONTENT + rb")?(?:\n(?:" + _FIELD_CONTENT + rb")?)*")
+
+# `_parsed` is private to h11 (0.16): fail on import, not on every request, if
+# a release drops it (h11_strict guards its own private names the same way).
+for _event in (h11.Request, h11.Response):
+    if "_parsed" not in inspect.signature(_event).parameters:
+        raise ImportError(
+            f"h11 {getattr(h11, '__version__', '?')}: {_event.__name__} takes no _parsed; "
+            "trioproxy.codec.http1 must be updated for this h11"
+        )
+
+
+def _valid_headers(headers: Headers) -> bool:
+    """True if h11 would accept every name and value of `headers` as they are."""
+    if not headers:
+        return True
+    names: list[bytes] = []
+    values: list[bytes] = []
+    for k, v in headers:
+        if type(k) is not bytes or type(v) is not bytes:
+            return False  # h11 converts it (or says why not)
+        names.append(k)
+        values.append(v)
+    joined_names = b"\n".join(names)
+    joined_values = b"\n".join(values)
+    # A newline inside an item would split it into two that each match.
+    seps = len(headers) - 1
+    return (
+        joined_names.count(b"\n") == seps
+        and joined_values.count(b"\n") == seps
+        and _NAMES.fullmatch(joined_names) is not None
+        and _VALUES.fullmatch(joined_values) is not None
+    )
+
+
 # The peer's end of stream, as seen by `_Base` (see its docstring).
 _OPEN, _EOF_PENDING, _EOF_FED, _EOF_BROKEN = range(4)
 _CONNECTION_CLOSED: Final = h11.ConnectionClosed()
@@ -185,6 +234,19 @@ class _Base:
             return False
         return True
 
+    # The peer's state in which a message of theirs starts (see `must_read`).
+    _AWAITING: ClassVar[object]
+
+    def must_read(self) -> bool:
+        """`next_event()` would return `NEED_DATA` now: the peer's next
+        message has not started, no byte of it is buffered and their side is
+        open. A shortcut for the common keep-alive case, where asking h11
+        costs a parse attempt."""
+        conn = self._conn
+        return (
+            self._eof == _OPEN and conn.their_state is self._AWAITING and not conn.trailing_data[0]
+        )
+
     def _next(self) -> object:
         if self._eof == _EOF_BROKEN:
             return _CONNECTION_CLOSED
@@ -234,6 +296,8 @@ class Http1ServerCodec(_Base):
     """
 
     __slots__ = ("_head_method", "_max_header_bytes", "_start")
+
+    _AWAITING = h11.IDLE
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100) -> None:
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
@@ -375,6 +439,7 @@ class Http1ServerCodec(_Base):
                         headers=head.headers,
                         # Like Envoy, write the standard phrase, not the upstream's.
                         reason=REASONS.get(head.status, b""),
+                        _parsed=type(head.status) is int and _valid_headers(head.headers),
                     )
                 )
                 or b""
@@ -401,6 +466,8 @@ class Http1ClientCodec(_Base):
 
     __slots__ = ("_informational",)
 
+    _AWAITING = h11.SEND_RESPONSE
+
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100) -> None:
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
         self._eof = _OPEN
@@ -424,7 +491,16 @@ class Http1ClientCodec(_Base):
             headers.append((b"transfer-encoding", b"chunked"))
         try:
             data = (
-                self._conn.send(h11.Request(method=head.method, target=head.path, headers=headers))
+                self._conn.send(
+                    h11.Request(
+                        method=head.method,
+                        target=head.path,
+                        headers=headers,
+                        _parsed=type(head.method) is bytes
+                        and type(head.path) is bytes
+                        and _valid_headers(headers),
+                    )
+                )
                 or b""
             )
             if not body:

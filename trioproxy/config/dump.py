@@ -204,6 +204,13 @@ def _hcm(hcm: HttpConnectionManager, ind: str) -> list[str]:
     ]
     for log in hcm.access_logs:
         lines.append(f"{ind}  access_log {log.path}")
+    t = hcm.tracing
+    if t is not None:
+        lines.append(
+            f"{ind}  tracing {t.provider} -> {t.collector or 'cluster ' + str(t.collector_cluster)}"
+            f"{t.collector_path}"
+            f" propagation={','.join(t.propagation)} random_sampling={t.random_sampling:g}%"
+        )
     for flt in hcm.http_filters:
         lines.append(f"{ind}  filter {_describe(flt)}")
     for vh in hcm.route_config.virtual_hosts:
@@ -311,6 +318,22 @@ def _cluster(c: Cluster, ind: str) -> list[str]:
         f"{ind}cluster {c.name} lb={c.lb_policy}{_lb_extra(c)}"
         f" connect_timeout={_seconds(c.connect_timeout)}"
     ]
+    if c.dns is not None:
+        d = c.dns
+        failure = (
+            f" failure_refresh={_seconds(d.failure_refresh_base)}"
+            if d.failure_refresh_base is not None
+            else ""
+        )
+        resolvers = ",".join(str(r) for r in d.resolvers) or "system"
+        lines.append(
+            f"{ind}  {c.type} refresh={_seconds(d.refresh_rate)}{failure}"
+            f" respect_ttl={d.respect_dns_ttl} family={d.lookup_family} resolvers={resolvers}"
+        )
+    if c.eds_file is not None:
+        lines.append(
+            f"{ind}  eds file={c.eds_file.path} watch={_seconds(c.eds_file.watch_interval)}"
+        )
     if c.tls is not None:
         v = c.tls.validation
         ca = v.trusted_ca_file if v is not None and v.trusted_ca_file else "none (unverified)"
@@ -338,7 +361,7 @@ def _cluster(c: Cluster, ind: str) -> list[str]:
             f" success_rate={od.enforcing_success_rate}%"
             f" failure_percentage={od.enforcing_failure_percentage}%"
         )
-    if not c.endpoints:
+    if not c.endpoints and c.eds_file is None:
         lines.append(f"{ind}  (no endpoints)")
     lines.extend(
         f"{ind}  endpoint {e.address} weight={e.weight}"

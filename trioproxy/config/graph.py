@@ -36,8 +36,10 @@ __all__ = [
     "CookieHashPolicy",
     "DemoService",
     "DirectResponseAction",
+    "DnsDiscovery",
     "DownstreamTlsContext",
     "DurationFilter",
+    "EdsFile",
     "Endpoint",
     "FilterChain",
     "FilterChainMatch",
@@ -81,6 +83,9 @@ __all__ = [
     "TcpProxy",
     "TlsCertificate",
     "TlsInspector",
+    "TracePropagation",
+    "Tracing",
+    "TracingProvider",
     "UpstreamTlsContext",
     "VirtualHost",
     "WeightedCluster",
@@ -102,6 +107,11 @@ StringMatchKind = Literal["exact", "prefix", "suffix", "contains", "regex", "pre
 CodecType = Literal["auto", "http1", "http2"]
 # "auto": HTTP/2 if the upstream's TLS ALPN says h2, else HTTP/1.1 (Envoy's auto_config).
 UpstreamProtocol = Literal["http1", "http2", "auto"]
+# Envoy's cluster discovery types (`type`); "eds" reads a ClusterLoadAssignment
+# from a file (Envoy's filesystem EDS, `path_config_source`).
+ClusterType = Literal["static", "strict_dns", "logical_dns", "eds"]
+# Envoy's DnsLookupFamily values (AUTO: IPv6, falling back to IPv4).
+DnsLookupFamily = Literal["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"]
 TlsVersion = Literal["TLSv1_2", "TLSv1_3"]
 # Envoy's SubjectAltNameMatcher san_type (DNS, URI, EMAIL, IP_ADDRESS), lower-case.
 SanType = Literal["dns", "uri", "email", "ip"]
@@ -231,12 +241,55 @@ class Endpoint:
     # Envoy's LocalityLbEndpoints priority: 0 is preferred; traffic spills to
     # 1, 2, ... as the better levels lose healthy hosts.
     priority: int = 0
+    # Envoy's EDS health_status (UNKNOWN, HEALTHY, UNHEALTHY, DRAINING, TIMEOUT,
+    # DEGRADED); UNHEALTHY, DRAINING and TIMEOUT keep the host out of the
+    # balancer (failed_eds_health). Only EDS files set it.
+    health_status: str = "UNKNOWN"
+    # Envoy's Endpoint.hostname: the DNS name a host was resolved from (DNS
+    # clusters) or the file's `hostname`; shown by /clusters.
+    hostname: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class DnsDiscovery:
+    """How a strict_dns / logical_dns cluster resolves its endpoints' names
+    (Envoy's cluster fields of the same names, with its defaults)."""
+
+    # Envoy: dns_refresh_rate 5 s.
+    refresh_rate: float = 5.0
+    # Envoy: dns_failure_refresh_rate unset = refresh_rate; when set, a jittered
+    # exponential back-off from `base` up to `max` (Envoy: 10 x base).
+    failure_refresh_base: float | None = None
+    failure_refresh_max: float | None = None
+    # Envoy: respect_dns_ttl false; true refreshes after the records' TTL.
+    respect_dns_ttl: bool = False
+    # Envoy: dns_lookup_family AUTO.
+    lookup_family: DnsLookupFamily = "AUTO"
+    # Nameservers (numeric `ip:port`); empty: the system's (/etc/resolv.conf).
+    resolvers: tuple[SocketAddress, ...] = ()
+    # Not an Envoy knob (c-ares' own): how long one lookup may take in all.
+    timeout: float = 5.0
+
+
+@attrs.frozen(kw_only=True)
+class EdsFile:
+    """Endpoints from a ClusterLoadAssignment file (JSON or YAML), re-read
+    when its mtime, inode or size change (checked every `watch_interval`)."""
+
+    path: str
+    watch_interval: float = 1.0
 
 
 @attrs.frozen(kw_only=True)
 class Cluster:
     name: str
+    # Envoy's `type`: static endpoints, DNS names, or an EDS file.
+    type: ClusterType = "static"
+    # static / DNS types: the endpoints (DNS types: hosts are DNS names,
+    # resolved by the cluster manager). eds: the initial endpoints (none).
     endpoints: tuple[Endpoint, ...] = ()
+    dns: DnsDiscovery | None = None
+    eds_file: EdsFile | None = None
     lb_policy: LbPolicy = "round_robin"
     # Envoy: HTTP/1.1 to upstreams unless the cluster's protocol options say h2.
     protocol: UpstreamProtocol = "http1"
@@ -666,6 +719,52 @@ class OrFilter(AccessLogFilter):
     filters: tuple[AccessLogFilter, ...]
 
 
+TracingProvider = Literal["zipkin", "opentelemetry"]
+# Header formats a trace context is read from and written to.
+TracePropagation = Literal["w3c", "b3", "b3-single"]
+
+
+@attrs.frozen(kw_only=True)
+class Tracing:
+    """Envoy's HCM `tracing` with its provider (Zipkin or OpenTelemetry).
+
+    The collector is a cluster (Envoy's `collector_cluster`: reports go to
+    one of its hosts, chosen by its balancer) or a plain address. Sampling
+    values are percentages, as in Envoy.
+    """
+
+    provider: TracingProvider
+    # Exactly one of the two (the compiler checks).
+    collector: SocketAddress | None = None
+    collector_cluster: str | None = None
+    # Envoy: collector_endpoint "/api/v2/spans" (Zipkin JSON v2); OTLP/HTTP
+    # "/v1/traces".
+    collector_path: str = "/api/v2/spans"
+    service_name: str = "trioproxy"
+    # Envoy: random_sampling, client_sampling, overall_sampling all 100 %.
+    random_sampling: float = 100.0
+    client_sampling: float = 100.0
+    overall_sampling: float = 100.0
+    # Extracted in this order (the first format present wins), all injected.
+    # Envoy: Zipkin speaks B3, OpenTelemetry W3C trace context.
+    propagation: tuple[TracePropagation, ...] = ("b3",)
+    # Envoy's Zipkin shared_span_context (default true): the server span
+    # reuses the caller's span id and is reported with `shared: true`.
+    shared_span_context: bool = True
+    # Spans held for export at most; more are dropped and counted. Envoy has
+    # no bound; 4096 spans is about 4 MiB (docs/decisions.md).
+    max_queue_spans: int = 4096
+    # Envoy's runtime keys tracing.zipkin.min_flush_spans (5) and
+    # tracing.zipkin.flush_interval_ms (5 s).
+    min_flush_spans: int = 5
+    flush_interval: float = 5.0
+    # Envoy's collector timeout for a report (5 s).
+    collector_timeout: float = 5.0
+    # Span name of the server span: Envoy's traffic_direction based name.
+    operation_name: str = "ingress"
+    location: Location | None = attrs.field(default=None, eq=False, repr=False)
+
+
 @attrs.frozen(kw_only=True)
 class HttpConnectionManager(NetworkFilterConfig):
     stat_prefix: str
@@ -688,6 +787,11 @@ class HttpConnectionManager(NetworkFilterConfig):
     server_name: str = "trioproxy"
     # Envoy: generate_request_id true.
     generate_request_id: bool = True
+    # Envoy: preserve_external_request_id false: an external client's
+    # x-request-id is replaced (internal: loopback or private addresses).
+    preserve_external_request_id: bool = False
+    # Envoy's HCM `tracing`; None: no tracing, no per-request cost.
+    tracing: Tracing | None = None
     # Envoy: use_remote_address false; the front proxy examples set it true.
     use_remote_address: bool = True
     # Envoy: per_connection_buffer_limit_bytes 1 MiB; bounds a buffered body.

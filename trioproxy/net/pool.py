@@ -237,9 +237,10 @@ class UpstreamHttp1:
             if stashed is CLOSED or stashed is PAUSED:
                 raise UpstreamReset("upstream closed the connection")
             return stashed
+        codec = self.codec
         while True:
             try:
-                ev = self.codec.next_event()
+                ev = NEED_DATA if codec.must_read() else codec.next_event()
             except Http1Error as exc:
                 raise UpstreamProtocolError(str(exc)) from None
             if ev is NEED_DATA:

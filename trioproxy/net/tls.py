@@ -555,6 +555,9 @@ class ClientTls(_Reloadable):
         )
         self.offers_alpn = bool(config.alpn_protocols)
         self.stats = SslStats(stats, p)
+        # The DNS name each address was resolved from (DNS clusters), so a
+        # host dialled by address still presents (and verifies) its name.
+        self.host_names: dict[str, str] = {}
 
     def _load(self) -> _Loaded:
         sig = _signature(self.files)
@@ -562,10 +565,11 @@ class ClientTls(_Reloadable):
         return _Loaded(ctx, sig)
 
     def server_name(self, host: str) -> str | None:
-        """The SNI for `host`: the configured one, else a DNS host name, else none."""
+        """The SNI for `host`: the configured one, else a DNS host name (given,
+        or the one `host` was resolved from), else none."""
         if self.config.sni:
             return self.config.sni
-        return None if _is_ip(host) else host
+        return self.host_names.get(host) if _is_ip(host) else host
 
     async def handshake(
         self,

@@ -297,9 +297,12 @@ async def _clusters(server: Server, q: dict[str, str]) -> AdminResponse:
                         ],
                         "health_status": {
                             "eds_health_status": (
-                                "HEALTHY" if h.healthy and not h.outlier_ejected else "UNHEALTHY"
+                                "HEALTHY"
+                                if h.healthy and not h.outlier_ejected and not h.eds_unhealthy
+                                else "UNHEALTHY"
                             )
                         },
+                        "hostname": h.hostname,
                         "weight": h.weight,
                         "priority": h.priority,
                     }
@@ -330,6 +333,8 @@ async def _clusters(server: Server, q: dict[str, str]) -> AdminResponse:
                 f"{p}weight::{h.weight}",
                 f"{p}priority::{h.priority}",
             ]
+            if h.hostname:  # DNS-discovered hosts (Envoy prints it too)
+                lines.append(f"{p}hostname::{h.hostname}")
     return AdminResponse("\n".join(lines) + "\n" if lines else "")
 
 
@@ -711,6 +716,8 @@ def _health_flags(h: Any) -> str:
         flags.append("/failed_active_hc")
     if getattr(h, "outlier_ejected", False):
         flags.append("/failed_outlier_check")
+    if getattr(h, "eds_unhealthy", False):
+        flags.append("/failed_eds_health")
     return "".join(flags) or "healthy"
 
 

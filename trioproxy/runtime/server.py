@@ -6,6 +6,7 @@
        ├─ access-log sinks (flushers)
        ├─ admin listener
        ├─ stats flush (every stats_flush_interval: interval histograms, sinks)
+       ├─ span exporters (one per tracing config; batches to the collector)
        ├─ certificate watchers (one per TLS context; poll file mtimes)
        └─ one accept loop per listener socket
           └─ connection task (one per downstream connection)
@@ -53,6 +54,7 @@ from trioproxy.config import (
     Mesh,
     OverloadManager,
     SocketAddress,
+    Tracing,
 )
 from trioproxy.config.diff import MeshDiff, diff_meshes
 from trioproxy.filters.http.health_check import SERVER_HEALTH, ServerHealth
@@ -72,6 +74,8 @@ from trioproxy.net.tls import HandshakeError, ServerTls, server_handshake
 from trioproxy.observe.stats import Gauge, StatsStore
 from trioproxy.observe.statsd import StatsdSink
 from trioproxy.observe.tags import TagCache
+from trioproxy.observe.tracing.exporter import SpanExporter
+from trioproxy.observe.tracing.tracer import Tracer
 from trioproxy.runtime.demo import serve_demo_service
 from trioproxy.runtime.filter_chains import ChainSelector, ConnectionFacts
 from trioproxy.runtime.layers import Runtime
@@ -197,6 +201,8 @@ class Server:
         # Tag extraction for tagged outputs (/stats/prometheus), once per name.
         self.stat_tags = TagCache()
         self.stats_sinks: list[StatsdSink] = []
+        # One span exporter per distinct tracing config (HCMs share them).
+        self.span_exporters: dict[Tracing, SpanExporter] = {}
         # `/healthcheck/fail|ok` flip it; the health_check filter reads it.
         self.health = ServerHealth()
         self._shutdown = trio.Event()
@@ -516,6 +522,21 @@ class Server:
         if self._access_logs is None:
             return []
         return [self._access_logs.logger(al) for al in configs]
+
+    def tracer(self, config: HttpConnectionManager) -> Tracer | None:
+        """The tracer of an HCM. A new tracing config gets its exporter,
+        started in the server nursery (at start, or by a reload)."""
+        cfg = config.tracing
+        if cfg is None:
+            return None
+        exporter = self.span_exporters.get(cfg)
+        if exporter is None:
+            exporter = self.span_exporters[cfg] = SpanExporter(
+                cfg, self.network, self.stats, self.clusters
+            )
+            if self._nursery is not None:
+                self._nursery.start_soon(exporter.run)
+        return Tracer(cfg, exporter, self.stats, config.stat_prefix, node_id=self.hostname)
 
     async def _chain(self, lc: Listener, index: int, chain: FilterChain) -> ChainRuntime:
         prefix = f"listener.{lc.stat_name}."

@@ -12,14 +12,21 @@ priority level (`lb.PriorityBalancer`: Envoy's priority loads and panic
 threshold) over the healthy hosts, or all hosts of a level in panic. For
 ring_hash and maglev, `choose_host(lb_hash)` takes the request's hash.
 
-Discovery, health checks and outlier detection (later issues) run as tasks
-in the cluster manager's nursery and only flip `Host.healthy` and rebuild
-the balancer; the request path never waits on them.
+Discovery, health checks and outlier detection run as tasks in the cluster
+manager's nursery and only flip `Host.healthy` and rebuild the balancer; the
+request path never waits on them. Every host set — a static cluster's
+endpoints, a DNS answer, an EDS file — goes through `set_endpoints()`, which
+diffs it against the current hosts: hosts that stay keep their pools,
+health and outlier state; new hosts get a pool, a health checker (and wait
+for their first check, as Envoy's PENDING_ACTIVE_HC) and outlier tracking;
+hosts that leave have their checker cancelled and their idle connections
+closed (requests in flight on them finish).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Protocol
 
 import trio
@@ -34,8 +41,11 @@ from trioproxy.net.pool import Http1Pool, PoolStats
 from trioproxy.net.tls import ClientTls
 from trioproxy.net.upstream import UpstreamPool
 from trioproxy.observe.stats import Counter, StatsStore
-from trioproxy.upstream.health_check import run_health_checks
+from trioproxy.upstream.discovery import DISCOVERY
+from trioproxy.upstream.eds import EDS_UNHEALTHY
+from trioproxy.upstream.health_check import check_host
 from trioproxy.upstream.lb import BALANCERS, PriorityBalancer
+from trioproxy.upstream.membership import MembershipDiff, diff_endpoints, unique_endpoints
 from trioproxy.upstream.outlier import OutlierDetector
 
 __all__ = ["ClusterManager", "ClusterRuntime", "Host"]
@@ -70,11 +80,27 @@ class HealthCheckStats:
         self.healthy = stats.gauge(p + "healthy")
 
 
+class DiscoveryStats:
+    """`cluster.<name>.update_*` and `membership_change` (Envoy's names)."""
+
+    def __init__(self, stats: StatsStore, prefix: str) -> None:
+        self.update_attempt = stats.counter(prefix + "update_attempt")
+        self.update_success = stats.counter(prefix + "update_success")
+        self.update_failure = stats.counter(prefix + "update_failure")
+        self.update_rejected = stats.counter(prefix + "update_rejected")
+        self.update_empty = stats.counter(prefix + "update_empty")
+        self.update_no_rebuild = stats.counter(prefix + "update_no_rebuild")
+
+
 class Host:
     __slots__ = (
         "active_requests",
         "address",
+        "eds_unhealthy",
+        "hc_pending",
+        "hc_scope",
         "healthy",
+        "hostname",
         "outlier_ejected",
         "pool",
         "priority",
@@ -91,7 +117,13 @@ class Host:
         self.pool = pool
         self.active_requests = 0
         self.healthy = True  # active health checks (none yet: always True)
+        # Joined a running cluster with health checks: out until one check passes.
+        self.hc_pending = False
+        self.hc_scope: trio.CancelScope | None = None  # its health checker
         self.outlier_ejected = False  # passive: ejected by outlier detection
+        # EDS health_status UNHEALTHY / DRAINING / TIMEOUT (failed_eds_health).
+        self.eds_unhealthy = False
+        self.hostname = ""  # the DNS name it was resolved from (DNS clusters)
         self.rq_total = 0
         self.rq_success = 0
         self.rq_error = 0
@@ -131,15 +163,13 @@ class ClusterRuntime:
                     exc.errno,
                     f"cluster {config.name!r} cannot load its TLS files: {exc.strerror or exc}",
                 ) from exc
-        self.hosts = [
-            Host(
-                str(ep.address),
-                ep.weight,
-                self._pool(network, config, ep, pool_stats, self.tls),
-                ep.priority,
-            )
-            for ep in config.endpoints
-        ]
+        # The hosts, in the order of the endpoints that made them. The list
+        # object is shared with the outlier detector: updated in place.
+        self.hosts: list[Host] = []
+        self._endpoints: tuple[Endpoint, ...] = ()
+        # Set by `attach()`: where host tasks (health checks, HTTP/2
+        # connections) of hosts that join later are started.
+        self._nursery: trio.Nursery | None = None
         self._rng = rng
         self.rq_total = stats.counter(p + "upstream_rq_total")
         self.rq_active = stats.gauge(p + "upstream_rq_active")
@@ -152,6 +182,10 @@ class ClusterRuntime:
         self.cx_protocol_error = stats.counter(p + "upstream_cx_protocol_error")
         self.membership_total = stats.gauge(p + "membership_total")
         self.membership_healthy = stats.gauge(p + "membership_healthy")
+        self.membership_change = stats.counter(p + "membership_change")
+        self.discovery: DiscoveryStats | None = None
+        if config.type != "static":
+            self.discovery = DiscoveryStats(stats, p)
         self.lb_healthy_panic = stats.counter(p + "lb_healthy_panic")
         # Whether the policy balances on a request hash (ring_hash, maglev):
         # only then does the router compute one from the route's hash policy.
@@ -184,7 +218,84 @@ class ClusterRuntime:
                 on_change=self.rebuild,
                 rng=rng,
             )
+        # DNS and EDS clusters start empty: discovery fills them.
+        self.set_endpoints(config.endpoints if config.type == "static" else ())
         self.rebuild()
+
+    # ------------------------------------------------------------ membership
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """The current host set, as endpoints."""
+        return self._endpoints
+
+    def set_endpoints(self, endpoints: Sequence[Endpoint]) -> MembershipDiff:
+        """Make `endpoints` the cluster's hosts (no checkpoint: the balancer
+        is swapped whole, so a request sees the old set or the new one).
+
+        Args:
+            endpoints: the new host set (a repeated address counts once).
+
+        Returns:
+            What changed; an empty diff changes nothing.
+        """
+        new = unique_endpoints(endpoints)
+        diff = diff_endpoints(self._endpoints, new)
+        self._endpoints = new
+        if not diff:
+            return diff
+        old = {h.address: h for h in self.hosts}
+        hosts: list[Host] = []
+        for ep in new:
+            h = old.pop(str(ep.address), None)
+            if h is None:
+                h = Host(
+                    str(ep.address),
+                    ep.weight,
+                    self._pool(self._network, self.config, ep, self.pool_stats, self.tls),
+                    ep.priority,
+                )
+                if self._nursery is not None and self.config.health_check is not None:
+                    h.healthy = False
+                    h.hc_pending = True
+                self._start_host(h)
+            else:
+                h.weight = ep.weight
+                h.priority = ep.priority
+            h.eds_unhealthy = ep.health_status in EDS_UNHEALTHY
+            h.hostname = ep.hostname
+            hosts.append(h)
+        for h in old.values():
+            if h.hc_scope is not None:
+                h.hc_scope.cancel()
+            h.pool.close()
+        self.hosts[:] = hosts
+        if self.tls is not None:
+            self.tls.host_names = {ep.address.host: ep.hostname for ep in new if ep.hostname}
+        if self.outlier is not None:
+            self.outlier.sync_hosts(tuple(old.values()))
+        if diff.membership_changed:
+            self.membership_change.inc()
+        self.rebuild()
+        return diff
+
+    def _start_host(self, h: Host) -> None:
+        """Start a host's background tasks (nothing before `attach()`)."""
+        nursery = self._nursery
+        if nursery is None:
+            return
+        if isinstance(h.pool, Http2Pool | AutoPool):
+            h.pool.nursery = nursery
+        if self.config.health_check is not None:
+            h.hc_scope = trio.CancelScope()
+            nursery.start_soon(check_host, self, h, self._rng, h.hc_scope)
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Run host tasks in `nursery` from now on, starting those of the
+        current hosts (the cluster manager's nursery)."""
+        self._nursery = nursery
+        for h in self.hosts:
+            self._start_host(h)
 
     @staticmethod
     def _pool(
@@ -253,7 +364,9 @@ class ClusterRuntime:
     def rebuild(self) -> None:
         """Recompute the per-priority balancers (priority loads, panic) and the
         membership gauges after a health change."""
-        healthy = [h for h in self.hosts if h.healthy and not h.outlier_ejected]
+        healthy = [
+            h for h in self.hosts if h.healthy and not h.outlier_ejected and not h.eds_unhealthy
+        ]
         self.membership_total.set(len(self.hosts))
         self.membership_healthy.set(len(healthy))
         if self.hc_stats is not None:
@@ -404,38 +517,45 @@ class ClusterManager:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the background tasks of the clusters (HTTP/2 connections,
-        health checks, outlier sweeps, certificate watchers) until cancelled.
-        Each cluster's tasks run under its own cancel scope so that a reload
-        can retire one cluster (`replace`) and keep the others."""
+        health checks, outlier sweeps, certificate watchers, discovery) until
+        cancelled. Each cluster's tasks run under its own cancel scope so that
+        a reload can retire one cluster (`replace`) and keep the others."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for c in self.clusters.values():
-                self._scopes[c] = await nursery.start(self._run_cluster, c)
+            # Every DNS/EDS cluster has made its first discovery attempt
+            # (answered or failed) before the server starts listening, as
+            # Envoy's clusters finish warming first. They warm together.
+            async with trio.open_nursery() as warming:
+                for c in self.clusters.values():
+                    warming.start_soon(self._start_cluster, c)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _start_cluster(self, c: ClusterRuntime) -> None:
+        assert self._nursery is not None
+        self._scopes[c] = await self._nursery.start(self._run_cluster, c)
 
     async def _run_cluster(
         self, c: ClusterRuntime, *, task_status: trio.TaskStatus[trio.CancelScope]
     ) -> None:
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
-                for host in c.hosts:
-                    if isinstance(host.pool, Http2Pool | AutoPool):
-                        host.pool.nursery = nursery
+                c.attach(nursery)
                 if c.tls is not None:
                     nursery.start_soon(c.tls.watch)
                 if c.outlier is not None:
                     nursery.start_soon(_sweep_outliers, c.outlier)
-                if c.config.health_check is not None:
-                    nursery.start_soon(run_health_checks, c, c.network, self._rng)
+                discover = DISCOVERY.get(c.config.type)
+                if discover is not None:
+                    await nursery.start(discover, c, self._rng)
                 task_status.started(scope)
                 await trio.sleep_forever()
 
     async def replace(self, clusters: tuple[Cluster, ...], removed: tuple[str, ...] = ()) -> None:
         """Hot reload: `clusters` (new or changed) get new runtimes and pools
-        for new requests; the runtimes they replace, and those `removed`,
-        finish their requests in flight on their old pools, which close
-        once idle (`_retire`)."""
+        for new requests (a DNS/EDS cluster once it has warmed); the runtimes
+        they replace, and those `removed`, finish their requests in flight on
+        their old pools, which close once idle (`_retire`)."""
         assert self._nursery is not None, "ClusterManager.run is not running"
         old: list[ClusterRuntime] = []
         for cfg in clusters:

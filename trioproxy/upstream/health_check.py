@@ -70,6 +70,7 @@ __all__ = [
     "PROBES",
     "HealthState",
     "Outcome",
+    "check_host",
     "check_once",
     "grpc_check_once",
     "receive_matched",
@@ -366,6 +367,9 @@ async def _check_host(
     on_change: Callable[[], None],
 ) -> None:
     state = HealthState(cfg, healthy=host.healthy)
+    # A host that joined a running cluster waits for its first check, and
+    # one success is enough (Envoy's PENDING_ACTIVE_HC).
+    pending = not host.healthy and host.hc_pending
     addr_host, _, addr_port = host.address.rpartition(":")
     addr_host = addr_host.strip("[]")
     port = int(addr_port)
@@ -382,7 +386,13 @@ async def _check_host(
             stats.failure.inc()
             if outcome is Outcome.NETWORK_FAILURE:
                 stats.network_failure.inc()
-        if state.record(ok, immediate=outcome is Outcome.FAILURE):
+        if pending:
+            pending = host.hc_pending = False
+            state = HealthState(cfg, healthy=ok)
+            if ok:
+                host.healthy = True
+                on_change()
+        elif state.record(ok, immediate=outcome is Outcome.FAILURE):
             host.healthy = state.healthy
             on_change()
         # A cluster that never had traffic is checked less often (Envoy).
@@ -390,12 +400,21 @@ async def _check_host(
         await trio.sleep(interval + rng.uniform(0, cfg.interval_jitter))
 
 
-async def run_health_checks(cluster: ClusterRuntime, network: Network, rng: random.Random) -> None:
-    """Check every host of `cluster` until cancelled (`network` is the
-    cluster's own door, kept for callers; probes use `cluster.network`)."""
+async def check_host(
+    cluster: ClusterRuntime, host: Host, rng: random.Random, scope: trio.CancelScope
+) -> None:
+    """Check one host of `cluster` until `scope` is cancelled (the host left
+    the cluster) or the cluster manager's nursery is."""
     cfg = cluster.config.health_check
     if cfg is None:
         return
+    with scope:
+        await _check_host(cluster, host, cfg, rng, cluster.rebuild)
+
+
+async def run_health_checks(cluster: ClusterRuntime, network: Network, rng: random.Random) -> None:
+    """Check every host of `cluster` until cancelled (`network` is the
+    cluster's own door, kept for callers; probes use `cluster.network`)."""
     async with trio.open_nursery() as nursery:
         for host in cluster.hosts:
-            nursery.start_soon(_check_host, cluster, host, cfg, rng, cluster.rebuild)
+            nursery.start_soon(check_host, cluster, host, rng, trio.CancelScope())

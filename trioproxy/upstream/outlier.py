@@ -119,6 +119,17 @@ class OutlierDetector:
             p + "ejections_detected_failure_percentage"
         )
 
+    def sync_hosts(self, removed: Sequence[OutlierHost] = ()) -> None:
+        """The cluster's host list changed (discovery): forget `removed`
+        hosts (an ejected one no longer counts as active) and start tracking
+        the hosts that joined."""
+        for h in removed:
+            if self._state.pop(id(h), None) is not None and h.outlier_ejected:
+                self.ejections_active.dec()
+        for h in self._hosts:
+            if id(h) not in self._state:
+                self._state[id(h)] = _State()
+
     # ------------------------------------------------------------ results
 
     def on_result(self, host: OutlierHost, status: int, now: float) -> None:

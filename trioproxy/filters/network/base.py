@@ -37,12 +37,14 @@ from trioproxy.config import (
 )
 
 if TYPE_CHECKING:
+    from trioproxy.config import HttpConnectionManager
     from trioproxy.http.route_table import RuntimeFractions
     from trioproxy.http.router import Router
     from trioproxy.net.network import Network
     from trioproxy.net.overload import OverloadState
     from trioproxy.net.tls import DownstreamTlsInfo
     from trioproxy.observe.stats import StatsStore
+    from trioproxy.observe.tracing.tracer import Tracer
     from trioproxy.upstream.cluster_manager import ClusterManager
 
 __all__ = [
@@ -100,6 +102,10 @@ class FilterContext(Protocol):
 
     def access_loggers(self, configs: Sequence[AccessLog]) -> list[Any]:
         """Loggers (with `.log(StreamInfo)`) for access-log configs."""
+        ...
+
+    def tracer(self, config: HttpConnectionManager) -> Tracer | None:
+        """The tracer for an HCM's `tracing` (None: not traced)."""
         ...
 
     @property

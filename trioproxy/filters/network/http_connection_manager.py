@@ -56,6 +56,7 @@ class HttpConnectionManagerFilter(NetworkFilter):
             scheme=b"https" if chain.tls is not None else b"http",
             runtime=ctx.runtime,
             overload=ctx.overload,
+            tracer=ctx.tracer(config),
         )
 
     async def serve(self, stream: trio.abc.Stream, conn: DownstreamConnection) -> None:
