@@ -13,7 +13,8 @@ closes (without that, this test sees resets in 2 runs out of 3).
 Also: --takeover with nothing running serves normally; an invalid new mesh
 or a wrong admin token exits 1 and leaves the old process serving. In
 process: a drain serves the connections queued on the socket; a handover
-gives idle HTTP/1.1 connections a grace (MockClock). Run with -s for the
+gives idle HTTP/1.1 connections a grace (MockClock), also one whose
+keep-alive response was on its way when the drain began. Run with -s for the
 figures.
 """
 
@@ -45,6 +46,8 @@ from tests.test_cli import (
     serving,
     write_mesh,
 )
+from trioproxy.codec.stream import ResponseHead
+from trioproxy.http.conn_manager import Http1Stream
 from trioproxy.runtime.server import HANDOVER_IDLE_GRACE, Server
 
 TOKEN = "takeover-test-token"
@@ -246,7 +249,7 @@ async def test_takeover_under_load_drops_nothing(tmp_path: Path, workers: str) -
         # reconnect by that client); failures.
         results: list[tuple[float, float, str, str]] = []
         closes = 0
-        failures: list[str] = []
+        failures: list[tuple[float, str]] = []  # (when, what)
         stop = trio.Event()
 
         async def load(client: httpx.AsyncClient, kind: str) -> None:
@@ -256,10 +259,10 @@ async def test_takeover_under_load_drops_nothing(tmp_path: Path, workers: str) -
                 try:
                     r = await client.get(url)
                 except httpx.TransportError as exc:
-                    failures.append(f"{kind}: {exc!r}")
+                    failures.append((time.monotonic(), f"{kind}: {exc!r}"))
                     continue
                 if r.status_code != 200:
-                    failures.append(f"{kind}: status {r.status_code}")
+                    failures.append((time.monotonic(), f"{kind}: status {r.status_code}"))
                 if r.headers.get("connection", "").lower() == "close":
                     closes += 1
                 results.append((start, time.monotonic(), r.text, kind))
@@ -270,10 +273,10 @@ async def test_takeover_under_load_drops_nothing(tmp_path: Path, workers: str) -
                 try:
                     status, body = await client.get()
                 except OSError as exc:
-                    failures.append(f"h2: {exc!r}")
+                    failures.append((time.monotonic(), f"h2: {exc!r}"))
                     continue
                 if status != 200:
-                    failures.append(f"h2: status {status}")
+                    failures.append((time.monotonic(), f"h2: status {status}"))
                 results.append((start, time.monotonic(), body, "h2"))
 
         timeout = httpx.Timeout(10)
@@ -340,7 +343,9 @@ async def test_takeover_under_load_drops_nothing(tmp_path: Path, workers: str) -
         f"--takeover started -> first answer from new {first_new:.2f}s -> old exited "
         f"{handover:.2f}s"
     )
-    assert failures == [], failures
+    # When (after --takeover started) and both logs, to tell which side failed.
+    lost = [f"{when - started:.3f}s {what}" for when, what in failures]
+    assert lost == [], f"{lost}\nold:\n{old_err}\nnew:\n{new_err}"
     assert old_code == 0, old_err
     assert_no_traceback(old_err)
     assert_no_traceback(new_err)
@@ -471,4 +476,37 @@ async def test_handover_gives_idle_http1_connections_a_grace(
         assert await late.closed_by_peer()
         assert await idle.closed_by_peer()
         assert HANDOVER_IDLE_GRACE <= trio.current_time() - started < HANDOVER_IDLE_GRACE + 1
+        n.cancel_scope.cancel()
+
+
+async def test_handover_during_a_keep_alive_response_serves_the_next_request(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drain that begins while a response is on its way, its head already
+    sent without `connection: close`, does not close the connection under
+    the request the client sends next (that was a reset under load): the
+    request is answered, with `connection: close`."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as n:
+        up = await start_upstream(n, "up", network=net)
+        server = Server(simple_mesh([route_to("svc")], [cluster("svc", up)]), network=net)
+        await n.start(server.run)
+        client = await RawClient.connect(net, server.listener_address("ingress").port)
+        encode = Http1Stream._encode_head
+
+        def encode_then_drain(stream: Http1Stream, head: ResponseHead) -> bytes:
+            data = encode(stream, head)
+            monkeypatch.setattr(Http1Stream, "_encode_head", encode)
+            stream._hcm.drain(idle_grace=HANDOVER_IDLE_GRACE)
+            return data
+
+        monkeypatch.setattr(Http1Stream, "_encode_head", encode_then_drain)
+        r = await client.request()
+        assert r.status == 200
+        assert "connection" not in r.headers
+        assert all(hcm.draining for lr in server.listeners.values() for hcm in lr.hcms)
+        r = await client.request()
+        assert r.status == 200
+        assert r.headers["connection"] == "close"
+        assert await client.closed_by_peer()
         n.cancel_scope.cancel()
