@@ -90,6 +90,24 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT, wait up to S seconds for open connections to finish "
         "(default: 600, as Envoy); a second signal stops at once",
     )
+    s.add_argument(
+        "--takeover",
+        nargs="?",
+        const="",
+        metavar="ADDR",
+        help="hot restart: bind every listener beside the running trioproxy whose admin is "
+        "at ADDR (default: this mesh's admin address) with SO_REUSEPORT, then tell it to "
+        "hand over (admin POST /takeover: it drains and exits) and take its admin address; "
+        "with nothing running there, serve normally",
+    )
+    s.add_argument(
+        "--takeover-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="with --takeover, how long to wait for the old process to free the admin "
+        "address (default: 30)",
+    )
 
     v = sub.add_parser(
         "validate",
@@ -282,12 +300,75 @@ async def _watch_and_reload(server: Server, path: str, interval: float = 1.0) ->
             seen = _mtimes(_watched_files(path))  # the new load's imports
 
 
+class _Takeover:
+    """`--takeover`: where the old process's admin is, and how it went."""
+
+    def __init__(self, old: SocketAddress, timeout: float) -> None:
+        self.old = old
+        self.timeout = timeout
+        self.failed: str | None = None
+
+    async def run(self, server: Server) -> None:
+        from trioproxy.runtime.takeover import TakeoverError, take_over
+
+        try:
+            await take_over(server, self.old, server.admin_token, self.timeout)
+        except TakeoverError as exc:
+            # The old process keeps serving; finish what we accepted, exit 1.
+            self.failed = str(exc)
+            log.error("takeover failed: %s; the old process keeps serving", exc)
+            server.shutdown(graceful=True)
+
+
+def _find_old(
+    args: argparse.Namespace, mesh: Mesh, admin: SocketAddress | None
+) -> _Takeover | int | None:
+    """`--takeover`: a `_Takeover` if a trioproxy answers at the old admin
+    address, None if nothing does (serve normally), or an exit code."""
+    from trioproxy.runtime.takeover import TakeoverError, find_old
+
+    if args.takeover:
+        old = _parse_addr(args.takeover)
+        if old is None:
+            print(
+                f"trioproxy: bad --takeover address {args.takeover!r} (want HOST:PORT)",
+                file=sys.stderr,
+            )
+            return 2
+    else:
+        old = admin or (mesh.admin.address if mesh.admin else None)
+        if old is None:
+            print(
+                "trioproxy: --takeover finds the running process through its admin; "
+                "the mesh has no admin (pass --takeover ADDR or --admin ADDR)",
+                file=sys.stderr,
+            )
+            return 2
+    token = mesh.admin.token if mesh.admin else None
+    try:
+        info = trio.run(find_old, old, token)
+    except TakeoverError as exc:
+        print(f"trioproxy: cannot take over: {exc}", file=sys.stderr)
+        return 1
+    if info is None:
+        log.warning("--takeover: no trioproxy answers at %s; serving normally", old)
+        return None
+    log.info(
+        "--takeover: found trioproxy pid %s (%s) at %s",
+        info.get("pid", "?"),
+        info.get("state", "?"),
+        old,
+    )
+    return _Takeover(old, args.takeover_timeout)
+
+
 async def _serve(
     mesh: Mesh,
     admin: SocketAddress | None,
     options: dict[str, object],
     drain_time: float,
     watch: bool = True,
+    takeover: _Takeover | None = None,
 ) -> None:
     from trioproxy.runtime.server import Server
 
@@ -295,6 +376,9 @@ async def _serve(
     path = str(options["mesh"])
     server.mesh_loader = _loader(path)
     async with trio.open_nursery() as nursery:
+        if takeover is not None:
+            server.admin_deferred = True
+            nursery.start_soon(takeover.run, server)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
             async def stop_on_signal() -> None:
@@ -421,7 +505,11 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 
 def _run_supervisor(
-    args: argparse.Namespace, admin: SocketAddress | None, mesh: Mesh, options: dict[str, object]
+    args: argparse.Namespace,
+    admin: SocketAddress | None,
+    mesh: Mesh,
+    options: dict[str, object],
+    takeover: _Takeover | None = None,
 ) -> int:
     from trioproxy.runtime.workers import Supervisor, supervise
 
@@ -441,6 +529,9 @@ def _run_supervisor(
 
     async def main() -> int:
         async with trio.open_nursery() as nursery:
+            if takeover is not None:
+                sup.admin_deferred = True
+                nursery.start_soon(takeover.run, sup)
             if not args.no_watch:
                 nursery.start_soon(_watch_and_reload, sup, args.mesh)
             code = await supervise(sup)
@@ -461,6 +552,9 @@ def _run_supervisor(
         return 1
     if sup.failed:
         print(f"trioproxy: {sup.failed}", file=sys.stderr)
+    if takeover is not None and takeover.failed:
+        print(f"trioproxy: takeover failed: {takeover.failed}", file=sys.stderr)
+        return 1
     return code
 
 
@@ -477,10 +571,16 @@ def _run_serve(args: argparse.Namespace, admin: SocketAddress | None) -> int:
         "admin": args.admin or "",
         "drain_time_s": args.drain_time_s,
     }
+    takeover: _Takeover | None = None
+    if args.takeover is not None:
+        found = _find_old(args, mesh, admin)
+        if isinstance(found, int):
+            return found
+        takeover = found
     if args.workers > 1:
-        return _run_supervisor(args, admin, mesh, options)
+        return _run_supervisor(args, admin, mesh, options, takeover)
     try:
-        trio.run(_serve, mesh, admin, options, args.drain_time_s, not args.no_watch)
+        trio.run(_serve, mesh, admin, options, args.drain_time_s, not args.no_watch, takeover)
     except BaseException as exc:  # sorted out below; re-raised if not ours
         leaves = _leaves(exc)
         if all(isinstance(e, KeyboardInterrupt) for e in leaves):
@@ -492,6 +592,9 @@ def _run_serve(args: argparse.Namespace, admin: SocketAddress | None) -> int:
         for e in leaves:
             assert isinstance(e, OSError)
             print(f"trioproxy: cannot start: {e.strerror or e}", file=sys.stderr)
+        return 1
+    if takeover is not None and takeover.failed:
+        print(f"trioproxy: takeover failed: {takeover.failed}", file=sys.stderr)
         return 1
     return 0
 

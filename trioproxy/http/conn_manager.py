@@ -601,8 +601,11 @@ class ConnectionManager:
         self.headers_timeout = config.request_headers_timeout or math.inf
         self.draining = False
         # Cancel scopes of HTTP/1.1 connections idle between requests: a
-        # drain cancels them so those connections close at once.
+        # drain cancels them (or, with an idle grace, brings them forward).
         self._idle_waits: set[trio.CancelScope] = set()
+        # Once draining: until when an idle HTTP/1.1 connection may still
+        # wait for a request (the end of the drain's idle grace).
+        self._drain_idle_until = math.inf
         self.h2_settings = Http2Settings(
             max_concurrent_streams=config.max_concurrent_streams,
             initial_stream_window_size=config.initial_stream_window_size,
@@ -629,16 +632,31 @@ class ConnectionManager:
         self.route_table = RouteTable(route_config, self._runtime)
         self.config = attrs.evolve(self.config, route_config=route_config)
 
-    def drain(self) -> None:
+    def drain(self, *, idle_grace: float = 0.0) -> None:
         """Start a graceful drain (no checkpoint): HTTP/1.1 connections idle
         between requests close now, busy ones send `connection: close` with
         their current response; HTTP/2 connections send GOAWAY and close
-        once their streams finish."""
+        once their streams finish.
+
+        Args:
+            idle_grace: keep idle HTTP/1.1 connections open this long (s),
+                answering a request that arrives with `connection: close`.
+                Closing at once races a request already on the wire (reset);
+                a takeover, where a successor serves the reconnect, waits.
+        """
         from trioproxy.http.h2_conn_manager import begin_drain
 
         begin_drain(self)  # sets `draining`
+        deadline = trio.current_time() + idle_grace
+        # Also for connections that go idle later: one whose response went
+        # out without `connection: close` just before the drain gets its next
+        # request answered (and told to close) within the grace, not reset.
+        self._drain_idle_until = min(self._drain_idle_until, deadline)
         for scope in list(self._idle_waits):
-            scope.cancel()
+            if idle_grace > 0:
+                scope.deadline = min(scope.deadline, deadline)
+            else:
+                scope.cancel()
 
     # ------------------------------------------------------------------ connection
 
@@ -730,8 +748,12 @@ class ConnectionManager:
                 stream = Http1Stream(self, conn, codec, head, remote=remote, local=local)
                 stats.rq_http1_total.inc()
                 await self.run_stream(stream)
+                # Not `self.draining`: a drain that began after the response
+                # head went out without `connection: close` must not close
+                # under the client's next request (sent at once; a reset).
+                # `_read_head` decides, within the drain's idle grace.
                 keep = stream.response_complete and not stream.close_connection
-                if not keep or self.draining or not codec.keep_alive:
+                if not keep or not codec.keep_alive:
                     break
                 if not codec.start_next_cycle():
                     break
@@ -753,10 +775,15 @@ class ConnectionManager:
                     deadline = trio.current_time() + self.headers_timeout
                 if deadline is None:
                     # Idle between requests: the connection idle timeout, or
-                    # a drain (which cancels `idle` and ends the connection).
+                    # a drain (which ends the connection at once, or at the
+                    # end of its idle grace; a request before that is
+                    # answered with `connection: close`).
+                    until = trio.current_time() + self.idle_timeout
                     if self.draining:
-                        return None
-                    with trio.move_on_after(self.idle_timeout) as idle:
+                        if self._drain_idle_until <= trio.current_time():
+                            return None
+                        until = min(until, self._drain_idle_until)
+                    with trio.move_on_at(until) as idle:
                         self._idle_waits.add(idle)
                         try:
                             data = await conn.receive_some()

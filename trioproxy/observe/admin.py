@@ -16,6 +16,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -142,6 +143,7 @@ async def _server_info(server: Server, q: dict[str, str]) -> AdminResponse:
             "uptime_all_epochs": f"{uptime}s",
             "command_line_options": server.options,
             "node": {"id": server.hostname},
+            "pid": os.getpid(),
         }
     )
 
@@ -510,10 +512,17 @@ async def serve_admin(
         )
     log.info("admin listening on %s", bound)
     task_status.started(bound)
-    async with listener, trio.open_nursery() as nursery:
-        while True:
-            stream = await listener.accept()
-            nursery.start_soon(_serve_conn, server, stream)
+    async with trio.open_nursery() as nursery:
+        try:
+            # A takeover stops accepting and frees the port for the new
+            # process; the admin connections open now (the /takeover
+            # request's among them) carry on.
+            with server.admin_accept_scope:
+                while True:
+                    stream = await listener.accept()
+                    nursery.start_soon(_serve_conn, server, stream)
+        finally:
+            await trio.aclose_forcefully(listener)
 
 
 # An idle admin connection (or a client that stops sending a request
@@ -756,3 +765,19 @@ async def _reload(server: Server, q: dict[str, str]) -> AdminResponse:
             "reload failed; the old config keeps serving (errors in the log)\n", status=400
         )
     return AdminResponse("OK\n" + "".join(line + "\n" for line in diff.lines))
+
+
+# /takeover: trioproxy's hot restart (`trioproxy serve --takeover`). The new
+# process has bound every listener beside ours with SO_REUSEPORT; we close
+# admin (its port is the new process's to bind) and drain as SIGTERM does.
+
+
+@endpoint(
+    "/takeover",
+    "hand over to a new process that bound the same listeners (serve --takeover): "
+    "free the admin address, drain gracefully, exit",
+    mutating=True,
+)
+async def _takeover(server: Server, q: dict[str, str]) -> AdminResponse:
+    server.hand_over()
+    return _json({"pid": os.getpid(), "drain_time_s": server.drain_time})

@@ -88,6 +88,14 @@ log = logging.getLogger("trioproxy")
 # Accept errors that mean "out of a resource, try again later" (trio's list).
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _ACCEPT_BACKOFF = 0.1
+# On a takeover, idle HTTP/1.1 keep-alive connections stay open this long
+# for a request already on its way (answered with `connection: close`): the
+# HTTP/2 drain notice, which is Envoy's drain_timeout default (5 s).
+HANDOVER_IDLE_GRACE = 5.0
+# On a takeover, connections are told to close this long after the old
+# listening sockets stopped accepting (every worker gets the drain within a
+# few milliseconds of the others).
+HANDOVER_CLOSE_DELAY = 0.5
 
 
 class ChainRuntime:
@@ -179,6 +187,11 @@ class Server:
         self.admin_address = admin_address or (mesh.admin.address if mesh.admin else None)
         self.admin_token = mesh.admin.token if mesh.admin else None
         self.admin_bound: SocketAddress | None = None
+        # `serve --takeover`: bind admin later (`start_admin`), once the old
+        # process has given its admin address up.
+        self.admin_deferred = False
+        # Cancelled to stop accepting on admin (a takeover frees its port).
+        self.admin_accept_scope = trio.CancelScope()
         self.listeners: dict[str, ListenerRuntime] = {}
         self.demo_ports: dict[str, int] = {}
         self.clusters = ClusterManager(mesh.clusters, self.network, self.stats)
@@ -209,15 +222,16 @@ class Server:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def shutdown(self, *, graceful: bool = False) -> None:
+    def shutdown(self, *, graceful: bool = False, idle_grace: float = 0.0) -> None:
         """Ask `run()` to stop: at once (admin `POST /quitquitquit`), or,
         with `graceful` (SIGTERM, SIGINT), after draining: stop accepting,
-        let open connections finish within `drain_time`, then stop."""
+        let open connections finish within `drain_time`, then stop.
+        `idle_grace`: see `ConnectionManager.drain`."""
         if graceful:
-            self.drain_listeners()
+            self.drain_listeners(idle_grace=idle_grace)
         self._shutdown.set()
 
-    def drain_listeners(self) -> None:
+    def drain_listeners(self, *, idle_grace: float = 0.0) -> None:
         """Stop accepting on every listener and drain every connection
         manager (admin `POST /drain_listeners`). No checkpoint."""
         if not self.draining:
@@ -226,9 +240,45 @@ class Server:
         self.state = "DRAINING"
         for lr in self.listeners.values():
             lr.accept_scope.cancel()
-            for hcm in lr.hcms:
-                hcm.drain()
+        if idle_grace > 0 and self._nursery is not None:
+            # A handover: tell clients to go (connection: close, GOAWAY) only
+            # once every old listening socket (in every worker) is closed, or
+            # their reconnects land in a queue that is about to be reset.
+            self._nursery.start_soon(self._drain_connections_later, idle_grace)
+        else:
+            self._drain_connections(idle_grace)
         self._check_drained()
+
+    def _drain_connections(self, idle_grace: float) -> None:
+        for lr in self.listeners.values():
+            for hcm in lr.hcms:
+                hcm.drain(idle_grace=idle_grace)
+
+    async def _drain_connections_later(self, idle_grace: float) -> None:
+        await trio.sleep(HANDOVER_CLOSE_DELAY)
+        self._drain_connections(idle_grace)
+
+    def hand_over(self) -> None:
+        """Another trioproxy has bound our listeners beside ours (SO_REUSEPORT)
+        and asks for the handover (admin `POST /takeover`): close the admin
+        listener so that it can bind the admin address, and drain gracefully
+        as SIGTERM does. No checkpoint."""
+        log.info("taken over by a new process; draining")
+        self.admin_accept_scope.cancel()
+        self.shutdown(graceful=True, idle_grace=HANDOVER_IDLE_GRACE)
+
+    async def start_admin(self) -> SocketAddress:
+        """Bind and serve admin now (after `run` started with `admin_deferred`).
+
+        Raises:
+            OSError: the admin address cannot be bound (e.g. still in use).
+        """
+        from trioproxy.observe.admin import serve_admin
+
+        assert self._nursery is not None, "Server.run is not running"
+        assert self.admin_address is not None
+        self.admin_bound = await self._nursery.start(serve_admin, self, self.admin_address)
+        return self.admin_bound
 
     # ------------------------------------------------------------------ reload
 
@@ -349,10 +399,8 @@ class Server:
                     nursery.start_soon(self._access_logs.run)
                 for lc in self.mesh.listeners:
                     await self._start_listener(nursery, lc)
-                if self.admin_address is not None:
-                    from trioproxy.observe.admin import serve_admin
-
-                    self.admin_bound = await nursery.start(serve_admin, self, self.admin_address)
+                if self.admin_address is not None and not self.admin_deferred:
+                    await self.start_admin()
                 nursery.start_soon(self._uptime)
                 self._open_stats_sinks()
                 nursery.start_soon(self._flush_stats)
@@ -542,6 +590,11 @@ class Server:
             try:
                 with lr.accept_scope:
                     await self._accept(lr, sock, conns)
+                # A drain, not the server stopping: take the connections
+                # already queued on this socket before closing it, or the
+                # kernel resets them (with SO_REUSEPORT, a successor's socket
+                # takes the new ones; see docs/decisions.md, takeover).
+                self._accept_backlog(lr, sock, conns)
             finally:
                 # Stopped accepting (a drain, or the server stopping): close
                 # the listening socket now; open connections carry on.
@@ -567,19 +620,54 @@ class Server:
                     await trio.sleep(_ACCEPT_BACKOFF)
                     continue
                 raise
-            limit = lr.config.max_connections
-            if (limit is not None and lr.cx_active.value >= limit) or (
-                self.overload.stop_connections
-            ):
-                # Closed at accept, before any byte is read (Envoy's
-                # listener limit / stop_accepting_connections).
-                if limit is not None and lr.cx_active.value >= limit:
-                    lr.cx_overflow.inc()
-                else:
-                    lr.cx_overload_reject.inc()
-                close_stream_nowait(stream)
-                continue
-            conns.start_soon(self._connection, lr, stream)
+            self._admit(lr, stream, conns)
+
+    def _accept_backlog(
+        self,
+        lr: ListenerRuntime,
+        sock: trio.abc.Listener[trio.abc.Stream],
+        conns: trio.Nursery,
+    ) -> None:
+        """Accept, without waiting, every connection queued on a real listening
+        socket (none for other listeners). No checkpoint, so the socket can be
+        closed right after with nothing new queued in between but what the
+        kernel adds within microseconds."""
+        if not isinstance(sock, trio.SocketListener):
+            return
+        raw = socket.socket(fileno=os.dup(sock.socket.fileno()))
+        taken = 0
+        try:
+            raw.setblocking(False)
+            while True:
+                try:
+                    conn, _ = raw.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.ECONNABORTED:
+                        continue
+                    log.error("accepting the backlog of %s failed: %s", lr.bound, exc)
+                    break
+                taken += 1
+                self._admit(lr, trio.SocketStream(trio.socket.from_stdlib_socket(conn)), conns)
+        finally:
+            raw.close()
+        if taken:
+            log.info("took %d queued connection(s) from %s before closing it", taken, lr.bound)
+
+    def _admit(self, lr: ListenerRuntime, stream: trio.abc.Stream, conns: trio.Nursery) -> None:
+        """Serve an accepted connection, or close it at once over a limit."""
+        limit = lr.config.max_connections
+        if (limit is not None and lr.cx_active.value >= limit) or (self.overload.stop_connections):
+            # Closed at accept, before any byte is read (Envoy's
+            # listener limit / stop_accepting_connections).
+            if limit is not None and lr.cx_active.value >= limit:
+                lr.cx_overflow.inc()
+            else:
+                lr.cx_overload_reject.inc()
+            close_stream_nowait(stream)
+            return
+        conns.start_soon(self._connection, lr, stream)
 
     @property
     def rng(self) -> random.Random:

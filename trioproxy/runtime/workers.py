@@ -6,9 +6,10 @@
        └─ its own trio `Server` (no admin), every listener bound with SO_REUSEPORT
 
 Each worker talks to the supervisor over a socketpair, one JSON object a
-line. Supervisor → worker: `{"cmd": "reload"}`, `{"cmd": "drain"}`,
-`{"cmd": "stop"}`. Worker → supervisor: a stats snapshot every second and
-after each command (`{"stats": ..., "reload": true|false|null}`).
+line. Supervisor → worker: `{"cmd": "reload"}`, `{"cmd": "drain",
+"idle_grace": S}` (S > 0 on a takeover), `{"cmd": "stop"}`. Worker →
+supervisor: a stats snapshot every second and after each command
+(`{"stats": ..., "reload": true|false|null}`).
 
 The supervisor merges the latest snapshot of every worker into its own
 stats store: counters summed, gauges summed, histograms merged (buckets,
@@ -133,12 +134,14 @@ async def _worker_main(server: Server, control: trio.SocketStream) -> None:
             buf += data
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
-                cmd = json.loads(line)["cmd"]
+                msg = json.loads(line)
+                cmd = msg["cmd"]
                 if cmd == "reload":
                     diff = await server.reload_from_source()
                     await send({"reload": diff is not None})
                 elif cmd == "drain":
-                    server.shutdown(graceful=True)
+                    grace = float(msg.get("idle_grace", 0.0))
+                    server.shutdown(graceful=True, idle_grace=grace)
                 elif cmd == "stop":
                     server.shutdown()
                 elif cmd == "reopen_logs":
@@ -317,17 +320,17 @@ class Supervisor(Server):
         for w in self.workers:
             self._send_nowait(w, {"cmd": "reopen_logs"})
 
-    def drain_listeners(self) -> None:
-        super().drain_listeners()
+    def drain_listeners(self, *, idle_grace: float = 0.0) -> None:
+        super().drain_listeners(idle_grace=idle_grace)
         for w in self.workers:
-            self._send_nowait(w, {"cmd": "drain"})
+            self._send_nowait(w, {"cmd": "drain", "idle_grace": idle_grace})
 
-    def shutdown(self, *, graceful: bool = False) -> None:
+    def shutdown(self, *, graceful: bool = False, idle_grace: float = 0.0) -> None:
         self._stopping = True
         if not graceful:
             for w in self.workers:
                 self._send_nowait(w, {"cmd": "stop"})
-        super().shutdown(graceful=graceful)
+        super().shutdown(graceful=graceful, idle_grace=idle_grace)
 
     def _check_drained(self) -> None:
         if self.draining and all(w.proc is None for w in self.workers):
