@@ -30,8 +30,10 @@ and getrusage; for w2 the supervisor plus its workers), the front's CPU
 time per request, and the ratios of trioproxy to the others (req/s and
 CPU/req). Then trioproxy's idle RSS per process and its RSS with 1,000
 idle keep-alive connections held open while wrk loads it
-(`--memory-seconds`), and its RSS while one slow client reads a 1 GiB body
-through a trioproxy of its own (`--slow-reader-mib`, slow_reader.py). Each
+(`--memory-seconds`), its RSS while one slow client reads a 1 GiB body
+through a trioproxy of its own (`--slow-reader-mib`, slow_reader.py), and
+`--workers 2` under wrk while its mesh is hot-reloaded 20 times, each
+reload flipping a route between two clusters (`--reloads`). Each
 case is preceded by an
 unrecorded warm-up. Before the load every HTTP/1.1 URL is fetched once and
 checked, and the machine's busy figure is printed. `--json` writes the
@@ -490,6 +492,9 @@ class Options:
     # The slow-reader run: MiB of body read at this many MiB/s (0: none).
     slow_reader_mib: int = 0
     slow_reader_rate: int = 64
+    # The reload run: this many reloads while wrk loads `--workers 2` (0: none).
+    reloads: int = 0
+    reload_seconds: int = 20
     # Times the whole case plan runs; each case reports its median round.
     rounds: int = 1
 
@@ -1035,6 +1040,82 @@ def slow_reader_run(
     return result
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReloadResult:
+    """wrk's figures over a run with `reloads` hot reloads in it."""
+
+    reloads: int
+    seconds: int
+    # What each POST /reload answered (200: applied).
+    answers: list[int]
+    reload_success: int | None
+    reload_failed: int | None
+    wrk: WrkResult
+
+    def describe(self) -> str:
+        return (
+            f"{self.reloads} reloads (route flips) in {self.seconds}s under wrk: "
+            f"{self.wrk.requests:,} requests, {self.wrk.requests_per_sec:,.0f} req/s, errors "
+            f"{self.wrk.describe_errors()}; /reload answered {sorted(set(self.answers))}; "
+            f"server.reload_success {self.reload_success}, "
+            f"server.reload_failed {self.reload_failed}"
+        )
+
+
+def reload_run(tmp: Path, procs: Processes, opts: Options, backend_base: str) -> ReloadResult:
+    """Issue 6's benchmark variant of the zero-drop test: trioproxy
+    `--workers 2` (unpinned, as w2) under wrk while admin POST /reload is
+    called `opts.reloads` times, evenly spread, each after flipping the
+    route target (mesh.py's BENCH_FLIP_FILE)."""
+    flip = tmp / "flip"
+    flip.write_text("a")
+    front, admin_base, _ = start_proxy(
+        tmp,
+        procs,
+        backend_base,
+        None,
+        name="reload",
+        workers=2,
+        env={"BENCH_FLIP_FILE": str(flip)},
+    )
+    seconds = opts.reload_seconds
+    url = f"{front.base}/small"
+    argv = ["wrk", f"-t{opts.threads}", f"-c{opts.connections}", f"-d{seconds}s", url]
+    proc = procs.start("wrk-reload", [*argv, "--latency"], cpu=None)
+    interval = seconds / (opts.reloads + 1)
+    answers: list[int] = []
+    started = time.monotonic()
+    for n in range(1, opts.reloads + 1):
+        time.sleep(max(0.0, started + n * interval - time.monotonic()))
+        flip.write_text("b" if n % 2 else "a")
+        request = urllib.request.Request(admin_base + "/reload", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                answers.append(resp.status)
+        except urllib.error.HTTPError as exc:
+            answers.append(exc.code)
+        except OSError:
+            answers.append(0)
+    try:
+        proc.wait(timeout=seconds + 30)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"wrk against {url} did not finish in {seconds + 30}s") from None
+    report = procs.log_path("wrk-reload").read_text(errors="replace")
+    if proc.returncode != 0:
+        raise BenchError(f"wrk exited with status {proc.returncode}:\n{report}")
+    wanted = ("server.reload_success", "server.reload_failed")
+    stats = proxy_stats(admin_base, wanted)
+    result = ReloadResult(
+        reloads=opts.reloads,
+        seconds=seconds,
+        answers=answers,
+        reload_success=stats.get("server.reload_success"),
+        reload_failed=stats.get("server.reload_failed"),
+        wrk=parse_wrk(report),
+    )
+    return result
+
+
 def hold_connections(base: str, count: int, stack: contextlib.ExitStack) -> int:
     """Open `count` connections to `base`, send one GET /small on each, read
     each answer, and leave them open (closed when `stack` closes); return how
@@ -1351,9 +1432,25 @@ def render_markdown(doc: dict[str, Any]) -> str:
             f"{slow['seconds']:.1f} s): RSS {slow['before_mib']} MiB before, {low}–{high} MiB "
             f"while reading ({len(slow['samples_mib'])} samples), {slow['after_mib']} MiB after."
         )
+    rel = doc.get("reload_run")
+    if rel:
+        lines.append(
+            f"Reload run (issue 6): trioproxy --workers 2 reloaded {rel['reloads']} times "
+            f"(each flips the route between two clusters) while wrk -c{opts['connections']} "
+            f"loaded it for {rel['seconds']} s: {rel['wrk']['requests']:,} requests, "
+            f"{rel['wrk']['requests_per_sec']:,.0f} req/s, {_wrk_errors(rel['wrk'])} errors; "
+            f"server.reload_success {rel['reload_success']}, "
+            f"server.reload_failed {rel['reload_failed']}."
+        )
     for name, why in (doc.get("skipped") or {}).items():
         lines.append(f"Skipped {name}: {why}.")
     return "\n".join(lines) + "\n"
+
+
+def _wrk_errors(wrk: dict[str, Any]) -> int:
+    """WrkResult.errors of a WrkResult as written to the JSON."""
+    keys = ("non_2xx_3xx", "connect_errors", "read_errors", "write_errors", "timeouts")
+    return sum(int(wrk.get(k) or 0) for k in keys)
 
 
 def _md_ms(value: float | None) -> str:
@@ -1420,6 +1517,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="body size of the slow-reader run: one client reads N MiB through trioproxy "
         "at --slow-reader-rate while its RSS is sampled (default 1024, --quick 32; 0: none)",
+    )
+    p.add_argument(
+        "--reloads",
+        type=_non_negative,
+        metavar="N",
+        help="the reload run: N hot reloads (each flips a route and a cluster) while wrk "
+        "loads trioproxy --workers 2 for --reload-seconds (default 20, --quick 4; 0: none)",
+    )
+    p.add_argument(
+        "--reload-seconds",
+        type=_positive,
+        metavar="S",
+        help="length of the reload run (default 20, --quick 2)",
     )
     p.add_argument(
         "--slow-reader-rate",
@@ -1514,6 +1624,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else (32 if args.quick else 1024)
         ),
         slow_reader_rate=args.slow_reader_rate,
+        reloads=args.reloads if args.reloads is not None else (4 if args.quick else 20),
+        reload_seconds=args.reload_seconds or (2 if args.quick else 20),
     )
     if shutil.which("wrk") is None:
         print(
@@ -1673,6 +1785,10 @@ def _run(
             if opts.slow_reader_mib:
                 print("  running the slow-reader run ...", file=sys.stderr, flush=True)
                 slow = slow_reader_run(tmp, procs, opts, front_cpu, stack)
+            reload = None
+            if opts.reloads:
+                print("  running the reload run ...", file=sys.stderr, flush=True)
+                reload = reload_run(tmp, procs, opts, direct)
             stats = proxy_stats(admin_base)
         except BenchError as exc:
             print(f"bench: {exc}", file=sys.stderr)
@@ -1683,6 +1799,8 @@ def _run(
         print(f"trioproxy memory run: {memory.describe()}")
     if slow is not None:
         print(f"trioproxy slow reader: {slow.describe()}")
+    if reload is not None:
+        print(f"trioproxy reload run: {reload.describe()}")
     if stats:
         cx = stats.get("cluster.origin.upstream_cx_total", 0)
         rq = stats.get("cluster.origin.upstream_rq_total", 0)
@@ -1697,6 +1815,7 @@ def _run(
         info["idle_rss_mib"] = idle
         info["memory_run"] = None if memory is None else asdict(memory)
         info["slow_reader"] = None if slow is None else asdict(slow)
+        info["reload_run"] = None if reload is None else asdict(reload)
         if envoy is not None:
             info["envoy"] = where
         info["trioproxy_stats"] = stats
@@ -1707,6 +1826,9 @@ def _run(
         if update:
             update_docs(markdown)
             print(f"updated the table in {DOCS}")
+    if reload is not None and (reload.wrk.errors or any(a != 200 for a in reload.answers)):
+        print(f"bench: FAILED: the reload run: {reload.describe()}", file=sys.stderr)
+        return EXIT_FAILED
     failed = [r for r in results if r.wrk.errors or r.wrk.requests == 0]
     if failed:
         names = ", ".join(f"{r.name} ({r.wrk.describe_errors()})" for r in failed)

@@ -31,6 +31,12 @@ runs each as a variant of the proxied case, see its VARIANTS):
 
 A new switch is one more `if` in `_http()` below and one line in
 bench.py's VARIANTS.
+
+Reloads (issue 6's benchmark variant): when $BENCH_FLIP_FILE names a file
+containing "b", the HTTP/1.1 listener routes to the cluster `origin_b` (the
+same origin under another name) instead of `origin`; bench.py flips the file
+and POSTs /reload while wrk loads the listener, so each reload changes a
+route and adds or removes a cluster.
 """
 
 import os
@@ -72,11 +78,19 @@ def _http(stat_prefix: str, codec: Literal["http1", "auto"]) -> HttpBuilder:
 
 
 origin = cluster("origin", f"127.0.0.1:{BACKEND_PORT}", lb="round_robin")
+FLIP_FILE = os.environ.get("BENCH_FLIP_FILE")
+FLIPPED = False
+if FLIP_FILE and os.path.exists(FLIP_FILE):
+    with open(FLIP_FILE) as f:
+        FLIPPED = f.read().strip() == "b"
+bench_target = (
+    cluster("origin_b", f"127.0.0.1:{BACKEND_PORT}", lb="round_robin") if FLIPPED else origin
+)
 
 MESH = mesh(
     listener("bench", f"127.0.0.1:{LISTEN_PORT}")
     .chain(_http("bench", "http1"))
-    .route(prefix("/"), origin),
+    .route(prefix("/"), bench_target),
     listener("bench_h2", f"127.0.0.1:{H2_LISTEN_PORT}")
     .chain(_http("bench_h2", "auto"))
     .route(prefix("/"), origin),
