@@ -274,6 +274,33 @@ class Http2Stream(ActiveStream):
                 raise DownstreamReset("stream closed") from None
             await h2c.flush()
 
+    async def _write_whole(self, head: ResponseHead, body: bytes, trailers: Headers | None) -> None:
+        """HEADERS, DATA and the end queued together, one flush (the default
+        flushes after each). A body the client's window or the frame size
+        cannot take at once goes the default way (it may have to wait)."""
+        self._check_open()
+        h2c = self._h2c
+        conn = h2c.h2
+        sid = self.stream_id
+        try:
+            room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+        except h2.exceptions.ProtocolError:
+            raise DownstreamReset("stream closed") from None
+        if len(body) > room:
+            await super()._write_whole(head, body, trailers)
+            return
+        try:
+            conn.send_headers(sid, response_to_h2(head), end_stream=False)
+            if body:
+                conn.send_data(sid, body)
+            if trailers:
+                conn.send_headers(sid, trailers_to_h2(trailers), end_stream=True)
+            else:
+                conn.end_stream(sid)
+        except h2.exceptions.ProtocolError:
+            raise DownstreamReset("stream closed") from None
+        await h2c.flush()
+
     async def _write_end(self, trailers: Headers | None) -> None:
         self._check_open()
         h2c = self._h2c
