@@ -720,26 +720,58 @@ class ConnectionManager:
             max_header_bytes=cfg.max_request_headers_kb * 1024,
             max_headers=cfg.max_headers_count,
         )
+        # The connection idle timeout: one scope for the connection's life,
+        # armed (a deadline) only while waiting for the next request, instead
+        # of a scope per wait (entering and leaving a scope costs several
+        # times what moving a deadline does). A drain cancels it while armed.
+        idle = trio.CancelScope()
         try:
             if initial:
                 codec.receive_data(initial)
-            while not conn.closed:
-                head = await self._read_head(conn, codec)
-                if head is None:
-                    break
-                stream = Http1Stream(self, conn, codec, head, remote=remote, local=local)
-                stats.rq_http1_total.inc()
-                await self.run_stream(stream)
-                keep = stream.response_complete and not stream.close_connection
-                if not keep or self.draining or not codec.keep_alive:
-                    break
-                if not codec.start_next_cycle():
-                    break
+            with idle:
+                while not conn.closed:
+                    head = await self._read_head(conn, codec, idle)
+                    if head is None:
+                        break
+                    stream = Http1Stream(self, conn, codec, head, remote=remote, local=local)
+                    stats.rq_http1_total.inc()
+                    await self.run_stream(stream)
+                    keep = stream.response_complete and not stream.close_connection
+                    if not keep or self.draining or not codec.keep_alive:
+                        break
+                    if not codec.start_next_cycle():
+                        break
+            if idle.cancelled_caught and not self.draining:
+                stats.cx_idle_timeout.inc()
         finally:
             stats.cx_http1_active.dec()
 
-    async def _read_head(self, conn: Connection, codec: Http1ServerCodec) -> RequestHead | None:
-        """The next request head, or None if the connection should end quietly."""
+    async def _receive_idle(self, conn: Connection, idle: trio.CancelScope) -> bytes | None:
+        """The first bytes of the next request, under the connection's idle
+        scope (`_serve_http1`); None if it fired or a drain cancelled it
+        just as the bytes arrived (the connection ends either way)."""
+        idle.deadline = trio.current_time() + self.idle_timeout
+        self._idle_waits.add(idle)
+        try:
+            data = await conn.receive_some()
+        finally:
+            self._idle_waits.discard(idle)
+            idle.deadline = math.inf
+        if idle.cancel_called:
+            # Fired as the bytes arrived: the scope stays cancelled, so the
+            # request cannot be served; end as a timeout (or drain) would.
+            if not self.draining:
+                self.stats.cx_idle_timeout.inc()
+            return None
+        return data
+
+    async def _read_head(
+        self, conn: Connection, codec: Http1ServerCodec, idle: trio.CancelScope
+    ) -> RequestHead | None:
+        """The next request head, or None if the connection should end quietly.
+
+        The connection idle timeout is `idle`'s (it raises Cancelled out of here).
+        """
         deadline: float | None = None  # request-headers deadline, once a byte arrived
         try:
             while True:
@@ -756,16 +788,10 @@ class ConnectionManager:
                     # a drain (which cancels `idle` and ends the connection).
                     if self.draining:
                         return None
-                    with trio.move_on_after(self.idle_timeout) as idle:
-                        self._idle_waits.add(idle)
-                        try:
-                            data = await conn.receive_some()
-                        finally:
-                            self._idle_waits.discard(idle)
-                    if idle.cancelled_caught:
-                        if not self.draining:
-                            self.stats.cx_idle_timeout.inc()
+                    received = await self._receive_idle(conn, idle)
+                    if received is None:
                         return None
+                    data = received
                     deadline = trio.current_time() + self.headers_timeout
                 else:
                     with trio.move_on_at(deadline) as scope:
