@@ -269,6 +269,17 @@ class ActiveStream:
         """
         raise NotImplementedError
 
+    def closed_by_client(self) -> bool:
+        """True once the client reset the stream (HTTP/2; never on HTTP/1.1)."""
+        return False
+
+    def cancel_on_reset(self, scope: trio.CancelScope) -> bool:
+        """Have the client resetting the stream cancel `scope` (at once if it
+        already did); False if this protocol cannot tell without reading
+        (HTTP/1.1: the router watches the socket with `watch_disconnect`).
+        """
+        return False
+
     async def watch_disconnect(self) -> bool:
         """Wait, once the request is read, for the client to leave; True if it did.
 

@@ -130,6 +130,7 @@ class Http2Stream(ActiveStream):
         "_h2c",
         "_protocol_error",
         "_reset_event",
+        "_reset_scope",
         "_window_open",
         "counted",
         "ended_by_peer",
@@ -147,6 +148,8 @@ class Http2Stream(ActiveStream):
         self._data_ready = trio.Event()
         self._window_open = trio.Event()
         self._reset_event = trio.Event()
+        # Cancelled when the client resets the stream (`cancel_on_reset`).
+        self._reset_scope: trio.CancelScope | None = None
         # The client reset the stream, or the connection ended under it.
         self.reset_by_peer = False
         # We reset the stream because of the client's fault (a stream error).
@@ -175,6 +178,8 @@ class Http2Stream(ActiveStream):
     def on_reset(self) -> None:
         self.reset_by_peer = True
         self._wake_all()
+        if self._reset_scope is not None:
+            self._reset_scope.cancel()
 
     def on_protocol_error(self, reason: str) -> None:
         """The codec reset the stream for a client fault (already sent)."""
@@ -229,6 +234,16 @@ class Http2Stream(ActiveStream):
             if self._data_ready.is_set():
                 self._data_ready = trio.Event()
             await self._data_ready.wait()
+
+    def closed_by_client(self) -> bool:
+        return self.reset_by_peer
+
+    def cancel_on_reset(self, scope: trio.CancelScope) -> bool:
+        # The connection's reader sees the RST_STREAM and calls `on_reset`.
+        self._reset_scope = scope
+        if self.reset_by_peer:
+            scope.cancel()
+        return True
 
     async def watch_disconnect(self) -> bool:
         await self._reset_event.wait()
