@@ -269,6 +269,17 @@ class ActiveStream:
         """
         raise NotImplementedError
 
+    def closed_by_client(self) -> bool:
+        """True once the client reset the stream (HTTP/2; never on HTTP/1.1)."""
+        return False
+
+    def cancel_on_reset(self, scope: trio.CancelScope) -> bool:
+        """Have the client resetting the stream cancel `scope` (at once if it
+        already did); False if this protocol cannot tell without reading
+        (HTTP/1.1: the router watches the socket with `watch_disconnect`).
+        """
+        return False
+
     async def watch_disconnect(self) -> bool:
         """Wait, once the request is read, for the client to leave; True if it did.
 
@@ -306,7 +317,9 @@ class ActiveStream:
             await f.on_response_headers(self, head)
         self._start_response(head, end_stream)
         await self._write_head(head, end_stream)
-        self._touch()
+        if not end_stream:
+            # (A complete response needs no push: the stream ends now.)
+            self._touch()
 
     async def send_whole_response(
         self, head: ResponseHead, body: bytes, trailers: Headers | None = None
@@ -322,7 +335,8 @@ class ActiveStream:
             self.response_trailers = trailers
             self.info.response_trailers = trailers  # %TRAILER(X)% in access logs
         await self._write_whole(head, body, trailers)
-        self._touch()
+        # No idle-timeout push: the response is complete and the stream ends
+        # without waiting again (a deadline move costs a third of a scope).
 
     def _start_response(self, head: ResponseHead, end_stream: bool) -> None:
         info = self.info
@@ -738,30 +752,68 @@ class ConnectionManager:
             max_header_bytes=cfg.max_request_headers_kb * 1024,
             max_headers=cfg.max_headers_count,
         )
+        # The connection idle timeout: one scope for the connection's life,
+        # armed (a deadline) only while waiting for the next request, instead
+        # of a scope per wait (entering and leaving a scope costs several
+        # times what moving a deadline does). A drain cancels it while armed.
+        idle = trio.CancelScope()
         try:
             if initial:
                 codec.receive_data(initial)
-            while not conn.closed:
-                head = await self._read_head(conn, codec)
-                if head is None:
-                    break
-                stream = Http1Stream(self, conn, codec, head, remote=remote, local=local)
-                stats.rq_http1_total.inc()
-                await self.run_stream(stream)
-                # Not `self.draining`: a drain that began after the response
-                # head went out without `connection: close` must not close
-                # under the client's next request (sent at once; a reset).
-                # `_read_head` decides, within the drain's idle grace.
-                keep = stream.response_complete and not stream.close_connection
-                if not keep or not codec.keep_alive:
-                    break
-                if not codec.start_next_cycle():
-                    break
+            with idle:
+                while not conn.closed:
+                    head = await self._read_head(conn, codec, idle)
+                    if head is None:
+                        break
+                    stream = Http1Stream(self, conn, codec, head, remote=remote, local=local)
+                    stats.rq_http1_total.inc()
+                    await self.run_stream(stream)
+                    # Not `self.draining`: a drain that began after the response
+                    # head went out without `connection: close` must not close
+                    # under the client's next request (sent at once; a reset).
+                    # `_receive_idle` decides, within the drain's idle grace.
+                    keep = stream.response_complete and not stream.close_connection
+                    if not keep or not codec.keep_alive:
+                        break
+                    if not codec.start_next_cycle():
+                        break
+            if idle.cancelled_caught and not self.draining:
+                stats.cx_idle_timeout.inc()
         finally:
             stats.cx_http1_active.dec()
 
-    async def _read_head(self, conn: Connection, codec: Http1ServerCodec) -> RequestHead | None:
-        """The next request head, or None if the connection should end quietly."""
+    async def _receive_idle(self, conn: Connection, idle: trio.CancelScope) -> bytes | None:
+        """The first bytes of the next request, under the connection's idle
+        scope (`_serve_http1`); None if it fired or a drain cancelled it
+        just as the bytes arrived (the connection ends either way), or if a
+        drain's idle grace is over."""
+        until = trio.current_time() + self.idle_timeout
+        if self.draining:
+            if self._drain_idle_until <= trio.current_time():
+                return None
+            until = min(until, self._drain_idle_until)
+        idle.deadline = until
+        self._idle_waits.add(idle)
+        try:
+            data = await conn.receive_some()
+        finally:
+            self._idle_waits.discard(idle)
+            idle.deadline = math.inf
+        if idle.cancel_called:
+            # Fired as the bytes arrived: the scope stays cancelled, so the
+            # request cannot be served; end as a timeout (or drain) would.
+            if not self.draining:
+                self.stats.cx_idle_timeout.inc()
+            return None
+        return data
+
+    async def _read_head(
+        self, conn: Connection, codec: Http1ServerCodec, idle: trio.CancelScope
+    ) -> RequestHead | None:
+        """The next request head, or None if the connection should end quietly.
+
+        The connection idle timeout is `idle`'s (it raises Cancelled out of here).
+        """
         deadline: float | None = None  # request-headers deadline, once a byte arrived
         try:
             while True:
@@ -778,21 +830,10 @@ class ConnectionManager:
                     # a drain (which ends the connection at once, or at the
                     # end of its idle grace; a request before that is
                     # answered with `connection: close`).
-                    until = trio.current_time() + self.idle_timeout
-                    if self.draining:
-                        if self._drain_idle_until <= trio.current_time():
-                            return None
-                        until = min(until, self._drain_idle_until)
-                    with trio.move_on_at(until) as idle:
-                        self._idle_waits.add(idle)
-                        try:
-                            data = await conn.receive_some()
-                        finally:
-                            self._idle_waits.discard(idle)
-                    if idle.cancelled_caught:
-                        if not self.draining:
-                            self.stats.cx_idle_timeout.inc()
+                    received = await self._receive_idle(conn, idle)
+                    if received is None:
                         return None
+                    data = received
                     deadline = trio.current_time() + self.headers_timeout
                 else:
                     with trio.move_on_at(deadline) as scope:

@@ -130,6 +130,7 @@ class Http2Stream(ActiveStream):
         "_h2c",
         "_protocol_error",
         "_reset_event",
+        "_reset_scope",
         "_window_open",
         "counted",
         "ended_by_peer",
@@ -147,6 +148,8 @@ class Http2Stream(ActiveStream):
         self._data_ready = trio.Event()
         self._window_open = trio.Event()
         self._reset_event = trio.Event()
+        # Cancelled when the client resets the stream (`cancel_on_reset`).
+        self._reset_scope: trio.CancelScope | None = None
         # The client reset the stream, or the connection ended under it.
         self.reset_by_peer = False
         # We reset the stream because of the client's fault (a stream error).
@@ -175,6 +178,8 @@ class Http2Stream(ActiveStream):
     def on_reset(self) -> None:
         self.reset_by_peer = True
         self._wake_all()
+        if self._reset_scope is not None:
+            self._reset_scope.cancel()
 
     def on_protocol_error(self, reason: str) -> None:
         """The codec reset the stream for a client fault (already sent)."""
@@ -230,6 +235,16 @@ class Http2Stream(ActiveStream):
                 self._data_ready = trio.Event()
             await self._data_ready.wait()
 
+    def closed_by_client(self) -> bool:
+        return self.reset_by_peer
+
+    def cancel_on_reset(self, scope: trio.CancelScope) -> bool:
+        # The connection's reader sees the RST_STREAM and calls `on_reset`.
+        self._reset_scope = scope
+        if self.reset_by_peer:
+            scope.cancel()
+        return True
+
     async def watch_disconnect(self) -> bool:
         await self._reset_event.wait()
         return True
@@ -273,6 +288,33 @@ class Http2Stream(ActiveStream):
             except h2.exceptions.ProtocolError:
                 raise DownstreamReset("stream closed") from None
             await h2c.flush()
+
+    async def _write_whole(self, head: ResponseHead, body: bytes, trailers: Headers | None) -> None:
+        """HEADERS, DATA and the end queued together, one flush (the default
+        flushes after each). A body the client's window or the frame size
+        cannot take at once goes the default way (it may have to wait)."""
+        self._check_open()
+        h2c = self._h2c
+        conn = h2c.h2
+        sid = self.stream_id
+        try:
+            room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+        except h2.exceptions.ProtocolError:
+            raise DownstreamReset("stream closed") from None
+        if len(body) > room:
+            await super()._write_whole(head, body, trailers)
+            return
+        try:
+            conn.send_headers(sid, response_to_h2(head), end_stream=False)
+            if body:
+                conn.send_data(sid, body)
+            if trailers:
+                conn.send_headers(sid, trailers_to_h2(trailers), end_stream=True)
+            else:
+                conn.end_stream(sid)
+        except h2.exceptions.ProtocolError:
+            raise DownstreamReset("stream closed") from None
+        await h2c.flush()
 
     async def _write_end(self, trailers: Headers | None) -> None:
         self._check_open()

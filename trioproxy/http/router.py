@@ -518,6 +518,10 @@ class Router:
                     await self._tries(stream, cluster, fwd)
                 else:
                     await self._hedged(stream, cluster, fwd, hedge)
+            if route_scope.cancelled_caught and stream.closed_by_client():
+                # Cancelled by the client's reset (`cancel_on_reset`), not the timeout.
+                stream.close_connection = True
+                raise DownstreamReset("client closed before the response ended")
             if route_scope.cancelled_caught:
                 cluster.rq_timeout.inc()
                 stream.info.add_flag("UT")
@@ -934,6 +938,18 @@ class Router:
         await up.send_request_head(
             stream.head, body=stream.has_body, content_length=stream.content_length
         )
+        if (
+            not stream.has_body
+            and stream.upgrade is None
+            and stream.cancel_on_reset(fwd.route_scope)
+        ):
+            # HTTP/2: a client's reset cancels the route scope (`_forward`
+            # turns that into DownstreamReset), so nothing needs to watch
+            # and no 50 ms scope is needed before a watcher starts.
+            fwd.watch_done.set()
+            resp = await up.receive_response_head()
+            await self._relay_response(stream, cluster, host, up, started, fwd, resp)
+            return True
         if not stream.has_body:
             # Fast path: most upstreams answer quickly, so first wait for the
             # head without a watcher task (a task per request costs more than

@@ -11,6 +11,7 @@ in-memory streams under `MockClock` without changing the proxy.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket as stdlib_socket
 from typing import Any, Protocol
@@ -32,6 +33,10 @@ __all__ = [
     "close_stream_nowait",
     "socket_of",
 ]
+
+# errno values of a write on a closed socket (trio's SocketStream maps them
+# to ClosedResourceError, every other OSError to BrokenResourceError).
+_CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
 
 # One receive: 64 KiB, the same read size Envoy's socket reads use. It bounds
 # how much one `receive_some` can pull into memory.
@@ -194,12 +199,18 @@ class Connection:
             (`UpstreamReset` for upstreams, `DownstreamReset` for clients).
     """
 
-    __slots__ = ("_error", "closed", "stream")
+    __slots__ = ("_error", "_sending", "_sock", "closed", "stream")
 
     def __init__(self, stream: trio.abc.Stream, error: type[ProxyIOError]) -> None:
         self.stream = stream
         self._error = error
         self.closed = False
+        # The trio socket of a plain TCP stream, for `send_all`'s direct
+        # write; None for TLS and memory streams (they always take trio's path).
+        self._sock: trio.socket.SocketType | None = (
+            stream.socket if type(stream) is trio.SocketStream else None
+        )
+        self._sending = False  # a send is waiting in trio's path
 
     async def receive_some(self) -> bytes:
         try:
@@ -210,10 +221,47 @@ class Connection:
         return data if type(data) is bytes else bytes(data)
 
     async def send_all(self, data: bytes) -> None:
+        """Send all of `data`.
+
+        On a plain TCP stream the bytes are first written directly: when the
+        kernel takes them all (the usual case for a proxied message), no
+        trio schedule point follows. trio's `send_all` would yield to the
+        scheduler after every write that did not block; that round trip
+        costs about as much as the rest of a small send. It is still a
+        cancellation point (`checkpoint_if_cancelled`, as trio's send starts
+        with), and whatever the kernel does not take at once goes through
+        trio's `send_all`, which waits for room.
+        """
+        sock = self._sock
+        if sock is not None and not self._sending and not sock.did_shutdown_SHUT_WR:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if not data:
+                # Nothing to write (e.g. the empty end of a sized body): no
+                # schedule point either, only trio's closed check.
+                if sock.fileno() == -1:
+                    raise self._error("socket was already closed")
+                return
+            try:
+                # fileno() is -1 once closed: EBADF, "already closed" below.
+                sent = os.write(sock.fileno(), data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                # The messages trio's SocketStream gives for the same errors.
+                if exc.errno in _CLOSED_ERRNOS:
+                    raise self._error("this socket was already closed") from None
+                raise self._error(f"socket connection broken: {exc}") from None
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]  # type: ignore[assignment]
+        busy = self._sending  # a second sender: trio raises BusyResourceError
+        self._sending = True
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise self._error(str(exc) or type(exc).__name__) from None
+        finally:
+            self._sending = busy
 
     async def send_eof(self) -> None:
         """Shut our write half (half-close) if the stream can; TLS streams cannot."""
