@@ -32,6 +32,7 @@ from trioproxy.config.graph import (
     DnsLookupFamily,
     DurationFilter,
     ForwardClientCertDetails,
+    Http1Parser,
     LbPolicy,
     NotHealthCheckFilter,
     OrFilter,
@@ -287,6 +288,7 @@ class ClusterBuilder:
     _panic_threshold: Given[object] | None = None
     _connect_timeout: Given[object] = Given(5.0, None)
     _protocol: Given[object] = Given("http1", None)
+    _http1_parser: Given[object] = Given("h11", None)
     _tls: Given[object] | None = None
     _outlier: Given[dict[str, object]] | None = None
     _health_check: Given[dict[str, object]] | None = None
@@ -530,9 +532,17 @@ class ClusterBuilder:
         """Speak HTTP/2 (h2c, prior knowledge) to this cluster's endpoints."""
         return attrs.evolve(self, protocol=Given("http2", caller_location()))
 
-    def http1(self) -> ClusterBuilder:
-        """Speak HTTP/1.1 to this cluster's endpoints (the default)."""
-        return attrs.evolve(self, protocol=Given("http1", caller_location()))
+    def http1(self, *, parser: Http1Parser | None = None) -> ClusterBuilder:
+        """Speak HTTP/1.1 to this cluster's endpoints (the default).
+
+        `parser` picks who reads response heads: "h11" or "httptools"
+        (as `http(http1_parser=...)` does for requests); None keeps it.
+        """
+        here = caller_location()
+        out = attrs.evolve(self, protocol=Given("http1", here))
+        if parser is not None:
+            out = attrs.evolve(out, http1_parser=Given(parser, here))
+        return out
 
     def auto_http(self) -> ClusterBuilder:
         """Speak HTTP/2 or HTTP/1.1 per connection, as the upstream picks by
@@ -1007,6 +1017,7 @@ class HttpBuilder:
     _request_timeout: object = 0
     _max_request_headers_kb: object = 60
     _max_headers_count: object = 100
+    _http1_parser: object = "h11"
     _generate_request_id: object = True
     _preserve_external_request_id: object = False
     _tracing: TracingSpec | None = None
@@ -1197,6 +1208,7 @@ def http(
     request_timeout: Duration = 0,
     max_request_headers_kb: int = 60,
     max_headers_count: int = 100,
+    http1_parser: Http1Parser = "h11",
     generate_request_id: bool = True,
     preserve_external_request_id: bool = False,
     use_remote_address: bool = True,
@@ -1218,6 +1230,9 @@ def http(
     picks from "subject", "cert", "chain", "dns", "uri" (Hash and By are
     always included).
 
+    `http1_parser` picks who reads HTTP/1.1 request heads: "h11" or
+    "httptools" (llhttp); both give the same requests and the same errors.
+
     `generate_request_id` adds an `x-request-id` (a UUID4) to requests
     without one; an external client's (not from loopback or a private
     address) is replaced unless `preserve_external_request_id`, as in Envoy.
@@ -1235,6 +1250,7 @@ def http(
         request_timeout=request_timeout,
         max_request_headers_kb=max_request_headers_kb,
         max_headers_count=max_headers_count,
+        http1_parser=http1_parser,
         generate_request_id=generate_request_id,
         preserve_external_request_id=preserve_external_request_id,
         use_remote_address=use_remote_address,

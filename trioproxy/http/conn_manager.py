@@ -719,6 +719,7 @@ class ConnectionManager:
         codec = Http1ServerCodec(
             max_header_bytes=cfg.max_request_headers_kb * 1024,
             max_headers=cfg.max_headers_count,
+            parser=cfg.http1_parser,
         )
         try:
             if initial:
