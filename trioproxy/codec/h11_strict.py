@@ -29,20 +29,20 @@ from collections.abc import Iterable
 import h11
 from h11 import _readers
 
-__all__ = ["FIELD_CONTENT", "TOKEN", "apply"]
+__all__ = ["apply"]
 
-TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
 _OWS = rb"[ \t]*"
 # field-vchar = VCHAR / obs-text (no CTL, no DEL).
 _VCHAR = rb"[\x21-\x7e\x80-\xff]"
-FIELD_CONTENT = _VCHAR + rb"+(?:[ \t]+" + _VCHAR + rb"+)*"
+_FIELD_CONTENT = _VCHAR + rb"+(?:[ \t]+" + _VCHAR + rb"+)*"
 HEADER_FIELD = re.compile(
     rb"(?P<field_name>"
-    + TOKEN
+    + _TOKEN
     + rb"):"
     + _OWS
     + rb"(?P<field_value>(?:"
-    + FIELD_CONTENT
+    + _FIELD_CONTENT
     + rb")?)"
     + _OWS
 )
@@ -52,13 +52,13 @@ _CHUNK_EXT = (
     + _OWS
     + rb";"
     + _OWS
-    + TOKEN
+    + _TOKEN
     + rb"(?:"
     + _OWS
     + rb"="
     + _OWS
     + rb"(?:"
-    + TOKEN
+    + _TOKEN
     + rb"|"
     + _QUOTED
     + rb"))?)*"

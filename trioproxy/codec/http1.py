@@ -22,8 +22,7 @@ from typing import ClassVar, Final
 
 import h11
 
-from trioproxy.codec import h11_strict
-from trioproxy.codec.http1_httptools import HttptoolsConnection
+from trioproxy.codec import h11_strict, http1_httptools
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead
 
 h11_strict.apply()
@@ -139,7 +138,7 @@ def _connection(
     role: type[h11._util.Sentinel], max_header_bytes: int, parser: str
 ) -> h11.Connection:
     if parser == "httptools":
-        return HttptoolsConnection(role, max_incomplete_event_size=max_header_bytes)
+        return http1_httptools.new_connection(role, max_header_bytes)
     if parser != "h11":
         raise ValueError(f"unknown HTTP/1.1 parser {parser!r} (one of {', '.join(PARSERS)})")
     return h11.Connection(role, max_incomplete_event_size=max_header_bytes)

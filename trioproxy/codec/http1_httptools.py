@@ -12,10 +12,16 @@ Rules of this file:
   same moment, however the stream was chunked.
 - The start line is matched with h11's own start-line regex; llhttp splits
   the header section into fields; each name and value is then checked
-  against `h11_strict`'s grammar (all names in one regex call, all values in
-  another). The event is built with h11's constructors, which run h11's
-  semantic checks (Content-Length values, Transfer-Encoding, Host, method and
-  target characters).
+  against `h11_strict`'s grammar (as byte sets: llhttp has already found
+  the field boundaries). The event is built with h11's constructors, which
+  run h11's semantic checks (Host, method and target characters); a head
+  with Transfer-Encoding or anything but one plain Content-Length also goes
+  through h11's header normalisation (conflicting lengths, codings: 501).
+- `install()` (on import) puts these readers in h11's reader table. They
+  read with llhttp only a connection made by `new_connection` (its receive
+  buffer is a `_Buffer`); any other `h11.Connection` gets h11's own reader,
+  one type check later. (A per-connection reader would have to be picked on
+  every change of state, which cost more than llhttp saved.)
 - Whatever the fast path does not accept (llhttp refuses the head, a field
   fails the grammar, an unusual start line such as an unregistered method)
   is read again by h11's reader, and its answer stands: its error, with its
@@ -33,24 +39,24 @@ from typing import Any, Final, cast
 import h11
 import httptools
 from h11 import _readers
+from h11._headers import CONTENT_LENGTH_MAX_DIGITS, Headers
 from h11._receivebuffer import ReceiveBuffer
 
-from trioproxy.codec import h11_strict
-
-__all__ = ["HttptoolsConnection"]
+__all__ = ["install", "new_connection", "read_request_head", "read_response_head"]
 
 # The same blank-line search h11's `ReceiveBuffer.maybe_extract_lines` uses.
 _BLANK_LINE: Final = re.compile(rb"\n\r?\n")
 # h11's start lines (h11._abnf via h11._readers), matched on the first line.
 _REQUEST_LINE: Final = _readers.request_line_re
 _STATUS_LINE: Final = _readers.status_line_re
-# All names joined by newlines, all values likewise (neither grammar admits a
-# newline, so the joined string matches exactly when every item does).
-_NAMES: Final = re.compile(h11_strict.TOKEN + rb"(?:\n" + h11_strict.TOKEN + rb")*")
-_VALUES: Final = re.compile(
-    rb"(?:" + h11_strict.FIELD_CONTENT + rb")?(?:\n(?:" + h11_strict.FIELD_CONTENT + rb")?)*"
-)
+# h11_strict's grammar as byte sets (llhttp has split the fields already, so
+# a set check per field is the whole grammar): a name is 1*tchar; a value,
+# once llhttp has dropped the whitespace before it and we the whitespace
+# after it, is empty or VCHAR / obs-text with SP and HTAB only inside it.
+_TCHAR: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_FIELD_BYTES: Final = bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100)) + b" \t"
 _OWS: Final = b" \t"
+_MAX_LENGTH_DIGITS: Final = CONTENT_LENGTH_MAX_DIGITS
 
 _Reader = Callable[[ReceiveBuffer], Any]
 _H11_REQUEST_READER: Final = cast(_Reader, _readers.READERS[(h11.CLIENT, h11.IDLE)])
@@ -90,9 +96,15 @@ def _take_head(buf: ReceiveBuffer) -> bytes | None:
     return bytes(buf._extract(search.end()))
 
 
-def _fields(parser_class: Any, head: bytes) -> list[tuple[bytes, bytes]] | None:
-    """The header fields of `head` as llhttp splits them, names and values
-    checked against h11_strict's grammar; None if anything is off."""
+def _fields(parser_class: Any, head: bytes) -> Headers | list[tuple[bytes, bytes]] | None:
+    """The header fields of `head` as llhttp splits them, each checked
+    against h11_strict's grammar; None if llhttp or the grammar refuses one.
+
+    Without Transfer-Encoding and with at most one plain Content-Length (1 to
+    20 digits), the fields are returned as h11's `Headers`, which is exactly
+    what h11's own normalisation would build from them; otherwise as pairs,
+    for the event's constructor to normalise and check as h11 does.
+    """
     fields = _Fields()
     parser = parser_class(fields)
     try:
@@ -103,22 +115,27 @@ def _fields(parser_class: Any, head: bytes) -> list[tuple[bytes, bytes]] | None:
         return None
     if not fields.complete:
         return None
-    out = fields.fields
-    if not out:
-        return out
-    names = b"\n".join([k for k, _ in out])
-    # llhttp drops the whitespace before a value, not after it.
-    values = [v.rstrip(_OWS) for _, v in out]
-    joined = b"\n".join(values)
-    seps = len(out) - 1
-    if (
-        names.count(b"\n") != seps
-        or joined.count(b"\n") != seps
-        or _NAMES.fullmatch(names) is None
-        or _VALUES.fullmatch(joined) is None
-    ):
-        return None
-    return [(k, values[i]) for i, (k, _) in enumerate(out)]
+    items: list[tuple[bytes, bytes, bytes]] = []
+    plain = True
+    length_seen = False
+    for name, value in fields.fields:
+        if value and value[-1] in (0x20, 0x09):
+            value = value.rstrip(_OWS)  # llhttp drops the whitespace before a value only
+        if not name or name.translate(None, _TCHAR) or value.translate(None, _FIELD_BYTES):
+            return None
+        if value[:1] in (b" ", b"\t"):
+            return None  # not from llhttp; kept exact anyway
+        lower = name.lower()
+        if lower == b"content-length":
+            if length_seen or not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
+                plain = False
+            length_seen = True
+        elif lower == b"transfer-encoding":
+            plain = False
+        items.append((name, lower, value))
+    if plain:
+        return Headers(items)
+    return [(name, value) for name, _, value in items]
 
 
 def _start_line(head: bytes) -> int:
@@ -135,9 +152,13 @@ def _fallback(reader: _Reader, head: bytes) -> Any:
     return reader(rb)
 
 
+class _Buffer(ReceiveBuffer):
+    """The receive buffer of a connection whose heads llhttp splits."""
+
+
 def read_request_head(buf: ReceiveBuffer) -> h11.Request | None:
-    """h11's `(CLIENT, IDLE)` reader, with the head split by llhttp."""
-    if buf._data[:1] == b"\n" or buf._data[:2] == b"\r\n":
+    """h11's `(CLIENT, IDLE)` reader; for a `_Buffer`, the head split by llhttp."""
+    if type(buf) is not _Buffer or buf._data[:1] == b"\n" or buf._data[:2] == b"\r\n":
         return _H11_REQUEST_READER(buf)  # type: ignore[no-any-return]
     head = _take_head(buf)
     if head is None:
@@ -159,8 +180,9 @@ def read_request_head(buf: ReceiveBuffer) -> h11.Request | None:
 def read_response_head(
     buf: ReceiveBuffer,
 ) -> h11.Response | h11.InformationalResponse | None:
-    """h11's `(SERVER, SEND_RESPONSE)` reader, with the head split by llhttp."""
-    if buf._data[:1] == b"\n" or buf._data[:2] == b"\r\n":
+    """h11's `(SERVER, IDLE)` and `(SERVER, SEND_RESPONSE)` reader; for a
+    `_Buffer`, the head split by llhttp."""
+    if type(buf) is not _Buffer or buf._data[:1] == b"\n" or buf._data[:2] == b"\r\n":
         return _H11_RESPONSE_READER(buf)  # type: ignore[no-any-return]
     head = _take_head(buf)
     if head is None:
@@ -183,26 +205,44 @@ def read_response_head(
     )
 
 
-class HttptoolsConnection(h11.Connection):
-    """An `h11.Connection` whose head readers are `read_request_head` and
-    `read_response_head`; every other reader, every state and every writer
-    is h11's."""
+def new_connection(
+    role: type[h11._util.Sentinel], max_incomplete_event_size: int
+) -> h11.Connection:
+    """An `h11.Connection` whose message heads llhttp splits; every state,
+    body reader and writer stays h11's."""
+    conn = h11.Connection(role, max_incomplete_event_size=max_incomplete_event_size)
+    conn._receive_buffer = _Buffer()
+    return conn
 
-    def __init__(self, our_role: type[h11._util.Sentinel], max_incomplete_event_size: int) -> None:
-        super().__init__(our_role, max_incomplete_event_size=max_incomplete_event_size)
-        self._swap_reader()
 
-    def _swap_reader(self) -> None:
-        reader = self._reader
-        if reader is _H11_REQUEST_READER:
-            self._reader = read_request_head
-        elif reader is _H11_RESPONSE_READER:
-            self._reader = read_response_head
+_installed = False
 
-    def _respond_to_state_changes(
-        self,
-        old_states: dict[type[h11._util.Sentinel], type[h11._util.Sentinel]],
-        event: Any = None,
-    ) -> None:
-        super()._respond_to_state_changes(old_states, event)
-        self._swap_reader()
+
+def install() -> None:
+    """Make h11's head readers `read_request_head` / `read_response_head`
+    (idempotent). For a plain `ReceiveBuffer` they are h11's own readers, so
+    every other `h11.Connection` is unchanged; checking the buffer's type
+    costs less than picking a reader per connection on each change of state.
+    """
+    global _installed
+    if _installed:
+        return
+    readers = _readers.READERS
+    expected = {
+        (h11.CLIENT, h11.IDLE): _H11_REQUEST_READER,
+        (h11.SERVER, h11.IDLE): _H11_RESPONSE_READER,
+        (h11.SERVER, h11.SEND_RESPONSE): _H11_RESPONSE_READER,
+    }
+    for key, reader in expected.items():
+        if readers.get(key) is not reader or not callable(reader):
+            raise ImportError(
+                f"h11 {getattr(h11, '__version__', '?')}: READERS[{key}] is not the reader "
+                "trioproxy.codec.http1_httptools expects; it must be updated for this h11"
+            )
+    readers[(h11.CLIENT, h11.IDLE)] = read_request_head
+    readers[(h11.SERVER, h11.IDLE)] = read_response_head
+    readers[(h11.SERVER, h11.SEND_RESPONSE)] = read_response_head
+    _installed = True
+
+
+install()
