@@ -288,7 +288,7 @@ class ClusterBuilder:
     _panic_threshold: Given[object] | None = None
     _connect_timeout: Given[object] = Given(5.0, None)
     _protocol: Given[object] = Given("http1", None)
-    _http1_parser: Given[object] = Given("h11", None)
+    _http1_parser: Given[object] = Given("httptools", None)
     _tls: Given[object] | None = None
     _outlier: Given[dict[str, object]] | None = None
     _health_check: Given[dict[str, object]] | None = None
@@ -535,8 +535,9 @@ class ClusterBuilder:
     def http1(self, *, parser: Http1Parser | None = None) -> ClusterBuilder:
         """Speak HTTP/1.1 to this cluster's endpoints (the default).
 
-        `parser` picks who reads response heads: "h11" or "httptools"
-        (as `http(http1_parser=...)` does for requests); None keeps it.
+        `parser` picks who reads response heads: "httptools" (the default)
+        or "h11" (as `http(http1_parser=...)` does for requests); None keeps
+        the current choice.
         """
         here = caller_location()
         out = attrs.evolve(self, protocol=Given("http1", here))
@@ -1017,7 +1018,7 @@ class HttpBuilder:
     _request_timeout: object = 0
     _max_request_headers_kb: object = 60
     _max_headers_count: object = 100
-    _http1_parser: object = "h11"
+    _http1_parser: object = "httptools"
     _generate_request_id: object = True
     _preserve_external_request_id: object = False
     _tracing: TracingSpec | None = None
@@ -1208,7 +1209,7 @@ def http(
     request_timeout: Duration = 0,
     max_request_headers_kb: int = 60,
     max_headers_count: int = 100,
-    http1_parser: Http1Parser = "h11",
+    http1_parser: Http1Parser = "httptools",
     generate_request_id: bool = True,
     preserve_external_request_id: bool = False,
     use_remote_address: bool = True,
@@ -1230,8 +1231,9 @@ def http(
     picks from "subject", "cert", "chain", "dns", "uri" (Hash and By are
     always included).
 
-    `http1_parser` picks who reads HTTP/1.1 request heads: "h11" or
-    "httptools" (llhttp); both give the same requests and the same errors.
+    `http1_parser` picks who reads HTTP/1.1 request heads: "httptools"
+    (llhttp, the default) or "h11"; both give the same requests and the
+    same errors (h11 stays the reference; see docs/decisions.md).
 
     `generate_request_id` adds an `x-request-id` (a UUID4) to requests
     without one; an external client's (not from loopback or a private

@@ -297,7 +297,7 @@ class Cluster:
     protocol: UpstreamProtocol = "http1"
     # Who reads HTTP/1.1 response heads from this cluster's hosts (as the
     # HCM's `http1_parser`).
-    http1_parser: Http1Parser = "h11"
+    http1_parser: Http1Parser = "httptools"
     # Envoy: connect_timeout 5 s.
     connect_timeout: float = 5.0
     # Envoy: least_request choice_count 2, active_request_bias 1.0.
@@ -780,9 +780,10 @@ class HttpConnectionManager(NetworkFilterConfig):
     # Envoy: max_request_headers_kb 60, max_headers_count 100.
     max_request_headers_kb: int = 60
     max_headers_count: int = 100
-    # Envoy has its own parsers (http-parser, then balsa); ours are h11 and
-    # httptools (llhttp) behind one codec, same events (docs/decisions.md).
-    http1_parser: Http1Parser = "h11"
+    # Who reads HTTP/1.1 request heads: llhttp (httptools) inside h11's state
+    # machine, or h11 alone; the same events either way. Envoy has its own
+    # parsers (http-parser, then balsa); see docs/decisions.md.
+    http1_parser: Http1Parser = "httptools"
     # Envoy leaves request_headers_timeout disabled; we default to 10 s so a
     # slowloris client cannot hold a connection (docs/decisions.md).
     request_headers_timeout: float = 10.0
