@@ -88,7 +88,7 @@ def _package_overlay(tmp: pathlib.Path) -> pathlib.Path:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    session.install("mypy", "attrs", "trio", "h11", "h2", "hypothesis", "dnspython")
+    session.install("mypy", "attrs", "trio", "h11", "h2", "hypothesis", "dnspython", "httptools")
     overlay = _package_overlay(pathlib.Path(session.create_tmp()))
     with session.chdir(overlay):
         session.run(

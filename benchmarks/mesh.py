@@ -29,6 +29,9 @@ runs each as a variant of the proxied case, see its VARIANTS):
   (default 9411). With no collector there, every span is still built,
   sampled and encoded, and the reports fail (counted) off the request path.
 
+And a codec switch: BENCH_HTTP1_PARSER=h11 or httptools picks who reads
+HTTP/1.1 heads, requests and responses alike (unset: the default).
+
 A new switch is one more `if` in `_http()` below and one line in
 bench.py's VARIANTS.
 
@@ -62,12 +65,15 @@ STATSD = os.environ.get("BENCH_STATSD") == "on"
 STATSD_PORT = _port("BENCH_STATSD_PORT", 8125)
 
 TRACING = os.environ.get("BENCH_TRACING") == "on"
+HTTP1_PARSER = os.environ.get("BENCH_HTTP1_PARSER")
 ZIPKIN_PORT = _port("BENCH_ZIPKIN_PORT", 9411)
 
 
 def _http(stat_prefix: str, codec: Literal["http1", "auto"]) -> HttpBuilder:
     """The HTTP chain of a listener, with the observability switched on."""
     chain = http(stat_prefix=stat_prefix, codec=codec)
+    if HTTP1_PARSER:
+        chain = http(stat_prefix=stat_prefix, codec=codec, http1_parser=HTTP1_PARSER)  # type: ignore[arg-type]
     if ACCESS_LOG != "off":
         chain = chain.access_log(ACCESS_LOG)
     if TRACING:
@@ -78,6 +84,8 @@ def _http(stat_prefix: str, codec: Literal["http1", "auto"]) -> HttpBuilder:
 
 
 origin = cluster("origin", f"127.0.0.1:{BACKEND_PORT}", lb="round_robin")
+if HTTP1_PARSER:
+    origin = origin.http1(parser=HTTP1_PARSER)  # type: ignore[arg-type]
 FLIP_FILE = os.environ.get("BENCH_FLIP_FILE")
 FLIPPED = False
 if FLIP_FILE and os.path.exists(FLIP_FILE):

@@ -32,6 +32,7 @@ from trioproxy.config.graph import (
     DnsLookupFamily,
     DurationFilter,
     ForwardClientCertDetails,
+    Http1Parser,
     LbPolicy,
     NotHealthCheckFilter,
     OrFilter,
@@ -287,6 +288,7 @@ class ClusterBuilder:
     _panic_threshold: Given[object] | None = None
     _connect_timeout: Given[object] = Given(5.0, None)
     _protocol: Given[object] = Given("http1", None)
+    _http1_parser: Given[object] = Given("httptools", None)
     _tls: Given[object] | None = None
     _outlier: Given[dict[str, object]] | None = None
     _health_check: Given[dict[str, object]] | None = None
@@ -530,9 +532,18 @@ class ClusterBuilder:
         """Speak HTTP/2 (h2c, prior knowledge) to this cluster's endpoints."""
         return attrs.evolve(self, protocol=Given("http2", caller_location()))
 
-    def http1(self) -> ClusterBuilder:
-        """Speak HTTP/1.1 to this cluster's endpoints (the default)."""
-        return attrs.evolve(self, protocol=Given("http1", caller_location()))
+    def http1(self, *, parser: Http1Parser | None = None) -> ClusterBuilder:
+        """Speak HTTP/1.1 to this cluster's endpoints (the default).
+
+        `parser` picks who reads response heads: "httptools" (the default)
+        or "h11" (as `http(http1_parser=...)` does for requests); None keeps
+        the current choice.
+        """
+        here = caller_location()
+        out = attrs.evolve(self, protocol=Given("http1", here))
+        if parser is not None:
+            out = attrs.evolve(out, http1_parser=Given(parser, here))
+        return out
 
     def auto_http(self) -> ClusterBuilder:
         """Speak HTTP/2 or HTTP/1.1 per connection, as the upstream picks by
@@ -1007,6 +1018,7 @@ class HttpBuilder:
     _request_timeout: object = 0
     _max_request_headers_kb: object = 60
     _max_headers_count: object = 100
+    _http1_parser: object = "httptools"
     _generate_request_id: object = True
     _preserve_external_request_id: object = False
     _tracing: TracingSpec | None = None
@@ -1197,6 +1209,7 @@ def http(
     request_timeout: Duration = 0,
     max_request_headers_kb: int = 60,
     max_headers_count: int = 100,
+    http1_parser: Http1Parser = "httptools",
     generate_request_id: bool = True,
     preserve_external_request_id: bool = False,
     use_remote_address: bool = True,
@@ -1218,6 +1231,10 @@ def http(
     picks from "subject", "cert", "chain", "dns", "uri" (Hash and By are
     always included).
 
+    `http1_parser` picks who reads HTTP/1.1 request heads: "httptools"
+    (llhttp, the default) or "h11"; both give the same requests and the
+    same errors (h11 stays the reference; see docs/decisions.md).
+
     `generate_request_id` adds an `x-request-id` (a UUID4) to requests
     without one; an external client's (not from loopback or a private
     address) is replaced unless `preserve_external_request_id`, as in Envoy.
@@ -1235,6 +1252,7 @@ def http(
         request_timeout=request_timeout,
         max_request_headers_kb=max_request_headers_kb,
         max_headers_count=max_headers_count,
+        http1_parser=http1_parser,
         generate_request_id=generate_request_id,
         preserve_external_request_id=preserve_external_request_id,
         use_remote_address=use_remote_address,

@@ -84,6 +84,7 @@ from trioproxy.config.graph import (
     RETRY_ON,
     Action,
     CodecType,
+    Http1Parser,
     LbPolicy,
     OverloadActionName,
     PathKind,
@@ -469,6 +470,12 @@ class _Compiler:
         protocol = self.choice(
             cb._protocol.value, get_args(UpstreamProtocol), "protocol", cb._protocol.location
         )
+        http1_parser: Http1Parser = self.choice(
+            cb._http1_parser.value,
+            get_args(Http1Parser),
+            "http1 parser",
+            cb._http1_parser.location,
+        )
         tls = None
         if cb._tls is not None:
             tls = upstream_tls(
@@ -494,6 +501,7 @@ class _Compiler:
             healthy_panic_threshold=panic,
             **lb_options,  # type: ignore[arg-type]
             protocol=protocol,
+            http1_parser=http1_parser,
             connect_timeout=connect_timeout,
             tls=tls,
             outlier_detection=self.outlier(cb, name),
@@ -873,6 +881,7 @@ class _Compiler:
             max_headers_count=self.count(
                 hb._max_headers_count, "max_headers_count", loc, low=1, high=2**31 - 1
             ),
+            http1_parser=self.choice(hb._http1_parser, get_args(Http1Parser), "http1_parser", loc),
             server_name=self.text(hb._server_name, "server_name", loc),
             generate_request_id=self.flag(hb._generate_request_id, "generate_request_id", loc),
             preserve_external_request_id=self.flag(

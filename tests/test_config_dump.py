@@ -195,6 +195,7 @@ def test_jsonable_clusters() -> None:
         "eds_file": None,
         "lb_policy": "least_request",
         "protocol": "http1",
+        "http1_parser": "httptools",
         "connect_timeout": 5.0,
         "choice_count": 2,
         "active_request_bias": 1.0,

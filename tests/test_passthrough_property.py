@@ -42,6 +42,7 @@ from tests.conftest import cluster, route_to, simple_mesh, start_proxy, start_up
 from tests.memnet import MemoryNetwork, RawClient
 from trioproxy.codec.http1 import (
     CLOSED,
+    PARSERS,
     EndOfMessage,
     Http1ClientCodec,
     Http1Error,
@@ -589,11 +590,12 @@ async def test_client_leaving_mid_body_is_a_reset_not_a_protocol_error(
         nursery.cancel_scope.cancel()
 
 
-def test_codec_end_of_stream_mid_message_is_closed_not_an_error() -> None:
+@pytest.mark.parametrize("parser", PARSERS)
+def test_codec_end_of_stream_mid_message_is_closed_not_an_error(parser: str) -> None:
     """Sans-IO: an EOF inside a message is CLOSED; after a close-delimited body it ends it."""
 
     def client() -> Http1ClientCodec:
-        c = Http1ClientCodec()
+        c = Http1ClientCodec(parser=parser)
         c.send_request_head(
             RequestHead(method=b"GET", path=b"/", authority=b"a"), body=False, content_length=None
         )
@@ -619,7 +621,7 @@ def test_codec_end_of_stream_mid_message_is_closed_not_an_error() -> None:
     c.next_event()
     assert c.next_event() == b"abc"
     assert type(c.next_event()) is EndOfMessage  # close-delimited: EOF ends it
-    s = Http1ServerCodec()
+    s = Http1ServerCodec(parser=parser)
     s.receive_data(b"GARBAGE\r\n\r\n")
     s.receive_data(b"")
     with pytest.raises(Http1Error) as err:  # invalid bytes before the EOF stay an error

@@ -13,6 +13,10 @@ HTTP/1.1 parser). A payload is either
 
 Responses (splitting): the upstream sends a malformed response; the proxy
 answers 502 with flag UPE and never relays a byte of it.
+
+Every case runs once per HTTP/1.1 parser (`http1_parser`: h11 and
+httptools), downstream and upstream alike: the table is the contract both
+must keep.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pytest
 import trio
 
 from tests.conftest import cluster, counter, route_to, simple_mesh, start_proxy
+from trioproxy.codec.http1 import PARSERS
 
 REJECT = "reject"
 # Envoy answers an unsupported transfer-coding with 501 (its
@@ -300,12 +305,23 @@ async def _exchange(port: int, raw: bytes, want: int | None = None) -> bytes:
     return out
 
 
-@pytest.fixture
-async def proxied(nursery: trio.Nursery) -> tuple[RecordingUpstream, int, object]:
-    up: RecordingUpstream = await nursery.start(RecordingUpstream().run)
-    server = await start_proxy(
-        nursery, simple_mesh([route_to("svc")], [cluster("svc", f"127.0.0.1:{up.port}")])
+@pytest.fixture(params=PARSERS)
+def parser(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _mesh(port: int, parser: str) -> object:
+    return simple_mesh(
+        [route_to("svc")],
+        [cluster("svc", f"127.0.0.1:{port}", http1_parser=parser)],
+        http1_parser=parser,
     )
+
+
+@pytest.fixture
+async def proxied(nursery: trio.Nursery, parser: str) -> tuple[RecordingUpstream, int, object]:
+    up: RecordingUpstream = await nursery.start(RecordingUpstream().run)
+    server = await start_proxy(nursery, _mesh(up.port, parser))  # type: ignore[arg-type]
     return up, server.listener_address("ingress").port, server
 
 
@@ -371,12 +387,10 @@ RESPONSES: list[tuple[str, bytes]] = [
 
 
 @pytest.mark.parametrize("raw", [r for _, r in RESPONSES], ids=[n for n, _ in RESPONSES])
-async def test_response_splitting(nursery: trio.Nursery, raw: bytes) -> None:
+async def test_response_splitting(nursery: trio.Nursery, raw: bytes, parser: str) -> None:
     up: RecordingUpstream = await nursery.start(RecordingUpstream().run)
     up.response = raw
-    server = await start_proxy(
-        nursery, simple_mesh([route_to("svc")], [cluster("svc", f"127.0.0.1:{up.port}")])
-    )
+    server = await start_proxy(nursery, _mesh(up.port, parser))  # type: ignore[arg-type]
     out = await _exchange(
         server.listener_address("ingress").port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 1
     )

@@ -22,7 +22,7 @@ from typing import ClassVar, Final
 
 import h11
 
-from trioproxy.codec import h11_strict
+from trioproxy.codec import h11_strict, http1_httptools
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead
 
 h11_strict.apply()
@@ -31,6 +31,7 @@ __all__ = [
     "CLOSED",
     "HOP_BY_HOP",
     "NEED_DATA",
+    "PARSERS",
     "PAUSED",
     "REASONS",
     "EndOfMessage",
@@ -126,6 +127,22 @@ REASONS: Final = {
 }  # fmt: skip
 
 Event = RequestHead | ResponseHead | bytes | EndOfMessage | _Sentinel
+
+# Who reads message heads (`parser=` of both codecs): "h11" (h11's own
+# readers, with h11_strict) or "httptools" (llhttp splits the header section,
+# h11 keeps every state, body reader and writer; see http1_httptools).
+PARSERS: Final = ("h11", "httptools")
+
+
+def _connection(
+    role: type[h11._util.Sentinel], max_header_bytes: int, parser: str
+) -> h11.Connection:
+    if parser == "httptools":
+        return http1_httptools.new_connection(role, max_header_bytes)
+    if parser != "h11":
+        raise ValueError(f"unknown HTTP/1.1 parser {parser!r} (one of {', '.join(PARSERS)})")
+    return h11.Connection(role, max_incomplete_event_size=max_header_bytes)
+
 
 # h11 checks each outgoing header name and value with its own regex call
 # (`h11._headers.normalize_and_validate`), the largest single item of its send
@@ -293,14 +310,18 @@ class Http1ServerCodec(_Base):
         max_header_bytes: the request line plus headers (Envoy's
             `max_request_headers_kb`, 60 KiB); past it, 431.
         max_headers: header count (Envoy's `max_headers_count`, 100); past it, 431.
+        parser: who reads request heads, one of `PARSERS`; the events and
+            errors are the same either way.
     """
 
     __slots__ = ("_head_method", "_max_header_bytes", "_start")
 
     _AWAITING = h11.IDLE
 
-    def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100) -> None:
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+    def __init__(
+        self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100, parser: str = "h11"
+    ) -> None:
+        self._conn = _connection(h11.SERVER, max_header_bytes, parser)
         self._eof = _OPEN
         self._max_headers = max_headers
         self._max_header_bytes = max_header_bytes
@@ -462,14 +483,19 @@ class Http1ServerCodec(_Base):
 
 
 class Http1ClientCodec(_Base):
-    """The upstream side: serialises requests, parses responses."""
+    """The upstream side: serialises requests, parses responses.
+
+    Args: as `Http1ServerCodec`'s (the limits apply to response heads).
+    """
 
     __slots__ = ("_informational",)
 
     _AWAITING = h11.SEND_RESPONSE
 
-    def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100) -> None:
-        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
+    def __init__(
+        self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100, parser: str = "h11"
+    ) -> None:
+        self._conn = _connection(h11.CLIENT, max_header_bytes, parser)
         self._eof = _OPEN
         self._max_headers = max_headers
 

@@ -105,6 +105,8 @@ HASH_LB_POLICIES: Final = frozenset({"ring_hash", "maglev"})
 PathKind = Literal["prefix", "path", "regex"]
 StringMatchKind = Literal["exact", "prefix", "suffix", "contains", "regex", "present"]
 CodecType = Literal["auto", "http1", "http2"]
+# Who reads HTTP/1.1 message heads (trioproxy.codec.http1.PARSERS).
+Http1Parser = Literal["h11", "httptools"]
 # "auto": HTTP/2 if the upstream's TLS ALPN says h2, else HTTP/1.1 (Envoy's auto_config).
 UpstreamProtocol = Literal["http1", "http2", "auto"]
 # Envoy's cluster discovery types (`type`); "eds" reads a ClusterLoadAssignment
@@ -293,6 +295,9 @@ class Cluster:
     lb_policy: LbPolicy = "round_robin"
     # Envoy: HTTP/1.1 to upstreams unless the cluster's protocol options say h2.
     protocol: UpstreamProtocol = "http1"
+    # Who reads HTTP/1.1 response heads from this cluster's hosts (as the
+    # HCM's `http1_parser`).
+    http1_parser: Http1Parser = "httptools"
     # Envoy: connect_timeout 5 s.
     connect_timeout: float = 5.0
     # Envoy: least_request choice_count 2, active_request_bias 1.0.
@@ -775,6 +780,10 @@ class HttpConnectionManager(NetworkFilterConfig):
     # Envoy: max_request_headers_kb 60, max_headers_count 100.
     max_request_headers_kb: int = 60
     max_headers_count: int = 100
+    # Who reads HTTP/1.1 request heads: llhttp (httptools) inside h11's state
+    # machine, or h11 alone; the same events either way. Envoy has its own
+    # parsers (http-parser, then balsa); see docs/decisions.md.
+    http1_parser: Http1Parser = "httptools"
     # Envoy leaves request_headers_timeout disabled; we default to 10 s so a
     # slowloris client cannot hold a connection (docs/decisions.md).
     request_headers_timeout: float = 10.0

@@ -751,6 +751,7 @@ class ConnectionManager:
         codec = Http1ServerCodec(
             max_header_bytes=cfg.max_request_headers_kb * 1024,
             max_headers=cfg.max_headers_count,
+            parser=cfg.http1_parser,
         )
         # The connection idle timeout: one scope for the connection's life,
         # armed (a deadline) only while waiting for the next request, instead

@@ -44,6 +44,7 @@ class AutoPool:
         idle_timeout: float,
         max_idle: int,
         settings: Http2Settings | None = None,
+        http1_parser: str = "h11",
     ) -> None:
         self.host = host
         self.port = port
@@ -59,6 +60,7 @@ class AutoPool:
             max_idle=max_idle,
             tls=tls,
             accept_alpn=(None, "http/1.1", "h2"),
+            http1_parser=http1_parser,
         )
         self.h2 = Http2Pool(
             network,

@@ -174,9 +174,9 @@ class UpstreamHttp1:
 
     __slots__ = ("_stashed", "_writing", "codec", "conn", "idle_since", "trailers")
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, parser: str = "h11") -> None:
         self.conn = conn
-        self.codec = Http1ClientCodec()
+        self.codec = Http1ClientCodec(parser=parser)
         self.idle_since = 0.0
         self.trailers: Headers = []
         # True while a write is in progress. A write interrupted by a cancel
@@ -296,6 +296,7 @@ class Http1Pool:
         connect_timeout: the connect phase's cancel scope (Envoy: 5 s).
         idle_timeout: drop idle connections older than this (Envoy: 1 h).
         max_idle: idle connections kept; more are closed on release.
+        http1_parser: who reads response heads (`Http1ClientCodec`'s `parser`).
     """
 
     def __init__(
@@ -310,8 +311,10 @@ class Http1Pool:
         max_idle: int,
         tls: ClientTls | None = None,
         accept_alpn: tuple[str | None, ...] = (None, "http/1.1"),
+        http1_parser: str = "h11",
     ) -> None:
         self._network = network
+        self._parser = http1_parser
         self._tls = tls
         self._accept_alpn = accept_alpn
         self.host = host
@@ -383,7 +386,7 @@ class Http1Pool:
         self._stats.cx_total.inc()
         self._stats.cx_active.inc()
         self.active += 1
-        return UpstreamHttp1(Connection(stream, UpstreamReset))
+        return UpstreamHttp1(Connection(stream, UpstreamReset), self._parser)
 
     def release(self, up: UpstreamStream, *, reusable: bool) -> None:
         """Return a connection; it is kept only if its exchange finished cleanly."""

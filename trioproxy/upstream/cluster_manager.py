@@ -315,6 +315,7 @@ class ClusterRuntime:
                 connect_timeout=config.connect_timeout,
                 idle_timeout=config.idle_timeout,
                 max_idle=config.max_idle_per_host,
+                http1_parser=config.http1_parser,
             )
         if config.protocol == "http2":
             return Http2Pool(
@@ -337,6 +338,7 @@ class ClusterRuntime:
             idle_timeout=config.idle_timeout,
             max_idle=config.max_idle_per_host,
             tls=tls,
+            http1_parser=config.http1_parser,
         )
 
     async def connect(self, host: Host) -> trio.abc.Stream:
