@@ -35,6 +35,9 @@ HTTP/1.1 heads, requests and responses alike (unset: the default).
 A new switch is one more `if` in `_http()` below and one line in
 bench.py's VARIANTS.
 
+BENCH_ROUTE_TIMEOUT=S sets the HTTP/1.1 listener's route timeout (default
+Envoy's 15 s; 0: none): the slow-reader run reads for longer than 15 s.
+
 Reloads (issue 6's benchmark variant): when $BENCH_FLIP_FILE names a file
 containing "b", the HTTP/1.1 listener routes to the cluster `origin_b` (the
 same origin under another name) instead of `origin`; bench.py flips the file
@@ -86,6 +89,7 @@ def _http(stat_prefix: str, codec: Literal["http1", "auto"]) -> HttpBuilder:
 origin = cluster("origin", f"127.0.0.1:{BACKEND_PORT}", lb="round_robin")
 if HTTP1_PARSER:
     origin = origin.http1(parser=HTTP1_PARSER)  # type: ignore[arg-type]
+ROUTE_TIMEOUT = float(os.environ.get("BENCH_ROUTE_TIMEOUT", "15"))
 FLIP_FILE = os.environ.get("BENCH_FLIP_FILE")
 FLIPPED = False
 if FLIP_FILE and os.path.exists(FLIP_FILE):
@@ -98,7 +102,7 @@ bench_target = (
 MESH = mesh(
     listener("bench", f"127.0.0.1:{LISTEN_PORT}")
     .chain(_http("bench", "http1"))
-    .route(prefix("/"), bench_target),
+    .route(prefix("/"), bench_target, timeout=ROUTE_TIMEOUT),
     listener("bench_h2", f"127.0.0.1:{H2_LISTEN_PORT}")
     .chain(_http("bench_h2", "auto"))
     .route(prefix("/"), origin),

@@ -207,6 +207,7 @@ def main() -> int:
             "BENCH_ADMIN_PORT": str(admin),
             "BENCH_BACKEND_PORT": str(origin_port),
             "BENCH_ACCESS_LOG": str(Path(tmp) / "access.log"),
+            "BENCH_ROUTE_TIMEOUT": "0",  # longer than Envoy's default 15 s
         }
         argv = [sys.executable, "-m", "trioproxy", "serve", str(here / "mesh.py"), "--workers", "1"]
         proc = subprocess.Popen(argv, env=env)
