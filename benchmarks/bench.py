@@ -123,6 +123,8 @@ EXIT_INTERRUPTED = 130
 # and compiles its mesh in about a second; nginx starts in milliseconds.
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
+# Starts of a trioproxy whose free_port() lost a race (start_proxy).
+PORT_ATTEMPTS = 3
 
 
 class BenchError(Exception):
@@ -622,26 +624,33 @@ def start_proxy(
     h2load ("h2-h1" to the HTTP/1.1 origin; with `backend_h2`, an h2c
     origin, also "h2-h2"). `env` is added to the mesh's environment (a
     variant: see VARIANTS)."""
-    listen, h2_listen, h2h2_listen, admin = free_port(), free_port(), free_port(), free_port()
-    if backend_h2 is not None:
-        env = {
-            **(env or {}),
-            "BENCH_H2_UPSTREAM_PORT": backend_h2.rsplit(":", 1)[1],
-            "BENCH_H2H2_LISTEN_PORT": str(h2h2_listen),
+    # free_port() only finds a port free now; on a shared machine another
+    # process can take it before trioproxy binds. Then start again on others.
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        listen, h2_listen, h2h2_listen, admin = (free_port() for _ in range(4))
+        extra = dict(env or {})
+        if backend_h2 is not None:
+            extra["BENCH_H2_UPSTREAM_PORT"] = backend_h2.rsplit(":", 1)[1]
+            extra["BENCH_H2H2_LISTEN_PORT"] = str(h2h2_listen)
+        mesh_env = {
+            "BENCH_LISTEN_PORT": str(listen),
+            "BENCH_H2_LISTEN_PORT": str(h2_listen),
+            "BENCH_ADMIN_PORT": str(admin),
+            "BENCH_BACKEND_PORT": backend_base.rsplit(":", 1)[1],
+            "BENCH_ACCESS_LOG": str(tmp / f"access-{name}.log"),
+            **extra,
         }
-    mesh_env = {
-        "BENCH_LISTEN_PORT": str(listen),
-        "BENCH_H2_LISTEN_PORT": str(h2_listen),
-        "BENCH_ADMIN_PORT": str(admin),
-        "BENCH_BACKEND_PORT": backend_base.rsplit(":", 1)[1],
-        "BENCH_ACCESS_LOG": str(tmp / f"access-{name}.log"),
-        **(env or {}),
-    }
-    # `--workers` defaults to the CPU count: say how many.
-    argv = [sys.executable, "-m", "trioproxy", "serve", str(HERE / "mesh.py")]
-    proc = procs.start(name, [*argv, "--workers", str(workers)], cpu=cpu, env=mesh_env)
-    admin_base = f"http://127.0.0.1:{admin}"
-    wait_until_ok(admin_base + "/ready", proc, name, procs)
+        # `--workers` defaults to the CPU count: say how many.
+        argv = [sys.executable, "-m", "trioproxy", "serve", str(HERE / "mesh.py")]
+        proc = procs.start(name, [*argv, "--workers", str(workers)], cpu=cpu, env=mesh_env)
+        admin_base = f"http://127.0.0.1:{admin}"
+        try:
+            wait_until_ok(admin_base + "/ready", proc, name, procs)
+            break
+        except BenchError as exc:
+            if "Address already in use" not in str(exc) or attempt == PORT_ATTEMPTS:
+                raise
+            print(f"  {name}: a port was taken meanwhile; starting again", file=sys.stderr)
     front = Front(name=name, proc=proc, base=f"http://127.0.0.1:{listen}", tree=workers > 1)
     h2 = [Front(name="h2-h1", proc=proc, base=f"http://127.0.0.1:{h2_listen}", load="h2load")]
     if backend_h2 is not None:
