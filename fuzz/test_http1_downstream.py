@@ -37,6 +37,7 @@ import trio.testing
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from fuzz._harness import framed_payload, framing_lines
 from fuzz.conftest import fuzz_examples
 from tests.conftest import cluster, route_to, simple_mesh, start_proxy
 from tests.memnet import MemoryNetwork, RawClient
@@ -416,12 +417,7 @@ def near_valid_request(draw: st.DrawFn) -> bytes:
     framing = draw(st.sampled_from(["none", "length", "chunked"]))
     if framing == "none":
         body = b""
-    if framing == "length" or ("both_framing" in defects and framing == "chunked"):
-        lines.append(b"content-length: %d" % len(body))
-    if "wrong_length" in defects:
-        lines.append(b"content-length: %d" % draw(st.integers(0, len(body) + 50)))
-    if framing == "chunked" or ("both_framing" in defects and framing == "length"):
-        lines.append(b"transfer-encoding: chunked")
+    lines += framing_lines(draw, defects, body, framing)
     lines += draw(st.lists(st.sampled_from(BENIGN_LINES), max_size=2))
     if "line" in defects:
         lines.insert(draw(st.integers(1, len(lines))), draw(st.sampled_from(BAD_LINES)))
@@ -429,26 +425,7 @@ def near_valid_request(draw: st.DrawFn) -> bytes:
         lines += [b"x-many-%d: v" % i for i in range(draw(st.integers(95, 130)))]
     if "huge_header" in defects:
         lines.append(b"x-huge: " + b"v" * draw(st.integers(59 * KIB, 70 * KIB)))
-    if framing == "chunked":
-        sizes = draw(st.lists(st.integers(1, 64), min_size=1, max_size=4))
-        wire, i, k = bytearray(), 0, 0
-        while i < len(body):
-            n = sizes[k % len(sizes)]
-            size = draw(st.sampled_from([b"%x" % n, b"%X" % n, b"%x;ext=1" % n]))
-            wire += size + b"\r\n" + body[i : i + n] + b"\r\n"
-            i, k = i + n, k + 1
-        if "chunk_size" in defects:
-            bad = draw(st.sampled_from([b"-1", b"zz", b"1" * 30, b"5 ", b"0x5", b""]))
-            wire += bad + b"\r\nhello\r\n"
-        wire += b"0\r\n"
-        if draw(st.booleans()):
-            wire += b"x-trailer: yes\r\n"
-        if "trailer" in defects:
-            wire += draw(st.sampled_from([b"bad trailer\r\n", b"content-length: 5\r\n"]))
-        wire += b"\r\n"
-        payload = bytes(wire)
-    else:
-        payload = body
+    payload = framed_payload(draw, defects, body, framing)
     return b"\r\n".join(lines) + b"\r\n\r\n" + payload
 
 

@@ -36,7 +36,7 @@ import trio.testing
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from fuzz._harness import Records, active, check_no_crash, quiet, run
+from fuzz._harness import Records, active, check_no_crash, framed_payload, framing_lines, quiet, run
 from fuzz.conftest import fuzz_settings, time_capped
 from fuzz.test_http1_downstream import Delivery, deliveries, mutated
 from tests.conftest import cluster, route_to, simple_mesh, start_proxy
@@ -296,38 +296,13 @@ def near_valid_response(draw: st.DrawFn) -> bytes:
     lines = [status]
     body = draw(st.binary(max_size=300))
     framing = draw(st.sampled_from(["length", "chunked", "close"]))
-    if framing == "length" or ("both_framing" in defects and framing == "chunked"):
-        lines.append(b"content-length: %d" % len(body))
-    if "wrong_length" in defects:
-        lines.append(b"content-length: %d" % draw(st.integers(0, len(body) + 50)))
-    if framing == "chunked" or ("both_framing" in defects and framing == "length"):
-        lines.append(b"transfer-encoding: chunked")
+    lines += framing_lines(draw, defects, body, framing)
     lines += draw(st.lists(st.sampled_from(BENIGN), max_size=3))
     if "line" in defects:
         lines.insert(draw(st.integers(1, len(lines))), draw(st.sampled_from(BAD_LINES)))
     if "many_headers" in defects:
         lines += [b"x-many-%d: v" % i for i in range(draw(st.integers(95, 110)))]
-    if framing == "chunked":
-        wire = bytearray()
-        sizes = draw(st.lists(st.integers(1, 64), min_size=1, max_size=4))
-        i = k = 0
-        while i < len(body):
-            n = sizes[k % len(sizes)]
-            size = draw(st.sampled_from([b"%x" % n, b"%X" % n, b"%x;ext=1" % n]))
-            wire += size + b"\r\n" + body[i : i + n] + b"\r\n"
-            i, k = i + n, k + 1
-        if "chunk_size" in defects:
-            wire += draw(st.sampled_from([b"-1", b"zz", b"1" * 30, b"5 ", b"0x5", b""]))
-            wire += b"\r\nhello\r\n"
-        wire += b"0\r\n"
-        if draw(st.booleans()):
-            wire += b"x-trailer: yes\r\n"
-        if "trailer" in defects:
-            wire += draw(st.sampled_from([b"bad trailer\r\n", b"content-length: 5\r\n"]))
-        wire += b"\r\n"
-        payload = bytes(wire)
-    else:
-        payload = body
+    payload = framed_payload(draw, defects, body, framing)
     out = prefix + b"\r\n".join(lines) + b"\r\n\r\n" + payload
     if "extra" in defects:
         out += draw(st.sampled_from([b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", b"junk"]))
