@@ -828,11 +828,19 @@ def run_wrk(url: str, seconds: int, opts: Options, cpu: int | None, procs: Proce
         url,
     ]
     proc = procs.start("wrk", argv, cpu=cpu)
+    return wrk_report(proc, "wrk", url, seconds, procs)
+
+
+def wrk_report(
+    proc: subprocess.Popen[bytes], name: str, url: str, seconds: int, procs: Processes
+) -> str:
+    """Wait for the wrk process logging as `name` to finish its `seconds`;
+    return its report (an error if it hangs or fails)."""
     try:
         proc.wait(timeout=seconds + 30)
     except subprocess.TimeoutExpired:
         raise BenchError(f"wrk against {url} did not finish in {seconds + 30}s") from None
-    report = procs.log_path("wrk").read_text(errors="replace")
+    report = procs.log_path(name).read_text(errors="replace")
     if proc.returncode != 0:
         raise BenchError(f"wrk exited with status {proc.returncode}:\n{report}")
     return report
@@ -1112,13 +1120,7 @@ def reload_run(tmp: Path, procs: Processes, opts: Options, backend_base: str) ->
             answers.append(exc.code)
         except OSError:
             answers.append(0)
-    try:
-        proc.wait(timeout=seconds + 30)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"wrk against {url} did not finish in {seconds + 30}s") from None
-    report = procs.log_path("wrk-reload").read_text(errors="replace")
-    if proc.returncode != 0:
-        raise BenchError(f"wrk exited with status {proc.returncode}:\n{report}")
+    report = wrk_report(proc, "wrk-reload", url, seconds, procs)
     wanted = ("server.reload_success", "server.reload_failed")
     stats = proxy_stats(admin_base, wanted)
     result = ReloadResult(
