@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 
+import httpx
 import pytest
 import trio
 from trio.testing import MockClock
@@ -39,14 +41,44 @@ from trioproxy.runtime.server import Server
 IN_CI = os.environ.get("CI") == "true"
 
 
-def poll_until(cond: Callable[[], object], what: str, timeout: float = 20) -> None:
+def poll_until(
+    cond: Callable[[], object],
+    what: str,
+    timeout: float = 20,
+    *,
+    proc: subprocess.Popen[bytes] | None = None,
+    output: Callable[[], str] | None = None,
+) -> None:
     """Wait for a condition on another process (a subprocess's file, port or
-    admin stat), which gives nothing to await: poll it, fail after `timeout`."""
+    admin stat), which gives nothing to await: poll it, fail after `timeout`,
+    or at once if `proc` exits first. `output()` (e.g. its stderr) goes into
+    the failure message."""
     deadline = time.monotonic() + timeout
     while not cond():
+        more = f":\n{output()}" if output else ""
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"process exited with {proc.returncode} before {what}{more}")
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
+            pytest.fail(f"timed out waiting for {what}{more}")
         time.sleep(0.05)
+
+
+def admin_live(port: int, headers: dict[str, str] | None = None) -> bool:
+    """Whether the admin on 127.0.0.1:`port` answers /ready with LIVE."""
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/ready", headers=headers, timeout=1)
+    except httpx.TransportError:
+        return False
+    return r.status_code == 200 and r.text == "LIVE\n"
+
+
+def answers(url: str) -> bool:
+    """Whether an HTTP GET of `url` gets any answer at all."""
+    try:
+        httpx.get(url, timeout=2)
+    except httpx.TransportError:
+        return False
+    return True
 
 
 def require_tool(name: str) -> str:

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import poll_until, require_tool
+from tests.conftest import admin_live, poll_until, require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 GREETING = "Hello from behind trioproxy (service 1)! hostname: "
@@ -124,18 +123,13 @@ class Proxy:
 
     def wait_ready(self, admin_port: int) -> None:
         """Poll admin /ready until it says LIVE; fail if the process exits."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"serve exited with {self.proc.returncode}:\n{self.stderr}")
-            try:
-                r = httpx.get(f"http://127.0.0.1:{admin_port}/ready", timeout=1)
-                if r.status_code == 200 and r.text == "LIVE\n":
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)  # polling a subprocess: nothing to await
-        pytest.fail(f"admin on port {admin_port} never became ready:\n{self.stderr}")
+        poll_until(
+            lambda: admin_live(admin_port),
+            f"admin on port {admin_port} to be ready",
+            START_TIMEOUT,
+            proc=self.proc,
+            output=lambda: self.stderr,
+        )
 
     def stop(self, signum: int) -> int:
         """Send `signum`, wait for the exit (bounded) and return the exit code."""
@@ -621,12 +615,15 @@ def test_serve_sigusr1_reopens_access_log_files(tmp_path: Path) -> None:
             proxy.proc.send_signal(signal.SIGUSR1)
             # The signal is handled asynchronously: retry until a line lands
             # in the new file (each request is logged somewhere, never lost).
-            deadline = time.monotonic() + START_TIMEOUT
             n = 0
-            while not log.exists() and time.monotonic() < deadline:
+
+            def one_more_request_then_reopened() -> bool:
+                nonlocal n
                 n += 1
                 assert client.get(f"http://127.0.0.1:{port}/after{n}").status_code == 200
-                time.sleep(0.1)  # polling a subprocess: nothing to await
+                return log.exists()
+
+            poll_until(one_more_request_then_reopened, "the reopened access log", START_TIMEOUT)
             text = _wait_for_text(log, f"/after{n}\n")
         assert "/before" not in text
         old = rotated.read_text().splitlines()

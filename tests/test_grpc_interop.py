@@ -13,14 +13,13 @@ import glob
 import os
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from tests.conftest import IN_CI, grpc_mesh, start_proxy
+from tests.conftest import IN_CI, grpc_mesh, poll_until, start_proxy
 from trioproxy.config import (
     Mesh,
 )
@@ -50,6 +49,21 @@ module BindLoopback
 end
 GRPC::RpcServer.prepend(BindLoopback)
 """
+
+
+def _exited_stderr(proc: subprocess.Popen[bytes]) -> str:
+    """The end of a piped stderr: readable to its end only once it exited."""
+    if proc.poll() is None or proc.stderr is None:
+        return ""
+    return proc.stderr.read().decode(errors="replace")[-2000:]
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def _interop_dir() -> Path:
@@ -86,16 +100,17 @@ def interop_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[P
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read().decode() if proc.stderr else ""
-                    raise RuntimeError(f"interop server did not start: {err[-2000:]}") from None
-                time.sleep(0.1)  # polling a subprocess port: nothing to await
+        poll_until(
+            lambda: _accepts(port),
+            "the interop server to listen",
+            20,
+            proc=proc,
+            output=lambda: (
+                proc.stderr.read().decode()[-2000:]
+                if proc.poll() is not None and proc.stderr
+                else ""
+            ),
+        )
         yield d, port
     finally:
         proc.kill()

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import httpx
@@ -23,7 +22,7 @@ import trio
 import trio.testing
 from trioproxy.dsl import direct_response, listener, mesh, overload, prefix
 
-from tests.conftest import counter, gauge, poll_until, start_proxy
+from tests.conftest import answers, counter, gauge, poll_until, start_proxy
 from tests.memnet import MemoryNetwork, RawClient
 from tests.test_cli import REPO
 from trioproxy.runtime.server import Server
@@ -196,15 +195,13 @@ def test_accept_loop_survives_emfile(tmp_path: Path) -> None:
             preexec_fn=low_limit,
         )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, err.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{admin_port}/ready", timeout=1).status_code:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, err.read_text()
-                time.sleep(0.05)  # polling a subprocess
+        poll_until(
+            lambda: answers(f"http://127.0.0.1:{admin_port}/ready"),
+            "admin to answer",
+            30,
+            proc=proc,
+            output=err.read_text,
+        )
         held = []
         for _ in range(100):
             held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
@@ -212,14 +209,8 @@ def test_accept_loop_survives_emfile(tmp_path: Path) -> None:
         assert proc.poll() is None  # still running
         for s in held:
             s.close()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)  # polling a subprocess: nothing to await
+        poll_until(lambda: answers(f"http://127.0.0.1:{port}/"), "accepting again", 10)
+        r = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
         assert r.status_code == 200 and r.text == "ok"
         assert "retrying in" in err.read_text()
     finally:

@@ -36,7 +36,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.conftest import cluster, route_to, simple_mesh, start_upstream
+from tests.conftest import admin_live, cluster, poll_until, route_to, simple_mesh, start_upstream
 from tests.memnet import MemoryNetwork, RawClient
 from tests.test_cli import (
     assert_no_traceback,
@@ -214,18 +214,13 @@ def _mesh(tmp_path: Path, name: str, *, port: int, admin: int, body: str) -> Pat
 
 def _ready(admin: int, proc: subprocess.Popen[bytes], err: Path) -> None:
     """Poll admin /ready (with the token) until LIVE; fail if `proc` exits."""
-    deadline = time.monotonic() + BOUND
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"serve exited with {proc.returncode}:\n{err.read_text()}")
-        try:
-            r = httpx.get(f"http://127.0.0.1:{admin}/ready", headers=AUTH, timeout=1)
-            if r.text == "LIVE\n":
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)  # polling a subprocess
-    pytest.fail(f"admin {admin} never became ready:\n{err.read_text()}")
+    poll_until(
+        lambda: admin_live(admin, AUTH),
+        f"admin {admin} to be ready",
+        BOUND,
+        proc=proc,
+        output=err.read_text,
+    )
 
 
 def _stats(admin: int) -> dict[str, str]:
