@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import tomllib
 
 import nox
 
@@ -88,7 +89,9 @@ def _package_overlay(tmp: pathlib.Path) -> pathlib.Path:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    session.install("mypy", "attrs", "trio", "h11", "h2", "hypothesis", "dnspython", "httptools")
+    # The package's own dependencies, read from pyproject.toml (a copy here drifts).
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    session.install("mypy", "hypothesis", *project["dependencies"])
     overlay = _package_overlay(pathlib.Path(session.create_tmp()))
     with session.chdir(overlay):
         session.run(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final, get_args
 from trioproxy.config import DnsDiscovery, EdsFile, Endpoint, Location, SocketAddress
 from trioproxy.config.graph import ClusterType, DnsLookupFamily
 
-from ._compile_tls import resolve_path
+from ._compile_tls import _is_ip, resolve_path
 from ._values import BadValue, parse_endpoint_address
 
 if TYPE_CHECKING:
@@ -27,14 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["discovery_options"]
 
 _DNS_TYPES: Final = ("strict_dns", "logical_dns")
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def discovery_options(
