@@ -28,7 +28,6 @@ costs no wall time. The budget is `TRIOPROXY_FUZZ_EXAMPLES` per target.
 from __future__ import annotations
 
 import itertools
-import logging
 
 import attrs
 import h11
@@ -37,11 +36,11 @@ import trio.testing
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fuzz._harness import framed_payload, framing_lines
+from fuzz._harness import Records, active, check_no_crash, framed_payload, framing_lines, quiet, run
 from fuzz.conftest import fuzz_examples
 from tests.conftest import cluster, route_to, simple_mesh, start_proxy
 from tests.memnet import MemoryNetwork, RawClient
-from trioproxy.runtime.server import Server
+from tests.serving import LoopbackServer
 
 KIB = 1024
 # With the default `codec="auto"` a cleartext connection that opens with the
@@ -71,7 +70,7 @@ class Seen:
     body: bytes
 
 
-class EchoUpstream:
+class EchoUpstream(LoopbackServer):
     """An h11 upstream that answers every request with its body (no body for HEAD).
 
     It is strict on purpose: a request h11 cannot parse is recorded in
@@ -79,22 +78,9 @@ class EchoUpstream:
     """
 
     def __init__(self) -> None:
-        self.port = 0
         self.seen: list[Seen] = []
         self.errors: list[str] = []
         self.open_connections = 0
-
-    async def run(
-        self,
-        net: MemoryNetwork,
-        *,
-        task_status: trio.TaskStatus[EchoUpstream] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        listener, (_, self.port) = await net.listen_tcp("127.0.0.1", 0)
-        task_status.started(self)
-        async with trio.open_nursery() as nursery:
-            while True:
-                nursery.start_soon(self._handle, await listener.accept())
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         self.open_connections += 1
@@ -266,30 +252,7 @@ deliveries = st.builds(
 )
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(self.format(record))
-
-
-def _active(server: Server) -> dict[str, int]:
-    return {
-        name: g.value
-        for name, g in server.stats.gauges.items()
-        if name.endswith("_active") and not name.endswith("upstream_cx_active") and g.value
-    }
-
-
-async def _quiet() -> None:
-    # A few rounds: other tasks may be waiting for quiet too.
-    for _ in range(3):
-        await trio.testing.wait_all_tasks_blocked()
-
-
-async def _fuzz_one(data: bytes, delivery: Delivery, logs: _Records) -> None:
+async def _fuzz_one(data: bytes, delivery: Delivery, logs: Records) -> None:
     net = MemoryNetwork()
     up = EchoUpstream()
     with trio.fail_after(4 * 3600):  # virtual time: a hang fails at once
@@ -321,7 +284,7 @@ async def _fuzz_one(data: bytes, delivery: Delivery, logs: _Records) -> None:
             while chunk := await client.receive_some(65536):
                 received += chunk
             await client.aclose()
-            await _quiet()
+            await quiet()
 
             # 1. valid responses; 2. the upstream saw exactly what h11 reads.
             methods, reference = reference_requests(data)
@@ -337,8 +300,7 @@ async def _fuzz_one(data: bytes, delivery: Delivery, logs: _Records) -> None:
                     f"request {i}: body ({len(got.body)} vs {len(want.body)})"
                 )
             # 3. no crash; 4. no leak.
-            assert server.connection_errors.value == 0, "\n".join(logs.messages)
-            assert not _active(server), f"still active after the client left: {_active(server)}"
+            check_no_crash(server, logs)
             pool = server.clusters.get("svc").hosts[0].pool  # type: ignore[union-attr]
             assert pool.active == pool.idle_count == up.open_connections, (
                 f"pool active {pool.active}, idle {pool.idle_count}, "
@@ -351,21 +313,13 @@ async def _fuzz_one(data: bytes, delivery: Delivery, logs: _Records) -> None:
             assert (resp.status, resp.body) == (200, b"still here")
             assert len(up.seen) == seen_before + 1
             await fresh.stream.aclose()
-            await _quiet()
-            assert not _active(server)
+            await quiet()
+            assert not active(server)
             nursery.cancel_scope.cancel()
 
 
 def fuzz_one(data: bytes, delivery: Delivery) -> None:
-    logs = _Records()
-    logger = logging.getLogger("trioproxy")
-    logger.addHandler(logs)
-    try:
-        trio.run(
-            _fuzz_one, data, delivery, logs, clock=trio.testing.MockClock(autojump_threshold=0)
-        )
-    finally:
-        logger.removeHandler(logs)
+    run(_fuzz_one, data, delivery)
 
 
 # --------------------------------------------------------------------------- near-valid requests

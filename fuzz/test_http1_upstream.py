@@ -41,6 +41,7 @@ from fuzz.conftest import fuzz_settings, time_capped
 from fuzz.test_http1_downstream import Delivery, deliveries, mutated
 from tests.conftest import cluster, route_to, simple_mesh, start_proxy
 from tests.memnet import MemoryNetwork
+from tests.serving import LoopbackServer
 
 KIB = 1024
 LOCAL_REPLIES = (502, 503, 504)
@@ -51,25 +52,15 @@ REQUEST = b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n"
 # --------------------------------------------------------------------------- upstream
 
 
-class RawUpstream:
+class RawUpstream(LoopbackServer):
     """Answers the first request it reads with `answer`, later ones with `FRESH`."""
 
     def __init__(self, answer: list[bytes], keep_open: bool) -> None:
         self.answer = answer
         self.keep_open = keep_open
         self.answered = False
-        self.port = 0
         self.open_connections = 0
         self.requests = 0
-
-    async def run(
-        self, net: MemoryNetwork, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        listener, (_, self.port) = await net.listen_tcp("127.0.0.1", 0)
-        task_status.started()
-        async with trio.open_nursery() as nursery:
-            while True:
-                nursery.start_soon(self._handle, await listener.accept())
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         self.open_connections += 1

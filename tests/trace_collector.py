@@ -18,7 +18,6 @@ from tests.serving import LoopbackServer
 
 class Collector(LoopbackServer):
     def __init__(self) -> None:
-        self.port = 0
         self.status = 202
         self.connections = 0
         # keep_alive False: answer with `connection: close`. close_after_each:
