@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import httpx
 import pytest
@@ -61,6 +62,25 @@ def poll_until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}{more}")
         time.sleep(0.05)
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[object]], what: str, timeout: float = 5.0
+) -> None:
+    """In a trio test: await `check()` every 50 ms until true; fail after
+    `timeout` seconds (of the test's clock)."""
+    with trio.move_on_after(timeout):
+        while not await check():
+            await trio.sleep(0.05)
+        return
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def dead_address() -> str:
+    """A 127.0.0.1 address nothing listens on (a port just bound and freed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 def admin_live(port: int, headers: dict[str, str] | None = None) -> bool:

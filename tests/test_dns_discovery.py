@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trioproxy.dsl import MeshError, admin, cluster, listener, mesh, prefix
 
-from tests.conftest import require_tool, start_proxy
+from tests.conftest import counter, gauge, require_tool, start_proxy, wait_until
 from tests.tls_certs import Pki
 from tests.tls_upstreams import TlsUpstream
 from tests.upstream import Upstream
@@ -345,23 +345,6 @@ async def _admin_hosts(client: httpx.AsyncClient, server: Server) -> set[str]:
     }
 
 
-async def _until(check: Any, what: str, timeout: float = 5.0) -> None:
-    """Poll `check()` (async) until true, at most `timeout` seconds."""
-    with trio.move_on_after(timeout):
-        while not await check():
-            await trio.sleep(0.05)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _counter(server: Server, name: str) -> int:
-    return server.stats.counters[name].value
-
-
-def _gauge(server: Server, name: str) -> int:
-    return server.stats.gauges[name].value
-
-
 async def test_strict_dns_hosts_join_and_leave(dnsmasq: Dnsmasq, upstreams: list[Upstream]) -> None:
     port = upstreams[0].port
     await dnsmasq.set({"svc.test": ["127.0.0.2", "127.0.0.3"]})
@@ -369,7 +352,7 @@ async def test_strict_dns_hosts_join_and_leave(dnsmasq: Dnsmasq, upstreams: list
     async with trio.open_nursery() as n, httpx.AsyncClient() as client:
         server = await start_proxy(n, _dns_mesh(dnsmasq, port))
         # The first lookup happened before the listener opened.
-        assert _gauge(server, "cluster.svc.membership_total") == 2
+        assert gauge(server, "cluster.svc.membership_total") == 2
         assert await _admin_hosts(client, server) == {f"127.0.0.2:{port}", f"127.0.0.3:{port}"}
         assert await _servers_seen(client, server) == {"u2", "u3"}
         assert server.admin_bound is not None
@@ -382,10 +365,10 @@ async def test_strict_dns_hosts_join_and_leave(dnsmasq: Dnsmasq, upstreams: list
         async def three() -> bool:
             return len(await _admin_hosts(client, server)) == 3
 
-        await _until(three, "127.0.0.4 to join")
+        await wait_until(three, "127.0.0.4 to join")
         assert await _servers_seen(client, server) == {"u2", "u3", "u4"}
-        assert _gauge(server, "cluster.svc.membership_total") == 3
-        assert _gauge(server, "cluster.svc.membership_healthy") == 3
+        assert gauge(server, "cluster.svc.membership_total") == 3
+        assert gauge(server, "cluster.svc.membership_healthy") == 3
 
         # Two leave: no more traffic to them.
         await dnsmasq.set({"svc.test": ["127.0.0.4"]})
@@ -393,22 +376,22 @@ async def test_strict_dns_hosts_join_and_leave(dnsmasq: Dnsmasq, upstreams: list
         async def one() -> bool:
             return await _admin_hosts(client, server) == {f"127.0.0.4:{port}"}
 
-        await _until(one, "127.0.0.2 and .3 to leave")
+        await wait_until(one, "127.0.0.2 and .3 to leave")
         before = len(upstreams[0].requests) + len(upstreams[1].requests)
         assert await _servers_seen(client, server) == {"u4"}
         assert len(upstreams[0].requests) + len(upstreams[1].requests) == before
-        assert _counter(server, "cluster.svc.membership_change") == 3
-        assert _counter(server, "cluster.svc.update_success") >= 3
-        assert _counter(server, "cluster.svc.update_failure") == 0
+        assert counter(server, "cluster.svc.membership_change") == 3
+        assert counter(server, "cluster.svc.update_success") >= 3
+        assert counter(server, "cluster.svc.update_failure") == 0
 
         # The name disappears (dnsmasq refuses it): a failure, the last hosts stay.
-        failures = _counter(server, "cluster.svc.update_failure")
+        failures = counter(server, "cluster.svc.update_failure")
         await dnsmasq.set({})
 
         async def failed() -> bool:
-            return _counter(server, "cluster.svc.update_failure") >= failures + 2
+            return counter(server, "cluster.svc.update_failure") >= failures + 2
 
-        await _until(failed, "failed lookups")
+        await wait_until(failed, "failed lookups")
         assert await _admin_hosts(client, server) == {f"127.0.0.4:{port}"}
         assert await _servers_seen(client, server, 3) == {"u4"}
         n.cancel_scope.cancel()
@@ -429,11 +412,11 @@ async def test_logical_dns_uses_the_first_address(
         async def moved() -> bool:
             return await _admin_hosts(client, server) == {f"127.0.0.4:{port}"}
 
-        await _until(moved, "the logical host to move")
+        await wait_until(moved, "the logical host to move")
         # New connections go to the new address (the client opens new ones).
         async with httpx.AsyncClient() as fresh:
             assert await _servers_seen(fresh, server, 4) == {"u4"}
-        assert _gauge(server, "cluster.svc.membership_total") == 1
+        assert gauge(server, "cluster.svc.membership_total") == 1
         n.cancel_scope.cancel()
 
 
@@ -453,7 +436,7 @@ async def test_respect_dns_ttl(tmp_path: Path, upstreams: list[Upstream]) -> Non
             async def moved() -> bool:
                 return await _admin_hosts(client, server) == {f"127.0.0.3:{port}"}
 
-            await _until(moved, "a refresh after the TTL", timeout=5.0)
+            await wait_until(moved, "a refresh after the TTL", timeout=5.0)
             n.cancel_scope.cancel()
     finally:
         d.stop()
@@ -483,11 +466,11 @@ async def test_health_checks_follow_membership(dnsmasq: Dnsmasq, upstreams: list
 
         async def checked() -> bool:
             return any(r["path"] == "/healthz" for r in upstreams[1].requests) and (
-                _gauge(server, "cluster.svc.membership_healthy") == 1
-                and _gauge(server, "cluster.svc.membership_total") == 1
+                gauge(server, "cluster.svc.membership_healthy") == 1
+                and gauge(server, "cluster.svc.membership_total") == 1
             )
 
-        await _until(checked, "127.0.0.3 to be checked")
+        await wait_until(checked, "127.0.0.3 to be checked")
         # The host that left has its checker cancelled.
         assert old.hc_scope.cancel_called
         (new,) = runtime.hosts
@@ -506,14 +489,14 @@ async def test_refresh_loop_runs_every_refresh_rate(autojump_clock: trio.testing
         server = await start_proxy(n, m)
         start = trio.current_time()
         # One attempt per name before listening, then one per name every 2 s.
-        assert _counter(server, "cluster.svc.update_attempt") == 2
-        assert _gauge(server, "cluster.svc.membership_total") == 2
+        assert counter(server, "cluster.svc.update_attempt") == 2
+        assert gauge(server, "cluster.svc.membership_total") == 2
         await trio.sleep_until(start + 9.9)
-        assert _counter(server, "cluster.svc.update_attempt") == 2 * 5
-        assert _counter(server, "cluster.svc.update_success") == 2 * 5
+        assert counter(server, "cluster.svc.update_attempt") == 2 * 5
+        assert counter(server, "cluster.svc.update_success") == 2 * 5
         # Nothing changed after the first answer: no rebuilds, one membership change.
-        assert _counter(server, "cluster.svc.update_no_rebuild") == 4
-        assert _counter(server, "cluster.svc.membership_change") == 1
+        assert counter(server, "cluster.svc.update_no_rebuild") == 4
+        assert counter(server, "cluster.svc.membership_change") == 1
         n.cancel_scope.cancel()
 
 

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trioproxy.dsl import MeshError, admin, cluster, listener, mesh, prefix
 
-from tests.conftest import start_proxy, start_upstream
+from tests.conftest import counter, start_proxy, start_upstream, wait_until
 from tests.upstream import Upstream
 from tests.upstream_h2 import UpstreamH2
 from trioproxy.config import Cluster, EdsFile, Endpoint, OutlierDetection, SocketAddress
@@ -190,18 +190,6 @@ async def _admin_hosts(client: httpx.AsyncClient, server: Server) -> set[str]:
     return {ln.split("::")[1] for ln in lines if ln.startswith("svc::") and "::rq_total::" in ln}
 
 
-async def _until(check: Any, what: str, timeout: float = 5.0) -> None:
-    with trio.move_on_after(timeout):
-        while not await check():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _counter(server: Server, name: str) -> int:
-    return server.stats.counters[name].value
-
-
 @pytest.mark.parametrize("atomic", [True, False], ids=["os.replace", "in-place"])
 async def test_file_changes_move_traffic(tmp_path: Path, atomic: bool) -> None:
     path = tmp_path / "svc.json"
@@ -218,11 +206,11 @@ async def test_file_changes_move_traffic(tmp_path: Path, atomic: bool) -> None:
         async def moved() -> bool:
             return await _admin_hosts(client, server) == {c.address}
 
-        await _until(moved, "the new endpoints")
+        await wait_until(moved, "the new endpoints")
         before = len(a.requests) + len(b.requests)
         assert await _hits(client, server, 6) == {"c": 6}
         assert len(a.requests) + len(b.requests) == before
-        assert _counter(server, "cluster.svc.membership_change") == 2
+        assert counter(server, "cluster.svc.membership_change") == 2
         assert server.stats.gauges["cluster.svc.membership_total"].value == 1
         n.cancel_scope.cancel()
 
@@ -237,16 +225,16 @@ async def test_malformed_file_keeps_the_last_good_endpoints(
         server = await start_proxy(n, _eds_mesh(path))
         assert await _hits(client, server, 2) == {"a": 2}
         for bad in (b"{", json.dumps(cla({"lb_endpoints": [lb("127.0.0.1:99999")]})).encode()):
-            rejected = _counter(server, "cluster.svc.update_rejected")
+            rejected = counter(server, "cluster.svc.update_rejected")
             with caplog.at_level(logging.ERROR, logger="trioproxy.discovery"):
                 tmp = path.with_suffix(".tmp")
                 tmp.write_bytes(bad)
                 os.replace(tmp, path)
 
                 async def counted(before: int = rejected) -> bool:
-                    return _counter(server, "cluster.svc.update_rejected") == before + 1
+                    return counter(server, "cluster.svc.update_rejected") == before + 1
 
-                await _until(counted, "the rejection")
+                await wait_until(counted, "the rejection")
             assert await _hits(client, server, 2) == {"a": 2}
             assert await _admin_hosts(client, server) == {a.address}
         messages = [r.getMessage() for r in caplog.records if r.name == "trioproxy.discovery"]
@@ -259,7 +247,7 @@ async def test_malformed_file_keeps_the_last_good_endpoints(
         async def fixed() -> bool:
             return await _admin_hosts(client, server) == {b.address}
 
-        await _until(fixed, "the good file")
+        await wait_until(fixed, "the good file")
         assert await _hits(client, server, 2) == {"b": 2}
         n.cancel_scope.cancel()
 
@@ -304,7 +292,7 @@ endpoints:
         async def drained() -> bool:
             return any(h.eds_unhealthy for h in runtime.hosts)
 
-        await _until(drained, "b to drain")
+        await wait_until(drained, "b to drain")
         assert runtime.lb.loads == [70, 30]
         hits = await _hits(client, server, 60)
         assert "b" not in hits and hits["a"] > hits["c"] > 0
@@ -373,7 +361,7 @@ async def test_http2_hosts_that_join_later(tmp_path: Path) -> None:
         async def joined() -> bool:
             return len(runtime.hosts) == 1
 
-        await _until(joined, "the HTTP/2 host")
+        await wait_until(joined, "the HTTP/2 host")
         for _ in range(3):
             r = await client.get(f"http://127.0.0.1:{port}/")
             assert r.status_code == 200 and r.headers["x-upstream"] == "h2"

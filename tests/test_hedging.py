@@ -9,7 +9,6 @@ After every race, the counters the race touched must be back where they were.
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
 import httpx
@@ -20,6 +19,7 @@ import trio.testing
 from tests.conftest import (
     cluster,
     counter,
+    dead_address,
     gauge,
     route_to,
     settle,
@@ -35,12 +35,6 @@ from trioproxy.runtime.server import Server
 
 def policy(on: str = "5xx", **kw: Any) -> RetryPolicy:
     return RetryPolicy(retry_on=frozenset(on.split(",")), **kw)
-
-
-def dead_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 def url(server: Server, path: str = "/") -> str:

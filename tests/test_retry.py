@@ -8,7 +8,6 @@ connect failure; `x-test-hang` is a try that never answers.
 from __future__ import annotations
 
 import json
-import socket
 from functools import partial
 
 import httpx
@@ -17,6 +16,7 @@ import trio
 from tests.conftest import (
     cluster,
     counter,
+    dead_address,
     gauge,
     route_to,
     settle,
@@ -34,12 +34,6 @@ def policy(on: str, **kw: object) -> RetryPolicy:
 
 def url(server: Server, path: str = "/") -> str:
     return f"http://127.0.0.1:{server.listener_address('ingress').port}{path}"
-
-
-def dead_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 async def test_5xx_is_retried_on_another_host(nursery: trio.Nursery) -> None:

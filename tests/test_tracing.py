@@ -12,7 +12,6 @@ MockClock, x-request-id, and the DSL.
 from __future__ import annotations
 
 import re
-import socket
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from tests.conftest import (
     addr,
     cluster,
     counter,
+    dead_address,
     proxy_url,
     route_to,
     settle,
@@ -337,9 +337,7 @@ async def test_http2_downstream(nursery: trio.Nursery) -> None:
 
 
 async def test_5xx_and_connect_failure_are_errors(nursery: trio.Nursery) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    dead = dead_address()
     col = await start_collector(nursery)
     server = await start_proxy(nursery, mesh(dead, tracing(col)))
     async with httpx.AsyncClient() as c:
@@ -405,9 +403,7 @@ async def test_incoming_unsampled_is_respected(nursery: trio.Nursery) -> None:
 
 
 async def test_collector_down_drops_and_counts(nursery: trio.Nursery) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    dead = dead_address()
     up = await start_upstream(nursery)
     server = await start_proxy(nursery, mesh(up, tracing(dead)))
     async with httpx.AsyncClient() as c:
