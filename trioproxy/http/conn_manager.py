@@ -20,8 +20,6 @@ Malformed requests get their status (400, 413, 431, 426) with
 from __future__ import annotations
 
 import base64
-import functools
-import ipaddress
 import math
 import os
 import time
@@ -49,6 +47,7 @@ from trioproxy.codec.http2 import PREFACE, Http2Settings, new_server_connection
 from trioproxy.codec.stream import Headers, RequestHead, ResponseHead, StreamInfo, get_header
 from trioproxy.config import HttpConnectionManager, RouteConfig
 from trioproxy.filters.base import HTTP_FILTERS, FilterStatus, HttpFilter
+from trioproxy.http.internal import internal_client
 from trioproxy.http.route_table import RouteTable, RuntimeFractions
 from trioproxy.http.upgrade import ByteChannel
 from trioproxy.net.errors import DownstreamProtocolError, DownstreamReset
@@ -77,21 +76,6 @@ def _requested_upgrade(headers: Headers) -> bytes | None:
         elif k == b"connection" and b"upgrade" in v.lower():
             asked = any(t.strip().lower() == b"upgrade" for t in v.split(b","))
     return upgrade if asked and upgrade else None
-
-
-def _internal(remote: str) -> bool:
-    """Envoy's internal request: from loopback or a private (RFC 1918 /
-    ULA) address; `remote` is "ip:port"."""
-    return _internal_ip(remote.rsplit(":", 1)[0].strip("[]"))
-
-
-@functools.lru_cache(maxsize=1024)
-def _internal_ip(host: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return ip.is_loopback or ip.is_private
 
 
 def _uuid4() -> bytes:
@@ -778,16 +762,19 @@ class ConnectionManager:
                         break
                     if not codec.start_next_cycle():
                         break
-            if idle.cancelled_caught and not self.draining:
+            # Fired while waiting (Cancelled, caught above) or just as the
+            # next request's bytes arrived (`_receive_idle` returned None).
+            if idle.cancel_called and not self.draining:
                 stats.cx_idle_timeout.inc()
         finally:
             stats.cx_http1_active.dec()
 
     async def _receive_idle(self, conn: Connection, idle: trio.CancelScope) -> bytes | None:
         """The first bytes of the next request, under the connection's idle
-        scope (`_serve_http1`); None if it fired or a drain cancelled it
-        just as the bytes arrived (the connection ends either way), or if a
-        drain's idle grace is over."""
+        scope (`_serve_http1`, which counts the timeout). The scope firing
+        during the wait raises Cancelled out of here; None if it fired or a
+        drain cancelled it just as the bytes arrived (the connection ends
+        either way), or if a drain's idle grace is over."""
         until = trio.current_time() + self.idle_timeout
         if self.draining:
             if self._drain_idle_until <= trio.current_time():
@@ -803,8 +790,6 @@ class ConnectionManager:
         if idle.cancel_called:
             # Fired as the bytes arrived: the scope stays cancelled, so the
             # request cannot be served; end as a timeout (or drain) would.
-            if not self.draining:
-                self.stats.cx_idle_timeout.inc()
             return None
         return data
 
@@ -901,7 +886,7 @@ class ConnectionManager:
         self._prepare_request(head, info.downstream_remote_address, upgrade)
         if self.tracer is not None:
             stream.span = self.tracer.start_server(
-                head, info, trusted=_internal(info.downstream_remote_address)
+                head, info, trusted=internal_client(info.downstream_remote_address)
             )
         try:
             with trio.CancelScope(deadline=trio.current_time() + self.stream_idle_timeout) as idle:
@@ -1007,7 +992,7 @@ class ConnectionManager:
             rid is not None
             and not cfg.preserve_external_request_id
             and cfg.use_remote_address
-            and not _internal(remote)
+            and not internal_client(remote)
         ):
             # Envoy: an external client's request id is not trusted.
             out = [(k, v) for k, v in out if k != b"x-request-id"]

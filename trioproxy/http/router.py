@@ -27,7 +27,6 @@ a request cancelled at any checkpoint (client gone, timeout) leaks nothing.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import random
 from typing import TYPE_CHECKING, Final
@@ -46,6 +45,7 @@ from trioproxy.config import (
     RouteAction,
 )
 from trioproxy.http.hash_policy import request_hash
+from trioproxy.http.internal import internal_client
 from trioproxy.http.retry import ReplayBody, RetryRuntime, RetryState, parse_retry_on
 from trioproxy.http.upgrade import tunnel
 from trioproxy.net.errors import (
@@ -98,17 +98,6 @@ _CONSUMED_HEADERS: Final = frozenset(
         b"x-envoy-hedge-on-per-try-timeout",
     }
 )
-
-
-def _trusted(remote: str) -> bool:
-    """A client whose x-envoy-* headers are honoured: loopback or a private
-    (RFC 1918 / ULA) address, Envoy's classic internal addresses."""
-    host = remote.rsplit(":", 1)[0].strip("[]")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return ip.is_loopback or ip.is_private
 
 
 _DEFAULT_REPLAY_BYTES: Final = RetryPolicy().max_replay_bytes
@@ -466,7 +455,7 @@ class Router:
             # Envoy's x-envoy-* request headers: honoured from trusted
             # clients, never forwarded. One scan when none is present.
             head.headers = [(k, v) for k, v in head.headers if k not in _CONSUMED_HEADERS]
-            if _trusted(stream.info.downstream_remote_address):
+            if internal_client(stream.info.downstream_remote_address):
                 rq_timeout = given.get(b"x-envoy-upstream-rq-timeout-ms")
                 if rq_timeout is not None and rq_timeout.isdigit():
                     timeout = int(rq_timeout) / 1000 or math.inf

@@ -34,7 +34,7 @@ import dns.resolver
 from trioproxy.config import SocketAddress
 from trioproxy.config.graph import DnsLookupFamily
 
-__all__ = ["DnsAnswer", "DnsFailure", "DnsResolver", "lookup_plan"]
+__all__ = ["DnsAnswer", "DnsFailure", "DnsResolver"]
 
 
 class DnsFailure(Exception):
@@ -57,11 +57,6 @@ _PLANS: dict[str, tuple[tuple[str, ...], bool]] = {
     "V4_PREFERRED": (("A", "AAAA"), True),
     "ALL": (("A", "AAAA"), False),
 }
-
-
-def lookup_plan(family: DnsLookupFamily) -> tuple[tuple[str, ...], bool]:
-    """The record types for `family` and whether the second is a fallback."""
-    return _PLANS[family]
 
 
 def _literal(name: str, family: DnsLookupFamily) -> DnsAnswer | None:
@@ -99,9 +94,7 @@ class DnsResolver:
             )
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return DnsAnswer((), None)
-        except dns.exception.DNSException as exc:
-            raise DnsFailure(f"{name} {rdtype}: {exc}") from None
-        except OSError as exc:  # a socket error the backend let through
+        except (dns.exception.DNSException, OSError) as exc:  # OSError: the backend's sockets
             raise DnsFailure(f"{name} {rdtype}: {exc}") from None
         rrset = answer.rrset
         if rrset is None:

@@ -296,11 +296,7 @@ async def _clusters(server: Server, q: dict[str, str]) -> AdminResponse:
                             {"name": "rq_error", "type": "COUNTER", "value": h.rq_error},
                         ],
                         "health_status": {
-                            "eds_health_status": (
-                                "HEALTHY"
-                                if h.healthy and not h.outlier_ejected and not h.eds_unhealthy
-                                else "UNHEALTHY"
-                            )
+                            "eds_health_status": "HEALTHY" if h.available else "UNHEALTHY"
                         },
                         "hostname": h.hostname,
                         "weight": h.weight,

@@ -128,6 +128,12 @@ class Host:
         self.rq_success = 0
         self.rq_error = 0
 
+    @property
+    def available(self) -> bool:
+        """Whether the balancer may pick it: health checks pass, outlier
+        detection has not ejected it, and EDS does not mark it unhealthy."""
+        return self.healthy and not self.outlier_ejected and not self.eds_unhealthy
+
 
 class ClusterRuntime:
     def __init__(
@@ -223,11 +229,6 @@ class ClusterRuntime:
         self.rebuild()
 
     # ------------------------------------------------------------ membership
-
-    @property
-    def endpoints(self) -> tuple[Endpoint, ...]:
-        """The current host set, as endpoints."""
-        return self._endpoints
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> MembershipDiff:
         """Make `endpoints` the cluster's hosts (no checkpoint: the balancer
@@ -366,9 +367,7 @@ class ClusterRuntime:
     def rebuild(self) -> None:
         """Recompute the per-priority balancers (priority loads, panic) and the
         membership gauges after a health change."""
-        healthy = [
-            h for h in self.hosts if h.healthy and not h.outlier_ejected and not h.eds_unhealthy
-        ]
+        healthy = [h for h in self.hosts if h.available]
         self.membership_total.set(len(self.hosts))
         self.membership_healthy.set(len(healthy))
         if self.hc_stats is not None:

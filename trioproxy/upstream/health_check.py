@@ -74,7 +74,6 @@ __all__ = [
     "check_once",
     "grpc_check_once",
     "receive_matched",
-    "run_health_checks",
     "tcp_check_once",
 ]
 
@@ -410,11 +409,3 @@ async def check_host(
         return
     with scope:
         await _check_host(cluster, host, cfg, rng, cluster.rebuild)
-
-
-async def run_health_checks(cluster: ClusterRuntime, network: Network, rng: random.Random) -> None:
-    """Check every host of `cluster` until cancelled (`network` is the
-    cluster's own door, kept for callers; probes use `cluster.network`)."""
-    async with trio.open_nursery() as nursery:
-        for host in cluster.hosts:
-            nursery.start_soon(check_host, cluster, host, rng, trio.CancelScope())
