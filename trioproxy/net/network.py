@@ -30,6 +30,7 @@ __all__ = [
     "Network",
     "TrioNetwork",
     "UdpSender",
+    "accept_queued",
     "close_stream_nowait",
     "socket_of",
 ]
@@ -305,3 +306,31 @@ class Connection:
         poller = select.poll()
         poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
         return bool(poller.poll(0))
+
+
+def accept_queued(
+    listener: trio.abc.Listener[trio.abc.Stream],
+) -> tuple[list[trio.abc.Stream], str]:
+    """Accept, without waiting, every connection queued on a real listening
+    socket (none for other listeners), and say why it stopped if not because
+    the queue was empty ("" then). No checkpoint: the socket can be closed
+    right after, with nothing new queued in between but what the kernel adds
+    within microseconds (a drain's last look at its accept queue)."""
+    if not isinstance(listener, trio.SocketListener):
+        return [], ""
+    raw = stdlib_socket.socket(fileno=os.dup(listener.socket.fileno()))
+    taken: list[trio.abc.Stream] = []
+    try:
+        raw.setblocking(False)
+        while True:
+            try:
+                conn, _ = raw.accept()
+            except (BlockingIOError, InterruptedError):
+                return taken, ""
+            except OSError as exc:
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                return taken, str(exc)
+            taken.append(trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
+    finally:
+        raw.close()

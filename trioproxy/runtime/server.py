@@ -68,7 +68,7 @@ from trioproxy.filters.network.base import (
 from trioproxy.filters.network.http_connection_manager import HttpConnectionManagerFilter
 from trioproxy.http.conn_manager import ConnectionManager
 from trioproxy.http.router import Router
-from trioproxy.net.network import Network, TrioNetwork, close_stream_nowait
+from trioproxy.net.network import Network, TrioNetwork, accept_queued, close_stream_nowait
 from trioproxy.net.overload import OverloadState
 from trioproxy.net.tls import HandshakeError, ServerTls, server_handshake
 from trioproxy.observe.stats import Gauge, StatsStore
@@ -628,46 +628,28 @@ class Server:
         sock: trio.abc.Listener[trio.abc.Stream],
         conns: trio.Nursery,
     ) -> None:
-        """Accept, without waiting, every connection queued on a real listening
-        socket (none for other listeners). No checkpoint, so the socket can be
-        closed right after with nothing new queued in between but what the
-        kernel adds within microseconds."""
-        if not isinstance(sock, trio.SocketListener):
-            return
-        raw = socket.socket(fileno=os.dup(sock.socket.fileno()))
-        taken = 0
-        try:
-            raw.setblocking(False)
-            while True:
-                try:
-                    conn, _ = raw.accept()
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    if exc.errno == errno.ECONNABORTED:
-                        continue
-                    log.error("accepting the backlog of %s failed: %s", lr.bound, exc)
-                    break
-                taken += 1
-                self._admit(lr, trio.SocketStream(trio.socket.from_stdlib_socket(conn)), conns)
-        finally:
-            raw.close()
+        """Serve every connection still queued on `sock` (net.accept_queued)."""
+        taken, failure = accept_queued(sock)
+        if failure:
+            log.error("accepting the backlog of %s failed: %s", lr.bound, failure)
+        for stream in taken:
+            self._admit(lr, stream, conns)
         if taken:
-            log.info("took %d queued connection(s) from %s before closing it", taken, lr.bound)
+            log.info("took %d queued connection(s) from %s before closing it", len(taken), lr.bound)
 
     def _admit(self, lr: ListenerRuntime, stream: trio.abc.Stream, conns: trio.Nursery) -> None:
         """Serve an accepted connection, or close it at once over a limit."""
         limit = lr.config.max_connections
-        if (limit is not None and lr.cx_active.value >= limit) or (self.overload.stop_connections):
-            # Closed at accept, before any byte is read (Envoy's
-            # listener limit / stop_accepting_connections).
-            if limit is not None and lr.cx_active.value >= limit:
-                lr.cx_overflow.inc()
-            else:
-                lr.cx_overload_reject.inc()
-            close_stream_nowait(stream)
+        # Over a limit: closed at accept, before any byte is read (Envoy's
+        # listener limit / stop_accepting_connections).
+        if limit is not None and lr.cx_active.value >= limit:
+            lr.cx_overflow.inc()
+        elif self.overload.stop_connections:
+            lr.cx_overload_reject.inc()
+        else:
+            conns.start_soon(self._connection, lr, stream)
             return
-        conns.start_soon(self._connection, lr, stream)
+        close_stream_nowait(stream)
 
     @property
     def rng(self) -> random.Random:

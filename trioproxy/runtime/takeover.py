@@ -27,6 +27,8 @@ import h11
 import trio
 
 from trioproxy.config import SocketAddress
+from trioproxy.net.errors import ConnectFailure
+from trioproxy.net.network import Network, TrioNetwork
 
 if TYPE_CHECKING:
     from trioproxy.runtime.server import Server
@@ -52,7 +54,7 @@ def _dial(address: SocketAddress) -> str:
 
 
 async def _call(
-    address: SocketAddress, method: str, target: str, token: str | None
+    address: SocketAddress, method: str, target: str, token: str | None, network: Network
 ) -> tuple[int, bytes]:
     """One admin request on a fresh connection: (status, body).
 
@@ -72,7 +74,7 @@ async def _call(
     status = 0
     body = bytearray()
     with trio.move_on_after(_CALL_TIMEOUT) as scope:
-        stream = await trio.open_tcp_stream(host, address.port)
+        stream = await network.connect_tcp(host, address.port, timeout=0)
         async with stream:
             try:
                 await stream.send_all(
@@ -82,7 +84,7 @@ async def _call(
                 while True:
                     event = conn.next_event()
                     if event is h11.NEED_DATA:
-                        conn.receive_data(await stream.receive_some(65536))
+                        conn.receive_data(bytes(await stream.receive_some(65536)))
                     elif isinstance(event, h11.Response):
                         status = event.status_code
                     elif isinstance(event, h11.Data):
@@ -104,7 +106,9 @@ def _refused(address: SocketAddress, what: str, status: int, body: bytes) -> Tak
     return TakeoverError(f"{address} answered {what} with {status}{hint}: {text}")
 
 
-async def find_old(address: SocketAddress, token: str | None) -> dict[str, Any] | None:
+async def find_old(
+    address: SocketAddress, token: str | None, network: Network | None = None
+) -> dict[str, Any] | None:
     """The `/server_info` of the trioproxy whose admin is at `address`, or
     None if nothing listens there.
 
@@ -113,8 +117,8 @@ async def find_old(address: SocketAddress, token: str | None) -> dict[str, Any] 
             accepts `token`.
     """
     try:
-        status, body = await _call(address, "GET", "/server_info", token)
-    except OSError:
+        status, body = await _call(address, "GET", "/server_info", token, network or TrioNetwork())
+    except (OSError, ConnectFailure):
         return None
     if status != 200:
         raise _refused(address, "GET /server_info", status, body)
@@ -141,8 +145,8 @@ async def take_over(server: Server, old: SocketAddress, token: str | None, timeo
     while server.state != "LIVE":
         await trio.sleep(0.01)
     try:
-        status, body = await _call(old, "POST", "/takeover", token)
-    except OSError as exc:
+        status, body = await _call(old, "POST", "/takeover", token, server.network)
+    except (OSError, ConnectFailure) as exc:
         log.warning("the old process at %s went away before the takeover (%s)", old, exc)
     else:
         if status != 200:
